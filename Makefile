@@ -1,0 +1,138 @@
+# Fashion search: the verbs a newcomer needs. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT        := $(abspath .)
+CACHE_DIR   ?= $(HOME)/.cache/fashion-search
+VAR         := $(ROOT)/var
+RUN_DIR     := $(VAR)/run
+MODELS_DIR  := $(VAR)/models
+CARGO       ?= cargo
+PYTHON      ?= python3
+
+# ONNX Runtime comes from the PyPI wheel (ort's own download needs a CDN we cannot reach).
+ORT_VERSION := 1.31.1
+ORT_WHEEL   := onnxruntime-$(ORT_VERSION)-cp311-cp311-manylinux_2_28_x86_64.whl
+ORT_SHA256  := 5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+ORT_DIR     := $(CACHE_DIR)/onnxruntime-$(ORT_VERSION)
+ORT_LIB     := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
+export ORT_DYLIB_PATH ?= $(ORT_LIB)
+
+VENV        := $(CACHE_DIR)/venv
+VENV_STAMP  := $(VENV)/.requirements-$(shell sha256sum model-serving/tools/requirements.txt | cut -c1-16)
+VPY         := $(VENV)/bin/python
+
+TINY_MODEL  := $(MODELS_DIR)/tiny
+BENCH_MODEL := $(MODELS_DIR)/vit-b32-random
+GEN_MODEL   := model-serving/tools/gen_models.py
+TOKENIZER   := model-serving/assets/clip-tokenizer/tokenizer.json
+
+# A real CLIP export in the model cache wins over the generated model.
+MODEL       ?= clip-vit-base-patch32
+RUN_MODEL   := $(if $(wildcard $(MODELS_DIR)/$(MODEL)/model.json),$(MODELS_DIR)/$(MODEL),$(TINY_MODEL))
+
+MODEL_SERVING_ADDR ?= 127.0.0.1:8001
+export AWS_EC2_METADATA_DISABLED := true
+
+.PHONY: help
+help: ## list the verbs
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# ---------------------------------------------------------------------------- prerequisites
+
+.PHONY: ort
+ort: $(ORT_LIB) ## fetch libonnxruntime from the PyPI wheel (sha256-checked; no-op when present)
+
+$(ORT_LIB):
+	@mkdir -p $(ORT_DIR)/download
+	@if [ ! -f $(ORT_DIR)/download/$(ORT_WHEEL) ]; then \
+	  $(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+	    --platform manylinux_2_28_x86_64 onnxruntime==$(ORT_VERSION) -d $(ORT_DIR)/download; fi
+	@echo "$(ORT_SHA256)  $(ORT_DIR)/download/$(ORT_WHEEL)" | sha256sum --check --quiet \
+	  || { echo "onnxruntime wheel checksum mismatch"; rm -f $(ORT_DIR)/download/$(ORT_WHEEL); exit 1; }
+	@cd $(ORT_DIR) && $(PYTHON) -c "import zipfile,sys; z=zipfile.ZipFile('download/$(ORT_WHEEL)'); \
+	  open('libonnxruntime.so.$(ORT_VERSION)','wb').write(z.read('onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)'))"
+	@echo "onnxruntime $(ORT_VERSION) -> $(ORT_LIB)"
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## Python environment for model generation and reference checks
+
+$(VENV_STAMP): model-serving/tools/requirements.txt
+	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	@$(VPY) -m pip install --quiet --disable-pip-version-check -r $<
+	@rm -f $(VENV)/.requirements-* && touch $@
+
+.PHONY: models
+models: $(TINY_MODEL)/model.json ## generate the tiny test model
+
+$(TINY_MODEL)/model.json: $(GEN_MODEL) $(TOKENIZER) | $(VENV_STAMP)
+	$(VPY) $(GEN_MODEL) --preset tiny --tokenizer $(TOKENIZER) --out $(TINY_MODEL)
+
+$(BENCH_MODEL)/model.json: $(GEN_MODEL) $(TOKENIZER) | $(VENV_STAMP)
+	$(VPY) $(GEN_MODEL) --preset vit-b32 --tokenizer $(TOKENIZER) --out $(BENCH_MODEL)
+
+.PHONY: model
+model: $(ORT_LIB) ## download a real CLIP export: make model MODEL=clip-vit-base-patch32 [HF_ENDPOINT=..]
+	$(CARGO) run --release --bin model-serving -- download $(MODEL) --dest $(MODELS_DIR)/$(MODEL)
+
+# ---------------------------------------------------------------------------- test
+
+.PHONY: test
+test: $(ORT_LIB) $(TINY_MODEL)/model.json ## everything CI runs: fmt, clippy, all tests
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	TEST_MODEL_DIR=$(TINY_MODEL) REFERENCE_PYTHON=$(VPY) \
+	  $(CARGO) nextest run --workspace --locked --no-fail-fast
+
+# ---------------------------------------------------------------------------- run
+
+.PHONY: build-release
+build-release:
+	$(CARGO) build --release --locked --bin model-serving
+
+.PHONY: run
+run: $(ORT_LIB) $(TINY_MODEL)/model.json build-release ## start the services in the background (logs, pids in var/run)
+	@mkdir -p $(RUN_DIR)
+	@if [ -f $(RUN_DIR)/model-serving.pid ] && kill -0 $$(cat $(RUN_DIR)/model-serving.pid) 2>/dev/null; then \
+	  echo "model-serving already running (pid $$(cat $(RUN_DIR)/model-serving.pid))"; \
+	else \
+	  MODEL_DIR=$(RUN_MODEL) MODEL_SERVING_ADDR=$(MODEL_SERVING_ADDR) \
+	    nohup target/release/model-serving serve >> $(RUN_DIR)/model-serving.log 2>&1 & \
+	  echo $$! > $(RUN_DIR)/model-serving.pid; \
+	fi
+	@for i in $$(seq 1 120); do \
+	  curl -fsS http://$(MODEL_SERVING_ADDR)/health/ready >/dev/null 2>&1 && break; \
+	  kill -0 $$(cat $(RUN_DIR)/model-serving.pid) 2>/dev/null || { echo "model-serving exited:"; tail -5 $(RUN_DIR)/model-serving.log; exit 1; }; \
+	  sleep 0.5; done
+	@curl -fsS http://$(MODEL_SERVING_ADDR)/health/ready >/dev/null || { echo "model-serving not ready"; exit 1; }
+	@echo "model-serving  http://$(MODEL_SERVING_ADDR)  (model: $(RUN_MODEL))"
+	@echo "  metrics      http://$(MODEL_SERVING_ADDR)/metrics"
+	@echo "  try          curl -s -XPOST http://$(MODEL_SERVING_ADDR)/encode_text -H 'content-type: application/json' -d '{\"texts\":[\"red summer dress\"]}'"
+	@echo "logs: make logs    stop: make stop"
+
+.PHONY: stop
+stop: ## stop what `make run` started (by pid)
+	@for f in $(wildcard $(RUN_DIR)/*.pid); do \
+	  pid=$$(cat $$f); name=$$(basename $$f .pid); \
+	  if kill -0 $$pid 2>/dev/null; then kill -TERM $$pid; \
+	    for i in $$(seq 1 50); do kill -0 $$pid 2>/dev/null || break; sleep 0.2; done; \
+	    kill -0 $$pid 2>/dev/null && kill -KILL $$pid; echo "stopped $$name ($$pid)"; fi; \
+	  rm -f $$f; done
+
+.PHONY: logs
+logs: ## show the last lines of every service log
+	@tail -n 20 $(RUN_DIR)/*.log
+
+# ---------------------------------------------------------------------------- bench
+
+.PHONY: bench
+bench: $(ORT_LIB) $(BENCH_MODEL)/model.json $(VENV_STAMP) ## benchmarks on the ViT-B/32-shaped model (release build)
+	$(CARGO) build --release --locked --bin model-serving --bin model-serving-bench
+	BENCH_MODEL_DIR=$(BENCH_MODEL) DATASET_DIR=$(ROOT)/../shared/datasets/fashion-product-images-small \
+	  REFERENCE_PYTHON=$(VPY) target/release/model-serving-bench
+
+.PHONY: clean
+clean: ## remove build output and generated models (keeps the download cache)
+	$(CARGO) clean
+	rm -rf $(MODELS_DIR)

@@ -1,0 +1,201 @@
+//! Telemetry shared by every fashion-search binary.
+//!
+//! - [`init`]: logs (JSON by default, with `trace_id` / `span_id`), traces (OTLP/HTTP export only
+//!   when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; W3C trace context always), and the Prometheus
+//!   recorder. Returns a [`TelemetryGuard`] that flushes spans when dropped.
+//! - [`http::track_requests`]: the axum middleware that gives every request a span and metrics.
+//! - [`ops_router`]: `/metrics`, `/health/live`, `/health/ready`.
+//! - [`propagation::inject`]: puts `traceparent` on outgoing reqwest calls.
+
+mod logs;
+pub mod metrics;
+
+pub mod http;
+pub mod ops;
+pub mod propagation;
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+pub use ops::{Readiness, ops_router};
+
+/// Buckets for request and stage latencies: millisecond APIs, with room for slow model runs.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets for counts of items (batch sizes, request sizes).
+pub const ITEM_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Buckets for byte sizes (uploads): 1 KiB .. 64 MiB.
+pub const BYTE_BUCKETS: &[f64] = &[
+    1024.0, 8192.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid RUST_LOG filter: {0}")]
+    Filter(String),
+    #[error("cannot build the OTLP exporter for {endpoint}: {message}")]
+    Exporter { endpoint: String, message: String },
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Metrics(String),
+}
+
+/// Keeps the tracer provider alive; dropping it flushes and shuts down the span exporter.
+#[must_use = "dropping the guard shuts telemetry down"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are being exported over OTLP.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Exports every finished span now.
+    pub fn flush(&self) {
+        if let Err(error) = self.provider.force_flush() {
+            eprintln!("telemetry: span flush failed: {error}");
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("telemetry: span exporter shutdown failed: {error}");
+        }
+    }
+}
+
+/// Settings read from the environment (`RUST_LOG`, `LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT`).
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub filter: String,
+    pub json: bool,
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TelemetryConfig {
+    pub fn from_env() -> Self {
+        let nonempty = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            filter: nonempty("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            json: !matches!(nonempty("LOG_FORMAT").as_deref(), Some("pretty" | "text")),
+            otlp_endpoint: nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        }
+    }
+}
+
+/// Installs logging, tracing and metrics for this process, configured from the environment.
+pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
+    init_with(service, TelemetryConfig::from_env())
+}
+
+pub fn init_with(
+    service: &'static str,
+    config: TelemetryConfig,
+) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
+    // Spans always get real trace and span ids (the logs carry them); they leave the process only
+    // when an OTLP endpoint is configured.
+    let resource = Resource::builder().with_service_name(service).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let traces_url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces_url)
+            .with_timeout(std::time::Duration::from_secs(5))
+            .with_headers(Default::default())
+            .build()
+            .map_err(|e| TelemetryError::Exporter {
+                endpoint: endpoint.clone(),
+                message: e.to_string(),
+            })?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let tracer = provider.tracer(service);
+
+    let filter =
+        EnvFilter::try_new(&config.filter).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_error_records_to_exceptions(true);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let installed = if config.json {
+        let (capture, format) = logs::JsonFormat::new(service);
+        registry
+            .with(capture)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(format)
+                    .with_writer(std::io::stdout),
+            )
+            .try_init()
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout))
+            .try_init()
+    };
+    installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
+
+    install_metrics(service)?;
+    Ok(TelemetryGuard {
+        provider,
+        exporting: config.otlp_endpoint.is_some(),
+    })
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process), declares the HTTP metrics and sets
+/// `build_info` for `service`. [`init`] calls it; tests that need only metrics call it alone.
+pub fn install_metrics(service: &'static str) -> Result<PrometheusHandle, TelemetryError> {
+    let handle = metrics_handle()?;
+    metrics::describe();
+    ::metrics::gauge!(metrics::BUILD_INFO, "service" => service, "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
+    Ok(handle)
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+///
+/// Histogram buckets follow the metric's unit suffix, so every crate gets sensible buckets
+/// without registering them here.
+pub fn metrics_handle() -> Result<PrometheusHandle, TelemetryError> {
+    if let Some(handle) = PROMETHEUS.get() {
+        return Ok(handle.clone());
+    }
+    let err = |e: metrics_exporter_prometheus::BuildError| TelemetryError::Metrics(e.to_string());
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(err)?
+        .set_buckets_for_metric(Matcher::Suffix("_items".into()), ITEM_BUCKETS)
+        .map_err(err)?
+        .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTE_BUCKETS)
+        .map_err(err)?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Only the first caller installs; a racing second one keeps the installed handle.
+    if PROMETHEUS.set(handle.clone()).is_ok() {
+        ::metrics::set_global_recorder(recorder)
+            .map_err(|e| TelemetryError::Metrics(e.to_string()))?;
+        return Ok(handle);
+    }
+    PROMETHEUS
+        .get()
+        .cloned()
+        .ok_or_else(|| TelemetryError::Metrics("recorder not installed".into()))
+}
