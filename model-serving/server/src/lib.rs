@@ -1,1 +1,45 @@
+//! model-serving: CLIP text and image encoders behind HTTP.
+//!
+//! - [`encoder::ClipEncoder`] is the engine (no HTTP): input checks, image decoding and CLIP
+//!   preprocessing ([`preprocess`]), tokenization ([`tokenize`]), ONNX Runtime ([`onnx`]) behind
+//!   dynamic batchers ([`batcher`]).
+//! - [`api`] maps HTTP to the engine; [`serve`] runs it with graceful shutdown.
+//! - [`hub`] downloads real CLIP exports from a Hugging Face-compatible hub.
 
+pub mod api;
+pub mod batcher;
+pub mod config;
+pub mod encoder;
+pub mod hub;
+pub mod metrics;
+pub mod model;
+pub mod onnx;
+pub mod preprocess;
+pub mod tokenize;
+
+use std::sync::Arc;
+
+use telemetry::Readiness;
+use tokio::net::TcpListener;
+
+pub use api::{AppState, HttpLimits, router};
+pub use encoder::{ClipEncoder, EncoderConfig};
+
+/// Serves `encoder` on a bound listener until `shutdown` completes, then drains in-flight
+/// requests.
+pub async fn serve(
+    listener: TcpListener,
+    encoder: Arc<ClipEncoder>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let metrics = telemetry::install_metrics(api::SERVICE)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    metrics::describe();
+    let readiness = Readiness::new();
+    readiness.set_ready("model");
+    let app = router(AppState { encoder, limits }, metrics, readiness);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,1 +1,119 @@
-fn main() {}
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use model_serving::config::ServeConfig;
+use model_serving::{ClipEncoder, hub};
+
+#[derive(Parser)]
+#[command(
+    name = "model-serving",
+    version,
+    about = "CLIP text and image encoders over HTTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the encoders (the default when run by `make run`).
+    Serve(ServeConfig),
+    /// Download a real CLIP ONNX export into a model folder (resumable, checksummed).
+    Download {
+        /// A known name (clip-vit-base-patch32) or a Hugging Face repository (owner/name).
+        model: String,
+        #[arg(long)]
+        dest: PathBuf,
+        /// Hub base URL.
+        #[arg(long, env = "HF_ENDPOINT", default_value = hub::DEFAULT_ENDPOINT)]
+        endpoint: String,
+        #[arg(long, default_value = "main")]
+        revision: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Telemetry is installed before the runtime starts and flushed after it stops.
+    let _telemetry = telemetry::init("model-serving").context("telemetry")?;
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(config) => serve(config).await,
+            Command::Download {
+                model,
+                dest,
+                endpoint,
+                revision,
+            } => {
+                let source = hub::ModelSource::resolve(&model, &revision);
+                hub::download(&endpoint, &source, &dest).await?;
+                println!("model ready in {}", dest.display());
+                Ok(())
+            }
+        }
+    });
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "model-serving stopped");
+    }
+    result
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        model_dir = %config.model_dir.display(),
+        ort = %config.ort_dylib_path.display(),
+        addr = %config.addr,
+        max_batch = config.max_batch,
+        max_wait_ms = config.max_wait_ms,
+        queue_items = config.queue_items,
+        max_items = config.max_items,
+        max_body_bytes = config.max_body_bytes,
+        threads = config.threads,
+        "starting model-serving"
+    );
+    let encoder_config = config.encoder();
+    let encoder = tokio::task::spawn_blocking(move || ClipEncoder::load(encoder_config))
+        .await
+        .context("model loading task")?
+        .context("cannot load the model")?;
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "model-serving listening");
+    model_serving::serve(
+        listener,
+        Arc::new(encoder),
+        config.limits(),
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("model-serving stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received; draining requests");
+}

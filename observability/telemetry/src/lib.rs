@@ -16,12 +16,13 @@ pub mod propagation;
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
+pub use metrics_exporter_prometheus::PrometheusHandle;
 pub use ops::{Readiness, ops_router};
 
 /// Buckets for request and stage latencies: millisecond APIs, with room for slow model runs.

@@ -53,7 +53,10 @@ impl Readiness {
                 ((*name).to_owned(), value)
             })
             .collect();
-        (ready, json!({"status": if ready { "ready" } else { "not_ready" }, "checks": detail}))
+        (
+            ready,
+            json!({"status": if ready { "ready" } else { "not_ready" }, "checks": detail}),
+        )
     }
 }
 
@@ -77,7 +80,10 @@ where
 
 async fn render_metrics(State(state): State<OpsState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()

@@ -1,0 +1,317 @@
+//! HTTP: extract, call the engine, map. Every error is `{"error": {"code", "message"}}`; the
+//! mapping from engine errors to statuses lives in [`ApiError::into_response`] alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use base64::Engine as _;
+use bytes::Bytes;
+use model_serving_api::{
+    EmbeddingsResponse, EncodeImageRequest, EncodeTextRequest, ErrorBody, ErrorDetail, ModelInfo,
+};
+use telemetry::PrometheusHandle;
+use telemetry::Readiness;
+
+use crate::batcher::BatchError;
+use crate::encoder::{ClipEncoder, EncodeError};
+use crate::preprocess::ImageError;
+
+pub const SERVICE: &str = "model-serving";
+
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub encoder: Arc<ClipEncoder>,
+    pub limits: HttpLimits,
+}
+
+/// The whole service: encode endpoints, model info, metrics and health.
+pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/encode_text", post(encode_text))
+        .route("/encode_image", post(encode_image))
+        .route("/v1/model", get(model_info))
+        .with_state(state)
+        .merge(telemetry::ops_router(metrics, readiness))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .layer(middleware::from_fn_with_state(
+            SERVICE,
+            telemetry::http::track_requests,
+        ))
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    Encode(EncodeError),
+    BadRequest { code: &'static str, message: String },
+    PayloadTooLarge(String),
+    UnsupportedMediaType(String),
+    Timeout,
+    NotFound,
+}
+
+impl From<EncodeError> for ApiError {
+    fn from(e: EncodeError) -> Self {
+        Self::Encode(e)
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message,
+        },
+    };
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        use StatusCode as S;
+        match self {
+            ApiError::Encode(e) => {
+                let kind = e.kind();
+                match e {
+                    EncodeError::Empty
+                    | EncodeError::TooManyItems { .. }
+                    | EncodeError::EmptyText { .. }
+                    | EncodeError::TextTooLong { .. }
+                    | EncodeError::Tokenize { .. } => {
+                        error_response(S::BAD_REQUEST, kind, e.to_string())
+                    }
+                    EncodeError::Image {
+                        source: ImageError::TooManyPixels { .. },
+                        ..
+                    } => error_response(S::PAYLOAD_TOO_LARGE, kind, e.to_string()),
+                    EncodeError::Image {
+                        source: ImageError::UnsupportedFormat | ImageError::Empty,
+                        ..
+                    } => error_response(S::UNSUPPORTED_MEDIA_TYPE, kind, e.to_string()),
+                    EncodeError::Image { .. } => {
+                        error_response(S::BAD_REQUEST, kind, e.to_string())
+                    }
+                    EncodeError::Batch(BatchError::Overloaded { .. }) => error_response(
+                        S::SERVICE_UNAVAILABLE,
+                        kind,
+                        "the encoder is at capacity; retry shortly".into(),
+                    ),
+                    EncodeError::Batch(BatchError::Stopped(_)) => error_response(
+                        S::SERVICE_UNAVAILABLE,
+                        kind,
+                        "the encoder is shutting down; retry shortly".into(),
+                    ),
+                    // The cause is logged by the batch worker; the body stays generic.
+                    EncodeError::Batch(BatchError::Inference(_)) => error_response(
+                        S::INTERNAL_SERVER_ERROR,
+                        kind,
+                        "the model failed to encode this input".into(),
+                    ),
+                }
+            }
+            ApiError::BadRequest { code, message } => error_response(S::BAD_REQUEST, code, message),
+            ApiError::PayloadTooLarge(message) => {
+                error_response(S::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            ApiError::UnsupportedMediaType(message) => {
+                error_response(S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
+            }
+            ApiError::Timeout => error_response(
+                S::SERVICE_UNAVAILABLE,
+                "timeout",
+                "encoding took too long; retry shortly".into(),
+            ),
+            ApiError::NotFound => error_response(S::NOT_FOUND, "not_found", "no such route".into()),
+        }
+    }
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error".into(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(rejection.body_text());
+    }
+    if rejection.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return ApiError::UnsupportedMediaType("expected Content-Type: application/json".into());
+    }
+    ApiError::BadRequest {
+        code: "invalid_json",
+        message: rejection.body_text(),
+    }
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, EncodeError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => Err(ApiError::Timeout),
+    }
+}
+
+fn embeddings(encoder: &ClipEncoder, embeddings: Vec<Vec<f32>>) -> Json<EmbeddingsResponse> {
+    Json(EmbeddingsResponse {
+        model: encoder.spec().name.clone(),
+        dim: encoder.spec().embedding_dim,
+        embeddings,
+    })
+}
+
+async fn encode_text(
+    State(state): State<AppState>,
+    body: Result<Json<EncodeTextRequest>, JsonRejection>,
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    let Json(request) = body.map_err(json_rejection)?;
+    let out = with_timeout(
+        state.limits.request_timeout,
+        state.encoder.encode_texts(&request.texts),
+    )
+    .await?;
+    Ok(embeddings(&state.encoder, out))
+}
+
+/// Multipart (any number of file fields) or JSON `{"images": [base64, ...]}`.
+async fn encode_image(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let max_items = state.encoder.info().max_items_per_request;
+    let images = if content_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::BadRequest {
+                code: "invalid_multipart",
+                message: e.body_text(),
+            })?;
+        read_multipart(multipart, max_items).await?
+    } else if content_type.starts_with("application/json") {
+        let Json(body) = Json::<EncodeImageRequest>::from_request(request, &state)
+            .await
+            .map_err(json_rejection)?;
+        decode_base64_images(body.images, max_items)?
+    } else {
+        return Err(ApiError::UnsupportedMediaType(
+            "send images as multipart/form-data or as JSON {\"images\": [base64, ...]}".into(),
+        ));
+    };
+    let out = with_timeout(
+        state.limits.request_timeout,
+        state.encoder.encode_images(images),
+    )
+    .await?;
+    Ok(embeddings(&state.encoder, out))
+}
+
+async fn read_multipart(
+    mut multipart: Multipart,
+    max_items: usize,
+) -> Result<Vec<Bytes>, ApiError> {
+    let mut images = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e)),
+        };
+        // Text fields (no file name and a text content type) are not images; skip them.
+        if field.file_name().is_none()
+            && field
+                .content_type()
+                .is_some_and(|ct| ct.starts_with("text/"))
+        {
+            continue;
+        }
+        if images.len() == max_items {
+            return Err(EncodeError::TooManyItems {
+                given: max_items + 1,
+                max: max_items,
+            }
+            .into());
+        }
+        images.push(field.bytes().await.map_err(multipart_error)?);
+    }
+    Ok(images)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(e.body_text())
+    } else {
+        ApiError::BadRequest {
+            code: "invalid_multipart",
+            message: e.body_text(),
+        }
+    }
+}
+
+fn decode_base64_images(images: Vec<String>, max_items: usize) -> Result<Vec<Bytes>, ApiError> {
+    if images.len() > max_items {
+        return Err(EncodeError::TooManyItems {
+            given: images.len(),
+            max: max_items,
+        }
+        .into());
+    }
+    let engine = base64::engine::general_purpose::STANDARD;
+    images
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            // Accept data URLs: "data:image/png;base64,...."
+            let payload = match text.split_once(";base64,") {
+                Some((prefix, rest)) if prefix.starts_with("data:") => rest,
+                _ => text.as_str(),
+            };
+            engine
+                .decode(payload.trim())
+                .map(Bytes::from)
+                .map_err(|e| ApiError::BadRequest {
+                    code: "invalid_base64",
+                    message: format!("image {index}: {e}"),
+                })
+        })
+        .collect()
+}
+
+async fn model_info(State(state): State<AppState>) -> Json<ModelInfo> {
+    Json(state.encoder.info())
+}

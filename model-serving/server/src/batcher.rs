@@ -1,0 +1,272 @@
+//! Dynamic batching: concurrent requests are coalesced into one model run of up to `max_batch`
+//! items, waiting at most `max_wait` for a batch to fill. One worker thread per model runs the
+//! batches, off the async runtime. Admission is bounded in items: when the queue holds
+//! `max_queued` items a new request is refused at once (the caller answers 503), so memory stays
+//! bounded under any load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::oneshot;
+
+use crate::metrics;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub max_queued: usize,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum BatchError {
+    #[error("the {modality} queue is full ({queued} items waiting)")]
+    Overloaded {
+        modality: &'static str,
+        queued: usize,
+    },
+    #[error("the {0} worker has stopped")]
+    Stopped(&'static str),
+    #[error("{0}")]
+    Inference(String),
+}
+
+struct Job<I> {
+    items: Vec<I>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<Vec<f32>>, BatchError>>,
+}
+
+/// The submitting side. Dropping every clone stops the worker after it drains the queue.
+pub struct Batcher<I> {
+    modality: &'static str,
+    tx: Sender<Job<I>>,
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
+}
+
+impl<I: Send + 'static> Batcher<I> {
+    /// Starts the worker thread. `run` gets a batch's items in order and must return one
+    /// embedding per item.
+    pub fn start<F>(modality: &'static str, config: BatchConfig, run: F) -> std::io::Result<Self>
+    where
+        F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String> + Send + 'static,
+    {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let worker_queued = queued.clone();
+        std::thread::Builder::new()
+            .name(format!("{modality}-batcher"))
+            .spawn(move || worker(modality, config, rx, worker_queued, run))?;
+        Ok(Self {
+            modality,
+            tx,
+            queued,
+            max_queued: config.max_queued.max(config.max_batch),
+        })
+    }
+
+    /// Items waiting for a batch right now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Queues `items` and waits for their embeddings.
+    pub async fn submit(&self, items: Vec<I>) -> Result<Vec<Vec<f32>>, BatchError> {
+        let n = items.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        // Reserve room first; refuse without queueing when full.
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + n <= self.max_queued).then_some(q + n)
+            });
+        if let Err(queued) = reserved {
+            return Err(BatchError::Overloaded {
+                modality: self.modality,
+                queued,
+            });
+        }
+        metrics::queue_depth(self.modality, self.queued());
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            items,
+            enqueued: Instant::now(),
+            reply,
+        };
+        if self.tx.send(job).is_err() {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return Err(BatchError::Stopped(self.modality));
+        }
+        answer
+            .await
+            .map_err(|_| BatchError::Stopped(self.modality))?
+    }
+}
+
+fn worker<I, F>(
+    modality: &'static str,
+    config: BatchConfig,
+    rx: Receiver<Job<I>>,
+    queued: Arc<AtomicUsize>,
+    mut run: F,
+) where
+    F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
+{
+    let max_batch = config.max_batch.max(1);
+    let mut carried: Option<Job<I>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        // Wait for company until the first job has waited max_wait; jobs that queued up while
+        // the previous batch ran are taken at once.
+        let deadline = first.enqueued + config.max_wait;
+        let mut size = first.items.len();
+        let mut jobs = vec![first];
+        while size < max_batch {
+            match rx.recv_deadline(deadline) {
+                Ok(job) if size + job.items.len() > max_batch => {
+                    carried = Some(job);
+                    break;
+                }
+                Ok(job) => {
+                    size += job.items.len();
+                    jobs.push(job);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+
+        let started = Instant::now();
+        let mut counts = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut items = Vec::with_capacity(size);
+        for job in jobs {
+            metrics::queue_wait(modality, started.duration_since(job.enqueued));
+            counts.push(job.items.len());
+            replies.push(job.reply);
+            items.extend(job.items);
+        }
+        queued.fetch_sub(size, Ordering::AcqRel);
+        metrics::queue_depth(modality, queued.load(Ordering::Relaxed));
+        metrics::batch_size(modality, size);
+
+        // A panic inside the runtime must not take the worker (and every later request) down.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(items)))
+            .unwrap_or_else(|_| Err("the model run panicked".to_owned()));
+        metrics::inference(modality, started.elapsed());
+        match outcome {
+            Ok(embeddings) if embeddings.len() == size => {
+                let mut rest = embeddings.into_iter();
+                for (reply, n) in replies.into_iter().zip(counts) {
+                    let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
+                }
+                metrics::items_encoded(modality, size);
+            }
+            Ok(embeddings) => {
+                let message = format!("model returned {} rows for {size} items", embeddings.len());
+                tracing::error!(modality, %message, "inference failed");
+                for reply in replies {
+                    let _ = reply.send(Err(BatchError::Inference(message.clone())));
+                }
+            }
+            Err(message) => {
+                tracing::error!(modality, %message, batch_size = size, "inference failed");
+                for reply in replies {
+                    let _ = reply.send(Err(BatchError::Inference(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn config(max_batch: usize, wait_ms: u64, max_queued: usize) -> BatchConfig {
+        BatchConfig {
+            max_batch,
+            max_wait: Duration::from_millis(wait_ms),
+            max_queued,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_a_batch_and_keep_their_order() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = Arc::new(
+            Batcher::start("test", config(32, 200, 64), move |items: Vec<u32>| {
+                seen.lock().expect("lock").push(items.len());
+                Ok(items.iter().map(|&i| vec![i as f32]).collect())
+            })
+            .expect("start"),
+        );
+        let tasks: Vec<_> = (0..8u32)
+            .map(|r| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(vec![r * 10, r * 10 + 1]).await })
+            })
+            .collect();
+        for (r, task) in tasks.into_iter().enumerate() {
+            let out = task.await.expect("join").expect("submit");
+            let r = r as f32;
+            assert_eq!(out, vec![vec![r * 10.0], vec![r * 10.0 + 1.0]]);
+        }
+        let sizes = sizes.lock().expect("lock").clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 16);
+        assert!(sizes.len() < 8, "8 concurrent requests ran as {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_a_failed_run_reports() {
+        let gate = Arc::new(Mutex::new(()));
+        let hold = gate.lock().expect("lock");
+        let worker_gate = gate.clone();
+        let batcher = Arc::new(
+            Batcher::start("test", config(2, 0, 4), move |items: Vec<u32>| {
+                let _g = worker_gate.lock().expect("lock");
+                if items.contains(&99) {
+                    return Err("boom".into());
+                }
+                Ok(items.iter().map(|_| vec![0.0]).collect())
+            })
+            .expect("start"),
+        );
+        // The worker takes the first 2 items and blocks on the gate; 4 more fill the queue.
+        let first = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(vec![1, 2]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(vec![3, 4, 5, 6]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = batcher.submit(vec![7]).await;
+        assert!(
+            matches!(refused, Err(BatchError::Overloaded { queued: 4, .. })),
+            "{refused:?}"
+        );
+        drop(hold);
+        assert_eq!(first.await.expect("join").expect("first").len(), 2);
+        assert_eq!(second.await.expect("join").expect("second").len(), 4);
+        assert_eq!(
+            batcher.submit(vec![99]).await,
+            Err(BatchError::Inference("boom".into()))
+        );
+        assert_eq!(batcher.queued(), 0);
+    }
+}

@@ -1,0 +1,77 @@
+//! Typed configuration: command-line flags, each overridable by its environment variable
+//! (documented in `.env.example`). Validated at start-up and logged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::api::HttpLimits;
+use crate::batcher::BatchConfig;
+use crate::encoder::EncoderConfig;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Model folder (model.json, vision_model.onnx, text_model.onnx, tokenizer.json).
+    #[arg(long, env = "MODEL_DIR")]
+    pub model_dir: PathBuf,
+    /// libonnxruntime.so to load (`make ort` fetches one).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib_path: PathBuf,
+    #[arg(long, env = "MODEL_SERVING_ADDR", default_value = "127.0.0.1:8001")]
+    pub addr: SocketAddr,
+    /// Most items in one ONNX Runtime run; 1 disables dynamic batching.
+    #[arg(long, env = "MODEL_SERVING_MAX_BATCH", default_value_t = 32)]
+    pub max_batch: usize,
+    /// Longest a request waits for others to share its batch.
+    #[arg(long, env = "MODEL_SERVING_MAX_WAIT_MS", default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Items admitted to each queue before requests are refused with 503.
+    #[arg(long, env = "MODEL_SERVING_QUEUE_ITEMS", default_value_t = 256)]
+    pub queue_items: usize,
+    /// Most texts or images in one request.
+    #[arg(long, env = "MODEL_SERVING_MAX_ITEMS", default_value_t = 64)]
+    pub max_items: usize,
+    #[arg(long, env = "MODEL_SERVING_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Decompression-bomb guard: most pixels in one image.
+    #[arg(
+        long,
+        env = "MODEL_SERVING_MAX_IMAGE_PIXELS",
+        default_value_t = 40_000_000
+    )]
+    pub max_image_pixels: u64,
+    #[arg(long, env = "MODEL_SERVING_MAX_TEXT_CHARS", default_value_t = 1000)]
+    pub max_text_chars: usize,
+    /// ONNX Runtime intra-op threads per model; 0 = all cores.
+    #[arg(long, env = "MODEL_SERVING_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, env = "MODEL_SERVING_TIMEOUT_SECS", default_value_t = 30)]
+    pub timeout_secs: u64,
+}
+
+impl ServeConfig {
+    pub fn encoder(&self) -> EncoderConfig {
+        EncoderConfig {
+            model_dir: self.model_dir.clone(),
+            ort_library: self.ort_dylib_path.clone(),
+            threads: self.threads,
+            batch: BatchConfig {
+                max_batch: self.max_batch,
+                max_wait: Duration::from_millis(self.max_wait_ms),
+                max_queued: self.queue_items,
+            },
+            max_items_per_request: self.max_items,
+            max_image_pixels: self.max_image_pixels,
+            max_text_chars: self.max_text_chars,
+        }
+    }
+
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_secs(self.timeout_secs.max(1)),
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The CLIP encoder engine: validates input, decodes and preprocesses images, tokenizes texts,
+//! and runs both towers through the dynamic batchers. It knows nothing of HTTP.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use model_serving_api::ModelInfo;
+use tracing::Instrument;
+
+use crate::batcher::{BatchConfig, BatchError, Batcher};
+use crate::metrics;
+use crate::model::{ModelFolderError, ModelSpec, TEXT_MODEL, TOKENIZER, VISION_MODEL};
+use crate::onnx::{self, OnnxError, TextModel, VisionModel};
+use crate::preprocess::{ImageError, Preprocessor};
+use crate::tokenize::{TextTokenizer, TokenizerError};
+
+#[derive(Debug, Clone)]
+pub struct EncoderConfig {
+    pub model_dir: PathBuf,
+    pub ort_library: PathBuf,
+    /// ONNX Runtime intra-op threads per model; 0 lets the runtime choose (all cores).
+    pub threads: usize,
+    pub batch: BatchConfig,
+    pub max_items_per_request: usize,
+    pub max_image_pixels: u64,
+    pub max_text_chars: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Folder(#[from] ModelFolderError),
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("{0}")]
+    Config(String),
+    #[error("model check failed: {0}")]
+    Check(String),
+    #[error("cannot start batch worker: {0}")]
+    Worker(#[from] std::io::Error),
+}
+
+/// Why an encode call failed. Handlers map each variant to a status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("no items given")]
+    Empty,
+    #[error("{given} items given; at most {max} per request")]
+    TooManyItems { given: usize, max: usize },
+    #[error("text {index} is empty")]
+    EmptyText { index: usize },
+    #[error("text {index} has {chars} characters; at most {max}")]
+    TextTooLong {
+        index: usize,
+        chars: usize,
+        max: usize,
+    },
+    #[error("image {index}: {source}")]
+    Image {
+        index: usize,
+        #[source]
+        source: ImageError,
+    },
+    #[error("text {index}: {source}")]
+    Tokenize {
+        index: usize,
+        #[source]
+        source: TokenizerError,
+    },
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+impl EncodeError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty_batch",
+            Self::TooManyItems { .. } => "too_many_items",
+            Self::EmptyText { .. } => "empty_text",
+            Self::TextTooLong { .. } => "text_too_long",
+            Self::Image {
+                source: ImageError::TooManyPixels { .. },
+                ..
+            } => "image_too_large",
+            Self::Image {
+                source: ImageError::UnsupportedFormat | ImageError::Empty,
+                ..
+            } => "unsupported_image",
+            Self::Image { .. } => "invalid_image",
+            Self::Tokenize { .. } => "tokenize",
+            Self::Batch(BatchError::Overloaded { .. }) => "overloaded",
+            Self::Batch(BatchError::Stopped(_)) => "stopped",
+            Self::Batch(BatchError::Inference(_)) => "inference",
+        }
+    }
+}
+
+pub struct ClipEncoder {
+    spec: ModelSpec,
+    preprocessor: Arc<Preprocessor>,
+    tokenizer: Arc<TextTokenizer>,
+    images: Batcher<Vec<f32>>,
+    texts: Batcher<Vec<u32>>,
+    config: EncoderConfig,
+}
+
+impl ClipEncoder {
+    /// Loads the model folder and starts the two batch workers. Runs one item through each tower
+    /// so a wrong export fails here, not on the first request.
+    pub fn load(config: EncoderConfig) -> Result<Self, LoadError> {
+        if config.max_items_per_request == 0 || config.batch.max_batch == 0 {
+            return Err(LoadError::Config(
+                "max_batch and max_items_per_request must be at least 1".into(),
+            ));
+        }
+        if config.max_items_per_request > config.batch.max_queued {
+            return Err(LoadError::Config(format!(
+                "max_items_per_request ({}) exceeds the queue capacity ({})",
+                config.max_items_per_request, config.batch.max_queued
+            )));
+        }
+        let dir = &config.model_dir;
+        let spec = ModelSpec::load(dir)?;
+        let env = onnx::environment(&config.ort_library)?;
+        let mut vision = VisionModel::load(
+            &env,
+            &dir.join(VISION_MODEL),
+            spec.image_size,
+            config.threads,
+        )?;
+        let mut text = TextModel::load(&env, &dir.join(TEXT_MODEL), config.threads)?;
+        let tokenizer = Arc::new(TextTokenizer::load(
+            &dir.join(TOKENIZER),
+            spec.context_length,
+            spec.pad_token_id,
+        )?);
+        let preprocessor = Arc::new(Preprocessor {
+            image_size: spec.image_size,
+            mean: spec.image_mean,
+            std: spec.image_std,
+            max_pixels: config.max_image_pixels,
+        });
+
+        check_dim(
+            "vision",
+            &vision.run(vec![0.0; preprocessor.tensor_len()], 1)?,
+            spec.embedding_dim,
+        )?;
+        let probe = tokenizer.encode("a photo").map_err(LoadError::Tokenizer)?;
+        let batch = tokenizer.pad(&[&probe]);
+        check_dim(
+            "text",
+            &text.run(batch.ids, batch.mask, 1, batch.len)?,
+            spec.embedding_dim,
+        )?;
+
+        let images = Batcher::start("image", config.batch, move |items: Vec<Vec<f32>>| {
+            let rows = items.len();
+            let pixels = items.concat();
+            vision.run(pixels, rows).map_err(|e| e.to_string())
+        })?;
+        let padder = tokenizer.clone();
+        let texts = Batcher::start("text", config.batch, move |items: Vec<Vec<u32>>| {
+            let rows: Vec<&[u32]> = items.iter().map(Vec::as_slice).collect();
+            let batch = padder.pad(&rows);
+            text.run(batch.ids, batch.mask, batch.rows, batch.len)
+                .map_err(|e| e.to_string())
+        })?;
+        for modality in ["image", "text"] {
+            metrics::queue_capacity(modality, config.batch.max_queued);
+        }
+        tracing::info!(
+            model = %spec.name,
+            dim = spec.embedding_dim,
+            image_size = spec.image_size,
+            folder = %dir.display(),
+            "model loaded"
+        );
+        Ok(Self {
+            spec,
+            preprocessor,
+            tokenizer,
+            images,
+            texts,
+            config,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn model_dir(&self) -> &Path {
+        &self.config.model_dir
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.spec.name.clone(),
+            dim: self.spec.embedding_dim,
+            image_size: self.spec.image_size,
+            context_length: self.spec.context_length,
+            prompt_template: self.spec.prompt_template.clone(),
+            max_batch: self.config.batch.max_batch,
+            max_items_per_request: self.config.max_items_per_request,
+        }
+    }
+
+    fn check_count(&self, n: usize) -> Result<(), EncodeError> {
+        if n == 0 {
+            return Err(EncodeError::Empty);
+        }
+        if n > self.config.max_items_per_request {
+            return Err(EncodeError::TooManyItems {
+                given: n,
+                max: self.config.max_items_per_request,
+            });
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(items = texts.len()))]
+    pub async fn encode_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let result = self.encode_texts_inner(texts).await;
+        if let Err(e) = &result {
+            metrics::error("text", e.kind());
+        }
+        result
+    }
+
+    async fn encode_texts_inner(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EncodeError> {
+        self.check_count(texts.len())?;
+        let started = Instant::now();
+        let mut rows = Vec::with_capacity(texts.len());
+        for (index, text) in texts.iter().enumerate() {
+            if text.trim().is_empty() {
+                return Err(EncodeError::EmptyText { index });
+            }
+            let chars = text.chars().count();
+            if chars > self.config.max_text_chars {
+                return Err(EncodeError::TextTooLong {
+                    index,
+                    chars,
+                    max: self.config.max_text_chars,
+                });
+            }
+            rows.push(
+                self.tokenizer
+                    .encode(text)
+                    .map_err(|source| EncodeError::Tokenize { index, source })?,
+            );
+        }
+        metrics::preprocess("text", started.elapsed() / texts.len() as u32);
+        let out = self
+            .texts
+            .submit(rows)
+            .instrument(tracing::info_span!("queue_and_infer", modality = "text"))
+            .await?;
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip_all, fields(items = images.len()))]
+    pub async fn encode_images(&self, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let result = self.encode_images_inner(images).await;
+        if let Err(e) = &result {
+            metrics::error("image", e.kind());
+        }
+        result
+    }
+
+    async fn encode_images_inner(&self, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, EncodeError> {
+        self.check_count(images.len())?;
+        // Decoding and resizing are CPU work: one blocking task per image, run in parallel.
+        let span = tracing::info_span!("decode_and_preprocess", items = images.len());
+        let tasks: Vec<_> = images
+            .into_iter()
+            .map(|bytes| {
+                let pre = self.preprocessor.clone();
+                tokio::task::spawn_blocking(move || preprocess_one(&pre, &bytes))
+            })
+            .collect();
+        let mut tensors = Vec::with_capacity(tasks.len());
+        async {
+            for (index, task) in tasks.into_iter().enumerate() {
+                let tensor = task
+                    .await
+                    .map_err(|_| {
+                        EncodeError::Batch(BatchError::Inference("preprocessing panicked".into()))
+                    })?
+                    .map_err(|source| EncodeError::Image { index, source })?;
+                tensors.push(tensor);
+            }
+            Ok::<_, EncodeError>(())
+        }
+        .instrument(span)
+        .await?;
+        let out = self
+            .images
+            .submit(tensors)
+            .instrument(tracing::info_span!("queue_and_infer", modality = "image"))
+            .await?;
+        Ok(out)
+    }
+
+    /// Items waiting in the image and text queues.
+    pub fn queued(&self) -> (usize, usize) {
+        (self.images.queued(), self.texts.queued())
+    }
+}
+
+fn preprocess_one(pre: &Preprocessor, bytes: &[u8]) -> Result<Vec<f32>, ImageError> {
+    let started = Instant::now();
+    let rgb = crate::preprocess::decode_rgb(bytes, pre.max_pixels)?;
+    metrics::decode(started.elapsed());
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(pre.tensor_len());
+    pre.transform(&rgb, &mut out);
+    metrics::preprocess("image", started.elapsed());
+    Ok(out)
+}
+
+fn check_dim(tower: &str, rows: &[Vec<f32>], dim: usize) -> Result<(), LoadError> {
+    match rows.first() {
+        Some(row) if row.len() == dim => Ok(()),
+        Some(row) => Err(LoadError::Check(format!(
+            "{tower} model returns {}-dimensional embeddings; model.json says {dim}",
+            row.len()
+        ))),
+        None => Err(LoadError::Check(format!("{tower} model returned no rows"))),
+    }
+}
+
+/// Default limits, also used by tests.
+pub fn default_batch() -> BatchConfig {
+    BatchConfig {
+        max_batch: 32,
+        max_wait: Duration::from_millis(5),
+        max_queued: 256,
+    }
+}

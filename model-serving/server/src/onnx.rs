@@ -1,0 +1,240 @@
+//! ONNX Runtime sessions for the two towers. Loaded once; each is driven by one batch worker
+//! thread, which owns it (`Session::run` needs `&mut`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error(
+        "ONNX Runtime library not found at {0} (set ORT_DYLIB_PATH to libonnxruntime.so, or run `make ort`)"
+    )]
+    MissingLibrary(PathBuf),
+    #[error("cannot load ONNX Runtime from {path}: {message}")]
+    Library { path: PathBuf, message: String },
+    #[error("cannot load {path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Signature { path: PathBuf, message: String },
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment (the runtime allows one per process), loaded from
+/// `library` on first use. Later calls return the same environment whatever path they pass.
+pub fn environment(library: &Path) -> Result<Environment, OnnxError> {
+    let result = ENVIRONMENT.get_or_init(|| {
+        if !library.is_file() {
+            return Err(format!("missing:{}", library.display()));
+        }
+        let builder = ort::init_from(library).map_err(|e| e.to_string())?;
+        builder
+            .with_name("fashion-search")
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(env) => Ok(env.clone()),
+        Err(message) if message.starts_with("missing:") => {
+            Err(OnnxError::MissingLibrary(library.to_owned()))
+        }
+        Err(message) => Err(OnnxError::Library {
+            path: library.to_owned(),
+            message: message.clone(),
+        }),
+    }
+}
+
+fn session(env: &Environment, path: &Path, threads: usize) -> Result<Session, OnnxError> {
+    let err = |message: String| OnnxError::Model {
+        path: path.to_owned(),
+        message,
+    };
+    let mut builder = Session::builder(env)
+        .map_err(|e| err(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| err(e.to_string()))?;
+    if threads > 0 {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    builder
+        .commit_from_file(path)
+        .map_err(|e| err(e.to_string()))
+}
+
+/// Picks the named output, else the only output: public exports name it `image_embeds` /
+/// `text_embeds`, some add `last_hidden_state` beside it.
+fn output_name(session: &Session, preferred: &str, path: &Path) -> Result<String, OnnxError> {
+    let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    if names.contains(&preferred) {
+        return Ok(preferred.to_owned());
+    }
+    match names.as_slice() {
+        [only] => Ok((*only).to_owned()),
+        _ => Err(OnnxError::Signature {
+            path: path.to_owned(),
+            message: format!("no output named {preferred:?} among {names:?}"),
+        }),
+    }
+}
+
+/// Row-major `[rows, dim]` embeddings, L2-normalised per row.
+fn normalised_rows(data: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, OnnxError> {
+    if rows == 0 || data.len() % rows != 0 {
+        return Err(OnnxError::Run(format!(
+            "output of {} values does not split into {rows} rows",
+            data.len()
+        )));
+    }
+    let dim = data.len() / rows;
+    Ok(data
+        .chunks_exact(dim)
+        .map(|row| {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter().map(|x| x / norm).collect()
+        })
+        .collect())
+}
+
+pub struct VisionModel {
+    session: Session,
+    input: String,
+    output: String,
+    pub image_size: u32,
+}
+
+impl VisionModel {
+    pub fn load(
+        env: &Environment,
+        path: &Path,
+        image_size: u32,
+        threads: usize,
+    ) -> Result<Self, OnnxError> {
+        let session = session(env, path, threads)?;
+        let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        let input = match inputs.as_slice() {
+            names if names.contains(&"pixel_values") => "pixel_values".to_owned(),
+            [only] => (*only).to_owned(),
+            names => {
+                return Err(OnnxError::Signature {
+                    path: path.to_owned(),
+                    message: format!("expected one input pixel_values, found {names:?}"),
+                });
+            }
+        };
+        let output = output_name(&session, "image_embeds", path)?;
+        Ok(Self {
+            session,
+            input,
+            output,
+            image_size,
+        })
+    }
+
+    /// `pixels`: `rows` images, each 3×size×size, CHW.
+    pub fn run(&mut self, pixels: Vec<f32>, rows: usize) -> Result<Vec<Vec<f32>>, OnnxError> {
+        let s = self.image_size as usize;
+        let tensor = Tensor::from_array(([rows, 3, s, s], pixels))
+            .map_err(|e| OnnxError::Run(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => tensor])
+            .map_err(|e| OnnxError::Run(e.to_string()))?;
+        let value = outputs
+            .get(&self.output)
+            .ok_or_else(|| OnnxError::Run(format!("missing output {}", self.output)))?;
+        let (_, data) = value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| OnnxError::Run(e.to_string()))?;
+        normalised_rows(data, rows)
+    }
+}
+
+pub struct TextModel {
+    session: Session,
+    ids_input: String,
+    mask_input: Option<String>,
+    output: String,
+}
+
+impl TextModel {
+    pub fn load(env: &Environment, path: &Path, threads: usize) -> Result<Self, OnnxError> {
+        let session = session(env, path, threads)?;
+        let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        if !inputs.contains(&"input_ids") {
+            return Err(OnnxError::Signature {
+                path: path.to_owned(),
+                message: format!("expected input input_ids, found {inputs:?}"),
+            });
+        }
+        if let Some(other) = inputs
+            .iter()
+            .find(|n| !matches!(**n, "input_ids" | "attention_mask"))
+        {
+            return Err(OnnxError::Signature {
+                path: path.to_owned(),
+                message: format!("unexpected input {other:?}"),
+            });
+        }
+        let mask_input = inputs
+            .contains(&"attention_mask")
+            .then(|| "attention_mask".to_owned());
+        let output = output_name(&session, "text_embeds", path)?;
+        Ok(Self {
+            session,
+            ids_input: "input_ids".to_owned(),
+            mask_input,
+            output,
+        })
+    }
+
+    pub fn run(
+        &mut self,
+        ids: Vec<i64>,
+        mask: Vec<i64>,
+        rows: usize,
+        len: usize,
+    ) -> Result<Vec<Vec<f32>>, OnnxError> {
+        let run_err = |e: ort::Error| OnnxError::Run(e.to_string());
+        let ids = Tensor::from_array(([rows, len], ids)).map_err(run_err)?;
+        let outputs = match &self.mask_input {
+            Some(mask_name) => {
+                let mask = Tensor::from_array(([rows, len], mask)).map_err(run_err)?;
+                self.session.run(ort::inputs![
+                    self.ids_input.as_str() => ids,
+                    mask_name.as_str() => mask,
+                ])
+            }
+            None => self
+                .session
+                .run(ort::inputs![self.ids_input.as_str() => ids]),
+        }
+        .map_err(run_err)?;
+        let value = outputs
+            .get(&self.output)
+            .ok_or_else(|| OnnxError::Run(format!("missing output {}", self.output)))?;
+        let (_, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;
+        normalised_rows(data, rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_unit_length() {
+        let rows = normalised_rows(&[3.0, 4.0, 0.0, 0.0, 0.0, 2.0], 2).expect("rows");
+        assert_eq!(rows, vec![vec![0.6, 0.8, 0.0], vec![0.0, 0.0, 1.0]]);
+        assert!(normalised_rows(&[1.0, 2.0, 3.0], 2).is_err());
+    }
+}
