@@ -171,9 +171,6 @@ impl ClipEncoder {
             text.run(batch.ids, batch.mask, batch.rows, batch.len)
                 .map_err(|e| e.to_string())
         })?;
-        for modality in ["image", "text"] {
-            metrics::queue_capacity(modality, config.batch.max_queued);
-        }
         tracing::info!(
             model = %spec.name,
             dim = spec.embedding_dim,
@@ -305,6 +302,11 @@ impl ClipEncoder {
             .instrument(tracing::info_span!("queue_and_infer", modality = "image"))
             .await?;
         Ok(out)
+    }
+
+    /// Items each queue admits before refusing.
+    pub fn queue_capacity(&self) -> usize {
+        self.config.batch.max_queued
     }
 
     /// Items waiting in the image and text queues.

@@ -36,6 +36,9 @@ pub async fn serve(
     let metrics = telemetry::install_metrics(api::SERVICE)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     metrics::describe();
+    for modality in ["image", "text"] {
+        metrics::queue_capacity(modality, encoder.queue_capacity());
+    }
     let readiness = Readiness::new();
     readiness.set_ready("model");
     let app = router(AppState { encoder, limits }, metrics, readiness);

@@ -89,7 +89,7 @@ fn output_name(session: &Session, preferred: &str, path: &Path) -> Result<String
 
 /// Row-major `[rows, dim]` embeddings, L2-normalised per row.
 fn normalised_rows(data: &[f32], rows: usize) -> Result<Vec<Vec<f32>>, OnnxError> {
-    if rows == 0 || data.len() % rows != 0 {
+    if rows == 0 || !data.len().is_multiple_of(rows) {
         return Err(OnnxError::Run(format!(
             "output of {} values does not split into {rows} rows",
             data.len()

@@ -72,6 +72,12 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError>
     ) {
         return Err(ImageError::UnsupportedFormat);
     }
+    // The JPEG decoder fills a truncated scan with grey instead of failing; refuse it as PIL does.
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(ImageError::Corrupt(
+            "truncated JPEG (no end-of-image marker after the last scan)".into(),
+        ));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     // The decoder's own allocation cap: 4 bytes a pixel (RGBA) plus headroom.
@@ -102,6 +108,16 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError>
         // Alpha is dropped, as PIL's convert("RGB") does.
         other => other.to_rgb8(),
     })
+}
+
+/// Whether an end-of-image marker follows the last start-of-scan. Inside entropy-coded data a
+/// 0xFF byte is always followed by 0x00 or a restart marker, so FF D9 there is the real end;
+/// bytes after it (camera trailers) are allowed.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(last_scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// torchvision's `Resize(int)`: the shortest edge becomes `size`, the other `int(size * long / short)`.
@@ -367,6 +383,18 @@ mod tests {
         assert!(decode_rgb(&png, 10_000).is_ok());
         assert!(matches!(
             decode_rgb(&png[..png.len() / 2], 10_000),
+            Err(ImageError::Corrupt(_))
+        ));
+        let mut jpeg = Vec::new();
+        RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 4, y as u8 * 4, 90]))
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .expect("encode");
+        assert!(decode_rgb(&jpeg, 10_000).is_ok());
+        let mut trailer = jpeg.clone();
+        trailer.extend(b"camera trailer");
+        assert!(decode_rgb(&trailer, 10_000).is_ok());
+        assert!(matches!(
+            decode_rgb(&jpeg[..jpeg.len() - 40], 10_000),
             Err(ImageError::Corrupt(_))
         ));
     }

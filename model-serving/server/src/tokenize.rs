@@ -57,9 +57,13 @@ impl TextTokenizer {
 
     /// Token ids of one text, with start and end tokens, at most `context_length` long.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        // OpenAI CLIP unescapes HTML entities twice before BPE (catalogue titles carry them);
+        // tokenizer.json's normaliser does the rest (NFC, whitespace, lowercase).
+        let once = html_escape::decode_html_entities(text);
+        let text = html_escape::decode_html_entities(&once);
         let encoding = self
             .inner
-            .encode(text, true)
+            .encode(text.as_ref(), true)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         let mut ids = encoding.get_ids().to_vec();
         ids.truncate(self.context_length);
@@ -103,6 +107,15 @@ mod tests {
         assert_eq!(
             t.encode("a photo of a dress").expect("encode"),
             [49406, 320, 1125, 539, 320, 2595, 49407]
+        );
+    }
+
+    #[test]
+    fn html_entities_are_unescaped_like_clip() {
+        let t = tokenizer();
+        assert_eq!(
+            t.encode("shirt &amp;amp; tie").expect("a"),
+            t.encode("shirt & tie").expect("b")
         );
     }
 

@@ -1,0 +1,192 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use model_serving::ClipEncoder;
+use model_serving::api::HttpLimits;
+use model_serving::encoder::{EncoderConfig, default_batch};
+use model_serving_api::ModelServingClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn env_path(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map_or(default, PathBuf::from)
+}
+
+fn cache() -> PathBuf {
+    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/fashion-search")
+}
+
+/// The generated tiny model (`make models`).
+pub fn model_dir() -> PathBuf {
+    let dir = env_path("TEST_MODEL_DIR", workspace().join("var/models/tiny"));
+    assert!(
+        dir.join("model.json").is_file(),
+        "no test model at {} — run `make models` (or `make test`)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn ort_library() -> PathBuf {
+    let lib = env_path(
+        "ORT_DYLIB_PATH",
+        cache().join("onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
+    );
+    assert!(
+        lib.is_file(),
+        "no ONNX Runtime at {} — run `make ort`",
+        lib.display()
+    );
+    lib
+}
+
+/// The Python with numpy, Pillow and onnxruntime (`make venv`).
+pub fn python() -> PathBuf {
+    let python = env_path("REFERENCE_PYTHON", cache().join("venv/bin/python"));
+    assert!(
+        python.is_file(),
+        "no reference Python at {} — run `make venv`",
+        python.display()
+    );
+    python
+}
+
+pub fn reference_script() -> PathBuf {
+    workspace().join("model-serving/tools/reference.py")
+}
+
+pub fn bpe_vocab() -> PathBuf {
+    workspace().join("model-serving/assets/clip-tokenizer/bpe_simple_vocab_16e6.txt.gz")
+}
+
+pub fn dataset_dir() -> PathBuf {
+    let dir = env_path(
+        "DATASET_DIR",
+        workspace().join("../shared/datasets/fashion-product-images-small"),
+    );
+    assert!(
+        dir.join("styles.csv").is_file(),
+        "no dataset at {}",
+        dir.display()
+    );
+    dir
+}
+
+/// The first `n` real photos of the development split, in a stable order.
+pub fn sample_photos(n: usize) -> Vec<PathBuf> {
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(dataset_dir().join("images"))
+        .expect("images folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    photos.sort();
+    photos.truncate(n);
+    assert_eq!(photos.len(), n, "not enough photos");
+    photos
+}
+
+pub fn encoder_config() -> EncoderConfig {
+    EncoderConfig {
+        model_dir: model_dir(),
+        ort_library: ort_library(),
+        threads: 1,
+        batch: default_batch(),
+        max_items_per_request: 64,
+        max_image_pixels: 40_000_000,
+        max_text_chars: 1000,
+    }
+}
+
+pub fn limits() -> HttpLimits {
+    HttpLimits {
+        max_body_bytes: 8 * 1024 * 1024,
+        request_timeout: Duration::from_secs(30),
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: ModelServingClient,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub server: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts a graceful shutdown; in-flight requests still complete.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(encoder_config(), limits()).await
+}
+
+pub async fn spawn_app_with(config: EncoderConfig, limits: HttpLimits) -> TestApp {
+    let encoder = tokio::task::spawn_blocking(move || ClipEncoder::load(config))
+        .await
+        .expect("join")
+        .expect("model loads");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(model_serving::serve(
+        listener,
+        Arc::new(encoder),
+        limits,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let client =
+        ModelServingClient::new(format!("http://{addr}"), Duration::from_secs(30)).expect("client");
+    TestApp {
+        addr,
+        client,
+        http: reqwest::Client::new(),
+        shutdown: Some(tx),
+        server,
+    }
+}
+
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}

@@ -1,0 +1,7 @@
+//! model-serving integration tests: the real service on port 0 with the generated tiny model.
+//! Each test runs in its own process under cargo nextest.
+
+mod api;
+mod helpers;
+mod hub;
+mod reference;
