@@ -9,6 +9,7 @@ VAR         := $(ROOT)/var
 RUN_DIR     := $(VAR)/run
 MODELS_DIR  := $(VAR)/models
 CARGO       ?= cargo
+TARGET_DIR  := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
 PYTHON      ?= python3
 
 # ONNX Runtime comes from the PyPI wheel (ort's own download needs a CDN we cannot reach).
@@ -74,12 +75,12 @@ $(BENCH_MODEL)/model.json: $(GEN_MODEL) $(TOKENIZER) | $(VENV_STAMP)
 
 .PHONY: model
 model: $(ORT_LIB) ## download a real CLIP export: make model MODEL=clip-vit-base-patch32 [HF_ENDPOINT=..]
-	$(CARGO) run --release --bin model-serving -- download $(MODEL) --dest $(MODELS_DIR)/$(MODEL)
+	$(CARGO) run --release --locked --bin model-serving -- download $(MODEL) --dest $(MODELS_DIR)/$(MODEL)
 
 # ---------------------------------------------------------------------------- test
 
 .PHONY: test
-test: $(ORT_LIB) $(TINY_MODEL)/model.json ## everything CI runs: fmt, clippy, all tests
+test: $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everything CI runs: fmt, clippy, all tests
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	TEST_MODEL_DIR=$(TINY_MODEL) REFERENCE_PYTHON=$(VPY) \
@@ -98,7 +99,7 @@ run: $(ORT_LIB) $(TINY_MODEL)/model.json build-release ## start the services in 
 	  echo "model-serving already running (pid $$(cat $(RUN_DIR)/model-serving.pid))"; \
 	else \
 	  MODEL_DIR=$(RUN_MODEL) MODEL_SERVING_ADDR=$(MODEL_SERVING_ADDR) \
-	    nohup target/release/model-serving serve >> $(RUN_DIR)/model-serving.log 2>&1 & \
+	    nohup $(TARGET_DIR)/release/model-serving serve >> $(RUN_DIR)/model-serving.log 2>&1 & \
 	  echo $$! > $(RUN_DIR)/model-serving.pid; \
 	fi
 	@for i in $$(seq 1 120); do \
@@ -130,7 +131,7 @@ logs: ## show the last lines of every service log
 bench: $(ORT_LIB) $(BENCH_MODEL)/model.json $(VENV_STAMP) ## benchmarks on the ViT-B/32-shaped model (release build)
 	$(CARGO) build --release --locked --bin model-serving --bin model-serving-bench
 	BENCH_MODEL_DIR=$(BENCH_MODEL) DATASET_DIR=$(ROOT)/../shared/datasets/fashion-product-images-small \
-	  REFERENCE_PYTHON=$(VPY) target/release/model-serving-bench
+	  REFERENCE_PYTHON=$(VPY) $(TARGET_DIR)/release/model-serving-bench
 
 .PHONY: clean
 clean: ## remove build output and generated models (keeps the download cache)
