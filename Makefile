@@ -42,6 +42,18 @@ help: ## list the verbs
 
 # ---------------------------------------------------------------------------- prerequisites
 
+# Debian packages the build needs: nasm assembles libjpeg-turbo's SIMD decoder (mozjpeg-sys).
+DEBIAN_PACKAGES := nasm
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: system-deps
+system-deps: ## install the Debian packages the build needs (no-op when present)
+	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing >/dev/null; \
+	fi
+
 .PHONY: ort
 ort: $(ORT_LIB) ## fetch libonnxruntime from the PyPI wheel (sha256-checked; no-op when present)
 
@@ -74,13 +86,13 @@ $(BENCH_MODEL)/model.json: $(GEN_MODEL) $(TOKENIZER) | $(VENV_STAMP)
 	$(VPY) $(GEN_MODEL) --preset vit-b32 --tokenizer $(TOKENIZER) --out $(BENCH_MODEL)
 
 .PHONY: model
-model: $(ORT_LIB) ## download a real CLIP export: make model MODEL=clip-vit-base-patch32 [HF_ENDPOINT=..]
+model: system-deps $(ORT_LIB) ## download a real CLIP export: make model MODEL=clip-vit-base-patch32 [HF_ENDPOINT=..]
 	$(CARGO) run --release --locked --bin model-serving -- download $(MODEL) --dest $(MODELS_DIR)/$(MODEL)
 
 # ---------------------------------------------------------------------------- test
 
 .PHONY: test
-test: $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everything CI runs: fmt, clippy, all tests
+test: system-deps $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everything CI runs: fmt, clippy, all tests
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	TEST_MODEL_DIR=$(TINY_MODEL) REFERENCE_PYTHON=$(VPY) \
@@ -89,7 +101,7 @@ test: $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everything CI runs: f
 # ---------------------------------------------------------------------------- run
 
 .PHONY: build-release
-build-release:
+build-release: system-deps
 	$(CARGO) build --release --locked --bin model-serving
 
 .PHONY: run
@@ -128,7 +140,7 @@ logs: ## show the last lines of every service log
 # ---------------------------------------------------------------------------- bench
 
 .PHONY: bench
-bench: $(ORT_LIB) $(BENCH_MODEL)/model.json $(VENV_STAMP) ## benchmarks on the ViT-B/32-shaped model (release build)
+bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(VENV_STAMP) ## benchmarks on the ViT-B/32-shaped model (release build)
 	$(CARGO) build --release --locked --bin model-serving --bin model-serving-bench
 	BENCH_MODEL_DIR=$(BENCH_MODEL) DATASET_DIR=$(ROOT)/../shared/datasets/fashion-product-images-small \
 	  REFERENCE_PYTHON=$(VPY) $(TARGET_DIR)/release/model-serving-bench

@@ -338,10 +338,7 @@ pub fn spec_from_hub_config(repo: &str, dir: &Path) -> Result<ModelSpec, Downloa
         name: repo.rsplit('/').next().unwrap_or(repo).to_owned(),
         embedding_dim: dim as usize,
         image_size: image_size as u32,
-        image_mean: triple(
-            &pre["image_mean"],
-            [0.481_454_7, 0.457_827_5, 0.408_210_7],
-        ),
+        image_mean: triple(&pre["image_mean"], [0.481_454_7, 0.457_827_5, 0.408_210_7]),
         image_std: triple(&pre["image_std"], [0.268_629_5, 0.261_302_6, 0.275_777_1]),
         resize: RESIZE_SHORTEST_EDGE_BICUBIC.to_owned(),
         context_length: context as usize,

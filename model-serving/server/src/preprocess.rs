@@ -98,8 +98,17 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError>
         });
     }
     let orientation = decoder.orientation().ok();
-    let mut image =
-        DynamicImage::from_decoder(decoder).map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let decoded = if format == ImageFormat::Jpeg {
+        // libjpeg-turbo's decoder (as in PIL), so pixels match the reference exactly; the
+        // pure-Rust decoder is the fallback for what libjpeg cannot convert (CMYK, YCCK).
+        match decode_jpeg_libjpeg(bytes, w, h) {
+            Some(rgb) => Ok(DynamicImage::ImageRgb8(rgb)),
+            None => DynamicImage::from_decoder(decoder),
+        }
+    } else {
+        DynamicImage::from_decoder(decoder)
+    };
+    let mut image = decoded.map_err(|e| ImageError::Corrupt(e.to_string()))?;
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
     }
@@ -108,6 +117,24 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError>
         // Alpha is dropped, as PIL's convert("RGB") does.
         other => other.to_rgb8(),
     })
+}
+
+/// Decodes a JPEG to RGB with libjpeg-turbo (mozjpeg's decoder is libjpeg-turbo's), with
+/// libjpeg's defaults as PIL uses them (integer IDCT, fancy upsampling). `None` on any failure.
+fn decode_jpeg_libjpeg(bytes: &[u8], w: u32, h: u32) -> Option<RgbImage> {
+    // The bindings report libjpeg errors by unwinding; keep that inside this function.
+    std::panic::catch_unwind(|| -> Option<RgbImage> {
+        let decompress = mozjpeg::Decompress::new_mem(bytes).ok()?;
+        if decompress.size() != (w as usize, h as usize) {
+            return None;
+        }
+        let mut started = decompress.rgb().ok()?;
+        let pixels = started.read_scanlines_flat().ok()?;
+        started.finish().ok()?;
+        RgbImage::from_raw(w, h, pixels)
+    })
+    .ok()
+    .flatten()
 }
 
 /// Whether an end-of-image marker follows the last start-of-scan. Inside entropy-coded data a

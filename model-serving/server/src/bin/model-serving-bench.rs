@@ -208,7 +208,10 @@ fn python_preprocess_seconds(python: &Path, photos: &[PathBuf]) -> anyhow::Resul
         .args(photos)
         .output()?;
     if !out.status.success() {
-        bail!("reference timing failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "reference timing failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     v["seconds_per_image"]
@@ -256,7 +259,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let env = environment(&s.ort)?;
     let mut raw = Vec::new();
     {
-        let mut model = VisionModel::load(&env, &s.model_dir.join(VISION_MODEL), spec.image_size, 0)?;
+        let mut model =
+            VisionModel::load(&env, &s.model_dir.join(VISION_MODEL), spec.image_size, 0)?;
         println!("\n(1) raw ONNX Runtime image throughput, in process");
         for batch in [1, 8, 32] {
             let ips = raw_throughput(&mut model, &tensors, batch, s.budget)?;
@@ -309,7 +313,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     );
 
     latencies.sort_by(f64::total_cmp);
-    println!("\n(5) text encode latency through HTTP ({} requests)", latencies.len());
+    println!(
+        "\n(5) text encode latency through HTTP ({} requests)",
+        latencies.len()
+    );
     println!("    p50 {:>8.2} ms", percentile(&latencies, 50.0) * 1e3);
     println!("    p99 {:>8.2} ms", percentile(&latencies, 99.0) * 1e3);
     Ok(())

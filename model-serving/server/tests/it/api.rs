@@ -72,7 +72,9 @@ async fn encodes_texts_and_every_image_format() {
     // The same pixels through JPEG, lossless PNG and lossless WebP give the same embedding.
     let photo = sample_photos(1).remove(0);
     let jpeg = read(&photo);
-    let decoded = image::load_from_memory(&jpeg).expect("decode");
+    let decoded = DynamicImage::ImageRgb8(
+        model_serving::preprocess::decode_rgb(&jpeg, 1 << 30).expect("decode"),
+    );
     let png = encode_as(&decoded, ImageFormat::Png);
     let webp = encode_as(
         &DynamicImage::ImageRgba8(decoded.to_rgba8()),
