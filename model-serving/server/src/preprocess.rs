@@ -129,7 +129,7 @@ fn decode_jpeg_libjpeg(bytes: &[u8], w: u32, h: u32) -> Option<RgbImage> {
             return None;
         }
         let mut started = decompress.rgb().ok()?;
-        let pixels = started.read_scanlines_flat().ok()?;
+        let pixels = started.read_scanlines::<u8>().ok()?;
         started.finish().ok()?;
         RgbImage::from_raw(w, h, pixels)
     })
