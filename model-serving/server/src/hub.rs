@@ -20,36 +20,59 @@ use crate::model::{MODEL_JSON, ModelSpec, RESIZE_SHORTEST_EDGE_BICUBIC};
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const ATTEMPTS: u32 = 5;
 
-/// Where a model's files are in its repository.
+/// A file of a model: which repository, which path in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteFile {
+    pub repo: String,
+    pub path: String,
+}
+
+/// Where a model's files are. Exports differ in layout; each known name maps to its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSource {
-    pub repo: String,
+    pub name: String,
     pub revision: String,
-    pub vision: String,
-    pub text: String,
-    pub tokenizer: String,
-    pub config: String,
-    pub preprocessor: String,
+    pub vision: RemoteFile,
+    pub text: RemoteFile,
+    pub tokenizer: RemoteFile,
+    pub config: RemoteFile,
+    pub preprocessor: RemoteFile,
 }
 
 impl ModelSource {
     /// Known names map to public exports; anything else is taken as a repository with the
-    /// Xenova (transformers.js) layout.
+    /// Xenova (transformers.js) layout: `onnx/vision_model.onnx`, `onnx/text_model.onnx`.
     pub fn resolve(model: &str, revision: &str) -> Self {
+        let file = |repo: &str, path: &str| RemoteFile {
+            repo: repo.to_owned(),
+            path: path.to_owned(),
+        };
+        if model == "qdrant-clip-vit-b-32" {
+            // Qdrant's split export: one repository per tower, each a plain model.onnx.
+            let (v, t) = ("Qdrant/clip-ViT-B-32-vision", "Qdrant/clip-ViT-B-32-text");
+            return Self {
+                name: "clip-vit-b-32".to_owned(),
+                revision: revision.to_owned(),
+                vision: file(v, "model.onnx"),
+                text: file(t, "model.onnx"),
+                tokenizer: file(t, "tokenizer.json"),
+                config: file(v, "config.json"),
+                preprocessor: file(v, "preprocessor_config.json"),
+            };
+        }
         let repo = match model {
             "clip-vit-base-patch32" => "Xenova/clip-vit-base-patch32",
             "clip-vit-base-patch16" => "Xenova/clip-vit-base-patch16",
-            "fashion-clip" => "Marqo/marqo-fashionCLIP",
             other => other,
         };
         Self {
-            repo: repo.to_owned(),
+            name: repo.rsplit('/').next().unwrap_or(repo).to_owned(),
             revision: revision.to_owned(),
-            vision: "onnx/vision_model.onnx".into(),
-            text: "onnx/text_model.onnx".into(),
-            tokenizer: "tokenizer.json".into(),
-            config: "config.json".into(),
-            preprocessor: "preprocessor_config.json".into(),
+            vision: file(repo, "onnx/vision_model.onnx"),
+            text: file(repo, "onnx/text_model.onnx"),
+            tokenizer: file(repo, "tokenizer.json"),
+            config: file(repo, "config.json"),
+            preprocessor: file(repo, "preprocessor_config.json"),
         }
     }
 }
@@ -112,13 +135,13 @@ pub async fn download(
         let url = format!(
             "{}/{}/resolve/{}/{}",
             endpoint.trim_end_matches('/'),
-            source.repo,
+            remote.repo,
             source.revision,
-            remote
+            remote.path
         );
         fetch_file(&client, &url, &dest.join(local)).await?;
     }
-    let spec = spec_from_hub_config(&source.repo, dest)?;
+    let spec = spec_from_hub_config(&source.name, dest)?;
     let text =
         serde_json::to_string_pretty(&spec).map_err(|e| DownloadError::Config(e.to_string()))?;
     let path = dest.join(MODEL_JSON);
@@ -303,7 +326,7 @@ async fn verify(part: &Path, expected: &Expected, url: &str) -> Result<(), Downl
 }
 
 /// Builds `model.json` from a transformers CLIP `config.json` and `preprocessor_config.json`.
-pub fn spec_from_hub_config(repo: &str, dir: &Path) -> Result<ModelSpec, DownloadError> {
+pub fn spec_from_hub_config(name: &str, dir: &Path) -> Result<ModelSpec, DownloadError> {
     let read = |name: &str| -> Result<Value, DownloadError> {
         let path = dir.join(name);
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
@@ -317,6 +340,7 @@ pub fn spec_from_hub_config(repo: &str, dir: &Path) -> Result<ModelSpec, Downloa
     };
     let dim = config["projection_dim"]
         .as_u64()
+        .or_else(|| config["vision_config"]["projection_dim"].as_u64())
         .ok_or_else(|| DownloadError::Config("config.json has no projection_dim".into()))?;
     let image_size = num(&pre["crop_size"])
         .or_else(|| pre["crop_size"].get("height").and_then(Value::as_u64))
@@ -335,7 +359,7 @@ pub fn spec_from_hub_config(repo: &str, dir: &Path) -> Result<ModelSpec, Downloa
         }
     };
     let spec = ModelSpec {
-        name: repo.rsplit('/').next().unwrap_or(repo).to_owned(),
+        name: name.to_owned(),
         embedding_dim: dim as usize,
         image_size: image_size as u32,
         image_mean: triple(&pre["image_mean"], [0.481_454_7, 0.457_827_5, 0.408_210_7]),

@@ -71,18 +71,26 @@ fn session(env: &Environment, path: &Path, threads: usize) -> Result<Session, On
         .map_err(|e| err(e.to_string()))
 }
 
-/// Picks the named output, else the only output: public exports name it `image_embeds` /
-/// `text_embeds`, some add `last_hidden_state` beside it.
+/// Picks the named output, else the one rank-2 output: public exports name it `image_embeds` /
+/// `text_embeds`, some call it otherwise or add `last_hidden_state` (rank 3) beside it.
 fn output_name(session: &Session, preferred: &str, path: &Path) -> Result<String, OnnxError> {
-    let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-    if names.contains(&preferred) {
+    let outputs = session.outputs();
+    if outputs.iter().any(|o| o.name() == preferred) {
         return Ok(preferred.to_owned());
     }
-    match names.as_slice() {
+    let rank2: Vec<&str> = outputs
+        .iter()
+        .filter(|o| o.dtype().tensor_shape().is_some_and(|s| s.len() == 2))
+        .map(|o| o.name())
+        .collect();
+    match rank2.as_slice() {
         [only] => Ok((*only).to_owned()),
         _ => Err(OnnxError::Signature {
             path: path.to_owned(),
-            message: format!("no output named {preferred:?} among {names:?}"),
+            message: format!(
+                "no output named {preferred:?} and no single [batch, dim] output among {:?}",
+                outputs.iter().map(|o| o.name()).collect::<Vec<_>>()
+            ),
         }),
     }
 }
@@ -230,6 +238,17 @@ impl TextModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_runtime_library_is_named() {
+        let err = environment(Path::new("/nonexistent/libonnxruntime.so")).err();
+        let message = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("/nonexistent/libonnxruntime.so"),
+            "{message}"
+        );
+        assert!(message.contains("ORT_DYLIB_PATH"), "{message}");
+    }
 
     #[test]
     fn rows_are_unit_length() {

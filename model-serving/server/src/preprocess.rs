@@ -52,7 +52,12 @@ impl Preprocessor {
         let size = self.image_size;
         let (w, h) = rgb.dimensions();
         let (rw, rh) = shortest_edge_size(w, h, size);
-        let resized = resize_bicubic(rgb, rw, rh);
+        // Already at the target size (common for catalogue thumbnails): no copy.
+        let resized = if (rw, rh) == (w, h) {
+            std::borrow::Cow::Borrowed(rgb)
+        } else {
+            std::borrow::Cow::Owned(resize_bicubic(rgb, rw, rh))
+        };
         let left = python_round_half((rw - size) as f64 / 2.0);
         let top = python_round_half((rh - size) as f64 / 2.0);
         normalise_chw(&resized, left, top, size, self.mean, self.std, out);
@@ -337,14 +342,22 @@ fn normalise_chw(
     }
     let raw = img.as_raw();
     let stride = img.width() as usize * 3;
-    for y in 0..size as usize {
-        let row = &raw[(top as usize + y) * stride..];
-        for x in 0..size as usize {
-            let p = &row[(left as usize + x) * 3..(left as usize + x) * 3 + 3];
-            let at = base + y * size as usize + x;
-            out[at] = table[0][p[0] as usize];
-            out[at + plane] = table[1][p[1] as usize];
-            out[at + 2 * plane] = table[2][p[2] as usize];
+    let size = size as usize;
+    let (r_plane, rest) = out[base..].split_at_mut(plane);
+    let (g_plane, b_plane) = rest.split_at_mut(plane);
+    for y in 0..size {
+        let start = (top as usize + y) * stride + left as usize * 3;
+        let row = &raw[start..start + size * 3];
+        let at = y * size;
+        let (r, g, b) = (
+            &mut r_plane[at..at + size],
+            &mut g_plane[at..at + size],
+            &mut b_plane[at..at + size],
+        );
+        for (x, p) in row.chunks_exact(3).enumerate() {
+            r[x] = table[0][usize::from(p[0])];
+            g[x] = table[1][usize::from(p[1])];
+            b[x] = table[2][usize::from(p[2])];
         }
     }
 }

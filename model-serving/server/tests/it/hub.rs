@@ -29,17 +29,21 @@ struct Hub {
     range_requests: Arc<AtomicUsize>,
 }
 
-const LFS: [&str; 2] = ["onnx/vision_model.onnx", "onnx/text_model.onnx"];
+/// Large files live in LFS and are served through the CDN redirect.
+fn is_lfs(path: &str) -> bool {
+    path.ends_with(".onnx")
+}
 
 async fn resolve(
     State(hub): State<Hub>,
     UrlPath((owner, repo, _rev, path)): UrlPath<(String, String, String, String)>,
 ) -> Response {
-    let Some(bytes) = hub.files.get(&path) else {
+    let key = format!("{owner}/{repo}/{path}");
+    let Some(bytes) = hub.files.get(&key) else {
         return (StatusCode::NOT_FOUND, "Entry not found").into_response();
     };
     let lie = hub.corrupt_etag.contains(&path);
-    if LFS.contains(&path.as_str()) {
+    if is_lfs(&path) {
         let mut sha = hex::encode(sha2::Sha256::digest(bytes));
         if lie {
             sha = "0".repeat(64);
@@ -64,10 +68,10 @@ async fn resolve(
 
 async fn cdn(
     State(hub): State<Hub>,
-    UrlPath((_owner, _repo, path)): UrlPath<(String, String, String)>,
+    UrlPath((owner, repo, path)): UrlPath<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(bytes) = hub.files.get(&path).cloned() else {
+    let Some(bytes) = hub.files.get(&format!("{owner}/{repo}/{path}")).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let start = headers
@@ -89,7 +93,7 @@ async fn cdn(
             .body(Body::from(bytes[start..].to_vec()))
             .expect("response");
     }
-    if path == LFS[0] && hub.cut_once.fetch_sub(1, Ordering::SeqCst) == 1 {
+    if is_lfs(&path) && hub.cut_once.fetch_sub(1, Ordering::SeqCst) == 1 {
         // Announce the whole file, send half of it, then fail the stream: the connection drops.
         let half = bytes[..bytes.len() / 2].to_vec();
         use futures::StreamExt as _;
@@ -111,32 +115,40 @@ async fn cdn(
 async fn start_hub(corrupt: Vec<String>) -> (SocketAddr, Hub) {
     let model = model_dir();
     let spec = ModelSpec::load(&model).expect("spec");
+    let config = serde_json::to_vec(&serde_json::json!({
+        "projection_dim": spec.embedding_dim,
+        "vision_config": {"image_size": spec.image_size},
+        "text_config": {"max_position_embeddings": 77},
+    }))
+    .expect("json");
+    let preprocessor = serde_json::to_vec(&serde_json::json!({
+        "crop_size": {"height": spec.image_size, "width": spec.image_size},
+        "image_mean": spec.image_mean,
+        "image_std": spec.image_std,
+        "resample": 3,
+    }))
+    .expect("json");
+    let vision = read(&model.join("vision_model.onnx"));
+    let text = read(&model.join("text_model.onnx"));
+    let tokenizer = read(&model.join("tokenizer.json"));
     let mut files = HashMap::new();
-    files.insert(LFS[0].to_owned(), read(&model.join("vision_model.onnx")));
-    files.insert(LFS[1].to_owned(), read(&model.join("text_model.onnx")));
+    // The Xenova layout: one repository, towers under onnx/.
+    let x = "Xenova/clip-vit-base-patch32";
+    files.insert(format!("{x}/onnx/vision_model.onnx"), vision.clone());
+    files.insert(format!("{x}/onnx/text_model.onnx"), text.clone());
+    files.insert(format!("{x}/tokenizer.json"), tokenizer.clone());
+    files.insert(format!("{x}/config.json"), config.clone());
     files.insert(
-        "tokenizer.json".to_owned(),
-        read(&model.join("tokenizer.json")),
+        format!("{x}/preprocessor_config.json"),
+        preprocessor.clone(),
     );
-    files.insert(
-        "config.json".to_owned(),
-        serde_json::to_vec(&serde_json::json!({
-            "projection_dim": spec.embedding_dim,
-            "vision_config": {"image_size": spec.image_size},
-            "text_config": {"max_position_embeddings": 77},
-        }))
-        .expect("json"),
-    );
-    files.insert(
-        "preprocessor_config.json".to_owned(),
-        serde_json::to_vec(&serde_json::json!({
-            "crop_size": {"height": spec.image_size, "width": spec.image_size},
-            "image_mean": spec.image_mean,
-            "image_std": spec.image_std,
-            "resample": 3,
-        }))
-        .expect("json"),
-    );
+    // Qdrant's layout: one repository per tower, each a model.onnx.
+    let (qv, qt) = ("Qdrant/clip-ViT-B-32-vision", "Qdrant/clip-ViT-B-32-text");
+    files.insert(format!("{qv}/model.onnx"), vision);
+    files.insert(format!("{qv}/config.json"), config);
+    files.insert(format!("{qv}/preprocessor_config.json"), preprocessor);
+    files.insert(format!("{qt}/model.onnx"), text);
+    files.insert(format!("{qt}/tokenizer.json"), tokenizer);
     let hub = Hub {
         files: Arc::new(files),
         corrupt_etag: Arc::new(corrupt),
@@ -161,7 +173,7 @@ async fn downloads_resumes_verifies_and_the_folder_loads() {
     let dest = tempfile::tempdir().expect("tempdir");
     let folder = dest.path().join("clip-vit-base-patch32");
     let source = ModelSource::resolve("clip-vit-base-patch32", "main");
-    assert_eq!(source.repo, "Xenova/clip-vit-base-patch32");
+    assert_eq!(source.vision.repo, "Xenova/clip-vit-base-patch32");
     hub::download(&format!("http://{addr}"), &source, &folder)
         .await
         .expect("download");
@@ -211,11 +223,34 @@ async fn downloads_resumes_verifies_and_the_folder_loads() {
 }
 
 #[tokio::test]
+async fn qdrant_split_export_downloads_and_loads() {
+    let (addr, _hub) = start_hub(Vec::new()).await;
+    let dest = tempfile::tempdir().expect("tempdir");
+    let source = ModelSource::resolve("qdrant-clip-vit-b-32", "main");
+    hub::download(&format!("http://{addr}"), &source, dest.path())
+        .await
+        .expect("download");
+    let mut config = encoder_config();
+    config.model_dir = dest.path().to_owned();
+    let app = spawn_app_with(config, limits()).await;
+    let out = app
+        .client
+        .encode_images(vec![read(&sample_photos(1)[0])])
+        .await
+        .expect("encode");
+    assert_eq!(out.model, "clip-vit-b-32");
+    assert_eq!(
+        out.dim,
+        ModelSpec::load(&model_dir()).expect("spec").embedding_dim
+    );
+}
+
+#[tokio::test]
 async fn a_checksum_mismatch_fails_and_keeps_nothing() {
     for corrupt in ["onnx/text_model.onnx", "tokenizer.json"] {
         let (addr, _hub) = start_hub(vec![corrupt.to_owned()]).await;
         let dest = tempfile::tempdir().expect("tempdir");
-        let source = ModelSource::resolve("someone/clip-export", "main");
+        let source = ModelSource::resolve("clip-vit-base-patch32", "main");
         let err = hub::download(&format!("http://{addr}"), &source, dest.path())
             .await
             .expect_err("mismatch");
