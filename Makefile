@@ -24,6 +24,11 @@ VENV        := $(CACHE_DIR)/venv
 VENV_STAMP  := $(VENV)/.requirements-$(shell sha256sum model-serving/tools/requirements.txt | cut -c1-16)
 VPY         := $(VENV)/bin/python
 
+# Real photos for tests, benchmarks and demos (never committed): shared/ beside the checkout.
+SHARED      ?= $(firstword $(wildcard $(ROOT)/../shared /work/shared))
+DATASET_DIR ?= $(SHARED)/datasets/fashion-product-images-small
+export DATASET_DIR
+
 TINY_MODEL  := $(MODELS_DIR)/tiny
 BENCH_MODEL := $(MODELS_DIR)/vit-b32-random
 GEN_MODEL   := model-serving/tools/gen_models.py
@@ -142,7 +147,7 @@ logs: ## show the last lines of every service log
 .PHONY: bench
 bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(VENV_STAMP) ## benchmarks on the ViT-B/32-shaped model (release build)
 	$(CARGO) build --release --locked --bin model-serving --bin model-serving-bench
-	BENCH_MODEL_DIR=$(BENCH_MODEL) DATASET_DIR=$(ROOT)/../shared/datasets/fashion-product-images-small \
+	BENCH_MODEL_DIR=$(BENCH_MODEL) \
 	  REFERENCE_PYTHON=$(VPY) $(TARGET_DIR)/release/model-serving-bench
 
 .PHONY: clean

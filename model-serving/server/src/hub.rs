@@ -273,11 +273,32 @@ async fn fetch_attempt(
         .open(part)
         .await
         .map_err(io_err(part))?;
+    // A progress bar with rate and ETA on a terminal; nothing (but the log lines) otherwise.
+    let already = if append { have } else { 0 };
+    let total = response.content_length().map(|n| n + already);
+    let progress = indicatif::ProgressBar::with_draw_target(
+        total,
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:24} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress.set_message(
+        part.file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".part").to_owned())
+            .unwrap_or_default(),
+    );
+    progress.set_position(already);
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| http_err(&target, e))?;
         file.write_all(&chunk).await.map_err(io_err(part))?;
+        progress.inc(chunk.len() as u64);
     }
+    progress.finish_and_clear();
     file.flush().await.map_err(io_err(part))?;
     file.sync_all().await.map_err(io_err(part))?;
     Ok(expected)

@@ -65,14 +65,14 @@ pub fn bpe_vocab() -> PathBuf {
     workspace().join("model-serving/assets/clip-tokenizer/bpe_simple_vocab_16e6.txt.gz")
 }
 
+/// The development photos: `DATASET_DIR`, else `shared/datasets` beside the checkout
+/// (`make test` passes the one it found).
 pub fn dataset_dir() -> PathBuf {
-    let dir = env_path(
-        "DATASET_DIR",
-        workspace().join("../shared/datasets/fashion-product-images-small"),
-    );
+    let beside = workspace().join("../shared/datasets/fashion-product-images-small");
+    let dir = env_path("DATASET_DIR", beside);
     assert!(
         dir.join("styles.csv").is_file(),
-        "no dataset at {}",
+        "no dataset at {} (set DATASET_DIR to the fashion-product-images-small folder)",
         dir.display()
     );
     dir
