@@ -276,10 +276,8 @@ async fn fetch_attempt(
     // A progress bar with rate and ETA on a terminal; nothing (but the log lines) otherwise.
     let already = if append { have } else { 0 };
     let total = response.content_length().map(|n| n + already);
-    let progress = indicatif::ProgressBar::with_draw_target(
-        total,
-        indicatif::ProgressDrawTarget::stderr(),
-    );
+    let progress =
+        indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
     progress.set_style(
         indicatif::ProgressStyle::with_template(
             "{msg:24} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} eta {eta}",
