@@ -107,26 +107,38 @@ test: system-deps $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everythin
 
 .PHONY: build-release
 build-release: system-deps
-	$(CARGO) build --release --locked --bin model-serving
+	$(CARGO) build --release --locked --bin model-serving --bin backend
+
+BACKEND_ADDR ?= 127.0.0.1:8000
+S3_EMBEDDED_ADDR ?= 127.0.0.1:9000
+
+# Starts one service in the background unless its pid file names a live process, then waits
+# until its /health/ready answers. $(1) name, $(2) address, $(3) environment and command.
+define start_service
+	@if [ -f $(RUN_DIR)/$(1).pid ] && kill -0 $$(cat $(RUN_DIR)/$(1).pid) 2>/dev/null; then \
+	  echo "$(1) already running (pid $$(cat $(RUN_DIR)/$(1).pid))"; \
+	else \
+	  $(3) >> $(RUN_DIR)/$(1).log 2>&1 & echo $$! > $(RUN_DIR)/$(1).pid; \
+	fi
+	@for i in $$(seq 1 240); do \
+	  curl -fsS http://$(2)/health/ready >/dev/null 2>&1 && break; \
+	  kill -0 $$(cat $(RUN_DIR)/$(1).pid) 2>/dev/null || { echo "$(1) exited:"; tail -5 $(RUN_DIR)/$(1).log; exit 1; }; \
+	  sleep 0.5; done
+	@curl -fsS http://$(2)/health/ready >/dev/null || { echo "$(1) not ready; see $(RUN_DIR)/$(1).log"; exit 1; }
+endef
 
 .PHONY: run
 run: $(ORT_LIB) $(TINY_MODEL)/model.json build-release ## start the services in the background (logs, pids in var/run)
-	@mkdir -p $(RUN_DIR)
-	@if [ -f $(RUN_DIR)/model-serving.pid ] && kill -0 $$(cat $(RUN_DIR)/model-serving.pid) 2>/dev/null; then \
-	  echo "model-serving already running (pid $$(cat $(RUN_DIR)/model-serving.pid))"; \
-	else \
-	  MODEL_DIR=$(RUN_MODEL) MODEL_SERVING_ADDR=$(MODEL_SERVING_ADDR) \
-	    nohup $(TARGET_DIR)/release/model-serving serve >> $(RUN_DIR)/model-serving.log 2>&1 & \
-	  echo $$! > $(RUN_DIR)/model-serving.pid; \
-	fi
-	@for i in $$(seq 1 120); do \
-	  curl -fsS http://$(MODEL_SERVING_ADDR)/health/ready >/dev/null 2>&1 && break; \
-	  kill -0 $$(cat $(RUN_DIR)/model-serving.pid) 2>/dev/null || { echo "model-serving exited:"; tail -5 $(RUN_DIR)/model-serving.log; exit 1; }; \
-	  sleep 0.5; done
-	@curl -fsS http://$(MODEL_SERVING_ADDR)/health/ready >/dev/null || { echo "model-serving not ready"; exit 1; }
+	@mkdir -p $(RUN_DIR) $(VAR)/data
+	@[ -s $(RUN_DIR)/api-key ] || (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(RUN_DIR)/api-key)
+	$(call start_service,model-serving,$(MODEL_SERVING_ADDR),MODEL_DIR=$(RUN_MODEL) MODEL_SERVING_ADDR=$(MODEL_SERVING_ADDR) nohup $(TARGET_DIR)/release/model-serving serve)
+	$(call start_service,backend,$(BACKEND_ADDR),API_KEY=$${API_KEY:-$$(cat $(RUN_DIR)/api-key)} BACKEND_ADDR=$(BACKEND_ADDR) MODEL_SERVING_URL=http://$(MODEL_SERVING_ADDR) S3_EMBEDDED_ADDR=$(S3_EMBEDDED_ADDR) DATA_DIR=$(VAR)/data nohup $(TARGET_DIR)/release/backend)
 	@echo "model-serving  http://$(MODEL_SERVING_ADDR)  (model: $(RUN_MODEL))"
-	@echo "  metrics      http://$(MODEL_SERVING_ADDR)/metrics"
-	@echo "  try          curl -s -XPOST http://$(MODEL_SERVING_ADDR)/encode_text -H 'content-type: application/json' -d '{\"texts\":[\"red summer dress\"]}'"
+	@echo "backend        http://$(BACKEND_ADDR)  (API docs: http://$(BACKEND_ADDR)/docs)"
+	@echo "  metrics      http://$(MODEL_SERVING_ADDR)/metrics  http://$(BACKEND_ADDR)/metrics"
+	@echo "  images       http://$(S3_EMBEDDED_ADDR) (embedded S3, pre-signed URLs)"
+	@echo "  write key    $(RUN_DIR)/api-key (header x-api-key)"
+	@echo "  try          curl -s 'http://$(BACKEND_ADDR)/v1/search?q=red+summer+dress&k=5'"
 	@echo "logs: make logs    stop: make stop"
 
 .PHONY: stop

@@ -1,0 +1,376 @@
+//! The backend's wire types and a typed client, shared with its callers (frontend, etl), so no
+//! caller re-declares a JSON shape.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// Attributes stored with each image; the filterable ones are keyword-indexed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ImageAttributes {
+    /// Which dataset the image came from, e.g. `fashion-product-images`.
+    pub dataset: String,
+    /// A human caption, e.g. the product's display name.
+    #[serde(default)]
+    pub caption: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub article_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colour: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub season: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+}
+
+/// One indexed image as the API shows it, with a short-lived pre-signed URL.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ImageItem {
+    pub id: Uuid,
+    pub s3_key: String,
+    /// RFC 3339, when the image was indexed.
+    pub created_at: String,
+    #[serde(flatten)]
+    pub attributes: ImageAttributes,
+    /// Pre-signed GET URL for the image bytes.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct SearchHit {
+    /// Cosine similarity to the query, higher is closer.
+    pub score: f32,
+    #[serde(flatten)]
+    pub item: ImageItem,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct SearchResponse {
+    pub hits: Vec<SearchHit>,
+    pub k: usize,
+    pub offset: usize,
+    /// The caption the text query was embedded as (prompt template applied), if a text query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_text: Option<String>,
+    pub model: String,
+    pub took_ms: f64,
+}
+
+/// Filters and paging shared by every search and list endpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// Results per page (1..=100, default 20).
+    pub k: Option<usize>,
+    /// Results to skip (default 0; k + offset at most 1000).
+    pub offset: Option<usize>,
+    pub gender: Option<String>,
+    pub category: Option<String>,
+    pub article_type: Option<String>,
+    pub colour: Option<String>,
+    pub dataset: Option<String>,
+    /// Hide hits scoring below this (-1..=1).
+    pub min_score: Option<f32>,
+}
+
+/// `GET /v1/search?q=...` = a text query plus [`SearchParams`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TextQuery {
+    /// What the shopper typed, e.g. "red summer dress".
+    pub q: Option<String>,
+}
+
+/// `POST /search-image` (reference-design compatible) JSON form.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TextSearchRequest {
+    pub text: String,
+    #[serde(default)]
+    pub k: Option<usize>,
+}
+
+/// One item of `POST /v1/images:batch`, the ETL's path. Upserts are idempotent by id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct IngestItem {
+    pub id: Uuid,
+    pub vector: Vec<f32>,
+    pub s3_key: String,
+    #[serde(flatten)]
+    pub attributes: ImageAttributes,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IngestBatchRequest {
+    pub items: Vec<IngestItem>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct IngestBatchResponse {
+    pub upserted: usize,
+}
+
+/// Which of the given ids are already indexed (lets the ETL skip work cheaply).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExistsRequest {
+    pub ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExistsResponse {
+    pub existing: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ListResponse {
+    pub items: Vec<ImageItem>,
+    pub offset: usize,
+    pub limit: usize,
+    /// Items matching the filters.
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct StatsResponse {
+    pub total: u64,
+    pub by_dataset: BTreeMap<String, u64>,
+    pub by_category: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FacetValue {
+    pub value: String,
+    pub count: u64,
+}
+
+/// Values and counts of each filterable field, most frequent first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FacetsResponse {
+    pub facets: BTreeMap<String, Vec<FacetValue>>,
+}
+
+/// Every error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("backend unavailable: {message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("backend rejected the request ({status}, {code}): {message}")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("backend failed ({status}): {message}")]
+    Server { status: u16, message: String },
+    #[error("cannot reach the backend: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("unexpected response from the backend: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Transport(_))
+    }
+}
+
+/// A typed client for the backend. Cheap to clone; connections are pooled.
+#[derive(Debug, Clone)]
+pub struct BackendClient {
+    base: String,
+    http: reqwest::Client,
+    api_key: Option<String>,
+}
+
+impl BackendClient {
+    pub fn new(base: impl Into<String>, timeout: Duration) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(ClientError::Transport)?;
+        Ok(Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            http,
+            api_key: None,
+        })
+    }
+
+    /// The key sent as `x-api-key` on writes.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn write(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) => request.header("x-api-key", key),
+            None => request,
+        }
+    }
+
+    pub async fn search_text(
+        &self,
+        q: &str,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/search", self.base))
+            .query(&[("q", q)])
+            .query(params);
+        self.send(request).await
+    }
+
+    pub async fn search_image(
+        &self,
+        image: Vec<u8>,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, ClientError> {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(image).file_name("query"),
+        );
+        let request = self
+            .http
+            .post(format!("{}/v1/search/image", self.base))
+            .query(params)
+            .multipart(form);
+        self.send(request).await
+    }
+
+    pub async fn similar(
+        &self,
+        id: Uuid,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/images/{id}/similar", self.base))
+            .query(params);
+        self.send(request).await
+    }
+
+    pub async fn get_image(&self, id: Uuid) -> Result<ImageItem, ClientError> {
+        self.send(self.http.get(format!("{}/v1/images/{id}", self.base)))
+            .await
+    }
+
+    pub async fn delete_image(&self, id: Uuid) -> Result<(), ClientError> {
+        let request = self.write(self.http.delete(format!("{}/v1/images/{id}", self.base)));
+        self.send::<serde_json::Value>(request).await.map(|_| ())
+    }
+
+    pub async fn list_images(
+        &self,
+        offset: usize,
+        limit: usize,
+        params: &SearchParams,
+    ) -> Result<ListResponse, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/images", self.base))
+            .query(&[("offset", offset), ("limit", limit)])
+            .query(params);
+        self.send(request).await
+    }
+
+    pub async fn ingest_batch(
+        &self,
+        items: Vec<IngestItem>,
+    ) -> Result<IngestBatchResponse, ClientError> {
+        let request = self
+            .write(self.http.post(format!("{}/v1/images:batch", self.base)))
+            .json(&IngestBatchRequest { items });
+        self.send(request).await
+    }
+
+    pub async fn existing(&self, ids: Vec<Uuid>) -> Result<Vec<Uuid>, ClientError> {
+        let request = self
+            .http
+            .post(format!("{}/v1/images:exists", self.base))
+            .json(&ExistsRequest { ids });
+        self.send::<ExistsResponse>(request)
+            .await
+            .map(|r| r.existing)
+    }
+
+    pub async fn stats(&self) -> Result<StatsResponse, ClientError> {
+        self.send(self.http.get(format!("{}/v1/stats", self.base)))
+            .await
+    }
+
+    pub async fn facets(&self) -> Result<FacetsResponse, ClientError> {
+        self.send(self.http.get(format!("{}/v1/facets", self.base)))
+            .await
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let response = telemetry::propagation::inject(request)
+            .send()
+            .await
+            .map_err(ClientError::Transport)?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<T>()
+                .await
+                .map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(e) => (e.error.code, e.error.message),
+            Err(_) => ("unknown".to_owned(), body.chars().take(200).collect()),
+        };
+        Err(match status.as_u16() {
+            503 | 429 | 502 | 504 => ClientError::Unavailable {
+                message,
+                retry_after,
+            },
+            s @ 400..=499 => ClientError::Rejected {
+                status: s,
+                code,
+                message,
+            },
+            s => ClientError::Server { status: s, message },
+        })
+    }
+}

@@ -1,0 +1,674 @@
+//! HTTP: extract, call the engine, map. Every error is `{"error": {"code", "message"}}`; engine
+//! errors become statuses in [`ApiError::into_response`] alone. OpenAPI at `/openapi.json`,
+//! interactive docs at `/docs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use backend_api::{
+    ErrorBody, ErrorDetail, ExistsRequest, ExistsResponse, FacetsResponse, ImageAttributes,
+    ImageItem, IngestBatchRequest, IngestBatchResponse, ListResponse, SearchParams, SearchResponse,
+    StatsResponse, TextSearchRequest,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use telemetry::{PrometheusHandle, Readiness};
+use utoipa::OpenApi;
+use utoipa_scalar::Servable as _;
+use uuid::Uuid;
+
+use crate::encoder::EncoderError;
+use crate::index::IndexError;
+use crate::search::{SearchEngine, SearchError};
+use crate::storage::StorageError;
+
+pub const SERVICE: &str = "backend";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<SearchEngine>,
+    pub api_key: Option<Arc<SecretString>>,
+    pub timeout: Duration,
+    pub http: reqwest::Client,
+    pub max_body_bytes: usize,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fashion search", description = "Text and image search over a fashion catalogue."),
+    paths(
+        search_text, search_image, search_reference, similar, get_image, delete_image,
+        list_images, stats, facets, ingest_batch, exists, add_image
+    ),
+    components(schemas(
+        SearchResponse, backend_api::SearchHit, ImageItem, ImageAttributes, ListResponse,
+        StatsResponse, FacetsResponse, backend_api::FacetValue, IngestBatchRequest,
+        backend_api::IngestItem, IngestBatchResponse, ExistsRequest, ExistsResponse, ErrorBody,
+        ErrorDetail, TextSearchRequest, AddImageUrl
+    )),
+    modifiers(&ApiKeyScheme)
+)]
+pub struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+    }
+}
+
+pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) -> Router {
+    let body_limit = state.max_body_bytes;
+    let timeout = state.timeout;
+    let api = Router::new()
+        .route("/search-image", post(search_reference))
+        .route("/v1/search", get(search_text))
+        .route("/v1/search/image", post(search_image))
+        .route("/v1/images", get(list_images).post(add_image))
+        .route("/v1/images:batch", post(ingest_batch))
+        .route("/v1/images:exists", post(exists))
+        .route("/v1/images/{id}", get(get_image).delete(delete_image))
+        .route("/v1/images/{id}/similar", get(similar))
+        .route("/v1/stats", get(stats))
+        .route("/v1/facets", get(facets))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .with_state(state);
+    Router::new()
+        .merge(api)
+        .merge(utoipa_scalar::Scalar::with_url("/docs", ApiDoc::openapi()))
+        .merge(telemetry::ops_router(metrics, readiness))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(middleware::from_fn_with_state(
+            SERVICE,
+            telemetry::http::track_requests,
+        ))
+}
+
+/// Bounds every request; a timeout is a fault to retry, so 503 + Retry-After.
+async fn request_timeout(
+    State(limit): State<Duration>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable {
+            code: "timeout",
+            message: "the request took too long; retry shortly".into(),
+            retry_after: 1,
+        }
+        .into_response(),
+    }
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::Internal.into_response()
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    Unauthorized,
+    WritesDisabled,
+    NotFound(String),
+    PayloadTooLarge(String),
+    Unsupported(String),
+    Upstream {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after: u64,
+    },
+    Internal,
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> Self {
+        match e {
+            SearchError::Invalid(message) => Self::BadRequest {
+                code: "invalid_request",
+                message,
+            },
+            SearchError::NotFound(id) => Self::NotFound(format!("no image with id {id}")),
+            SearchError::Encoder(EncoderError::Unavailable {
+                message,
+                retry_after,
+            }) => {
+                tracing::warn!(%message, "model-serving unavailable");
+                Self::Unavailable {
+                    code: "model_unavailable",
+                    message: "the model service is unavailable; retry shortly".into(),
+                    retry_after: retry_after.as_secs().max(1),
+                }
+            }
+            SearchError::Encoder(EncoderError::Rejected {
+                status,
+                code,
+                message,
+            }) => Self::Upstream {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                code,
+                message,
+            },
+            SearchError::Index(IndexError::Dimension { expected, got }) => Self::BadRequest {
+                code: "dimension_mismatch",
+                message: format!("vector has {got} dimensions; the index holds {expected}"),
+            },
+            SearchError::Index(IndexError::Unavailable(message)) => {
+                tracing::warn!(%message, "index unavailable");
+                Self::Unavailable {
+                    code: "index_unavailable",
+                    message: "the index is unavailable; retry shortly".into(),
+                    retry_after: 1,
+                }
+            }
+            SearchError::Storage(StorageError::Unavailable(message)) => {
+                tracing::warn!(%message, "object storage unavailable");
+                Self::Unavailable {
+                    code: "storage_unavailable",
+                    message: "image storage is unavailable; retry shortly".into(),
+                    retry_after: 1,
+                }
+            }
+            SearchError::Index(IndexError::Internal(message)) => {
+                tracing::error!(%message, "index error");
+                Self::Internal
+            }
+            SearchError::Storage(error) => {
+                tracing::error!(%error, "storage error");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, retry_after) = match self {
+            Self::BadRequest { code, message } => {
+                (StatusCode::BAD_REQUEST, code.to_owned(), message, None)
+            }
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized".into(),
+                "a valid x-api-key header is required for writes".into(),
+                None,
+            ),
+            Self::WritesDisabled => (
+                StatusCode::FORBIDDEN,
+                "writes_disabled".into(),
+                "writes are disabled: the backend has no API_KEY configured".into(),
+                None,
+            ),
+            Self::NotFound(message) => (StatusCode::NOT_FOUND, "not_found".into(), message, None),
+            Self::PayloadTooLarge(message) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large".into(),
+                message,
+                None,
+            ),
+            Self::Unsupported(message) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type".into(),
+                message,
+                None,
+            ),
+            Self::Upstream {
+                status,
+                code,
+                message,
+            } => (status, code, message, None),
+            Self::Unavailable {
+                code,
+                message,
+                retry_after,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                code.to_owned(),
+                message,
+                Some(retry_after),
+            ),
+            Self::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal".into(),
+                "internal error".into(),
+                None,
+            ),
+        };
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail { code, message },
+            }),
+        )
+            .into_response();
+        if let Some(secs) = retry_after
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+fn json_error(rejection: JsonRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(rejection.body_text()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ApiError::Unsupported("expected Content-Type: application/json".into())
+        }
+        _ => ApiError::BadRequest {
+            code: "invalid_json",
+            message: rejection.body_text(),
+        },
+    }
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_query",
+        message: rejection.body_text(),
+    }
+}
+
+fn path_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
+    path.map(|Path(id)| id).map_err(|_| ApiError::BadRequest {
+        code: "invalid_id",
+        message: "the image id must be a UUID".into(),
+    })
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge(e.body_text())
+    } else {
+        ApiError::BadRequest {
+            code: "invalid_multipart",
+            message: e.body_text(),
+        }
+    }
+}
+
+/// Writes need the configured key, compared in constant time.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.api_key else {
+        return Err(ApiError::WritesDisabled);
+    };
+    let given = headers
+        .get("x-api-key")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(expected.expose_secret().as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// `GET /v1/search` parameters; unknown parameters are refused rather than ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextSearchQuery {
+    q: Option<String>,
+    k: Option<usize>,
+    offset: Option<usize>,
+    gender: Option<String>,
+    category: Option<String>,
+    article_type: Option<String>,
+    colour: Option<String>,
+    dataset: Option<String>,
+    min_score: Option<f32>,
+}
+
+/// Filter and paging parameters of the other search endpoints (unknown ones refused).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterQuery {
+    k: Option<usize>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+    gender: Option<String>,
+    category: Option<String>,
+    article_type: Option<String>,
+    colour: Option<String>,
+    dataset: Option<String>,
+    min_score: Option<f32>,
+}
+
+impl FilterQuery {
+    fn params(&self) -> SearchParams {
+        SearchParams {
+            k: self.k,
+            offset: self.offset,
+            gender: self.gender.clone(),
+            category: self.category.clone(),
+            article_type: self.article_type.clone(),
+            colour: self.colour.clone(),
+            dataset: self.dataset.clone(),
+            min_score: self.min_score,
+        }
+    }
+}
+
+/// Text search with the model's prompt template.
+#[utoipa::path(get, path = "/v1/search", params(backend_api::TextQuery, SearchParams),
+    responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn search_text(
+    State(state): State<AppState>,
+    query: Result<Query<TextSearchQuery>, QueryRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let params = SearchParams {
+        k: query.k,
+        offset: query.offset,
+        gender: query.gender,
+        category: query.category,
+        article_type: query.article_type,
+        colour: query.colour,
+        dataset: query.dataset,
+        min_score: query.min_score,
+    };
+    let q = query.q.unwrap_or_default();
+    Ok(Json(state.engine.search_text(&q, &params).await?))
+}
+
+async fn first_file(mut multipart: Multipart) -> Result<Vec<u8>, ApiError> {
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        if field.file_name().is_some() || field.name() == Some("file") {
+            return Ok(field.bytes().await.map_err(multipart_error)?.to_vec());
+        }
+    }
+    Err(ApiError::BadRequest {
+        code: "missing_file",
+        message: "send the image as a multipart file field named \"file\"".into(),
+    })
+}
+
+/// Image search: a multipart upload (field `file`), same filters as text search.
+#[utoipa::path(post, path = "/v1/search/image", params(SearchParams),
+    request_body(content_type = "multipart/form-data", description = "field `file`: the query image"),
+    responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn search_image(
+    State(state): State<AppState>,
+    query: Result<Query<FilterQuery>, QueryRejection>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let multipart = multipart.map_err(|e| ApiError::Unsupported(e.body_text()))?;
+    let image = first_file(multipart).await?;
+    Ok(Json(
+        state.engine.search_image(image, &query.params()).await?,
+    ))
+}
+
+/// The reference design's endpoint: JSON `{"text": ..., "k": ...}` or a multipart image.
+#[utoipa::path(post, path = "/search-image", request_body = TextSearchRequest,
+    responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn search_reference(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::BadRequest {
+                code: "invalid_multipart",
+                message: e.body_text(),
+            })?;
+        let image = first_file(multipart).await?;
+        return Ok(Json(
+            state
+                .engine
+                .search_image(image, &SearchParams::default())
+                .await?,
+        ));
+    }
+    let Json(body) = Json::<TextSearchRequest>::from_request(request, &state)
+        .await
+        .map_err(json_error)?;
+    let params = SearchParams {
+        k: body.k,
+        ..Default::default()
+    };
+    Ok(Json(state.engine.search_text(&body.text, &params).await?))
+}
+
+/// More like this: the images nearest to an indexed one.
+#[utoipa::path(get, path = "/v1/images/{id}/similar", params(("id" = Uuid, Path,), SearchParams),
+    responses((status = 200, body = SearchResponse), (status = 404, body = ErrorBody)))]
+async fn similar(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<FilterQuery>, QueryRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let id = path_id(id)?;
+    let Query(query) = query.map_err(query_error)?;
+    Ok(Json(state.engine.similar(id, &query.params()).await?))
+}
+
+#[utoipa::path(get, path = "/v1/images/{id}", params(("id" = Uuid, Path,)),
+    responses((status = 200, body = ImageItem), (status = 404, body = ErrorBody)))]
+async fn get_image(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<ImageItem>, ApiError> {
+    Ok(Json(state.engine.get(path_id(id)?).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/images/{id}", params(("id" = Uuid, Path,)), security(("api_key" = [])),
+    responses((status = 200), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let id = path_id(id)?;
+    state.engine.delete(id).await?;
+    Ok(Json(serde_json::json!({ "deleted": id })))
+}
+
+/// Indexed images in a stable order, filtered.
+#[utoipa::path(get, path = "/v1/images", params(SearchParams, ("limit" = Option<usize>, Query,)),
+    responses((status = 200, body = ListResponse), (status = 400, body = ErrorBody)))]
+async fn list_images(
+    State(state): State<AppState>,
+    query: Result<Query<FilterQuery>, QueryRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let offset = query.offset.unwrap_or(0);
+    let limit = query.limit.unwrap_or(20);
+    Ok(Json(
+        state.engine.list(offset, limit, &query.params()).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, body = StatsResponse)))]
+async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
+    Ok(Json(state.engine.stats().await?))
+}
+
+#[utoipa::path(get, path = "/v1/facets", responses((status = 200, body = FacetsResponse)))]
+async fn facets(State(state): State<AppState>) -> Result<Json<FacetsResponse>, ApiError> {
+    Ok(Json(state.engine.facets().await?))
+}
+
+/// The ETL's path: idempotent upsert of vectors with payloads.
+#[utoipa::path(post, path = "/v1/images:batch", request_body = IngestBatchRequest, security(("api_key" = [])),
+    responses((status = 200, body = IngestBatchResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn ingest_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<IngestBatchRequest>, JsonRejection>,
+) -> Result<Json<IngestBatchResponse>, ApiError> {
+    authorize(&state, &headers)?;
+    let Json(body) = body.map_err(json_error)?;
+    let upserted = state.engine.ingest(body.items).await?;
+    Ok(Json(IngestBatchResponse { upserted }))
+}
+
+#[utoipa::path(post, path = "/v1/images:exists", request_body = ExistsRequest,
+    responses((status = 200, body = ExistsResponse)))]
+async fn exists(
+    State(state): State<AppState>,
+    body: Result<Json<ExistsRequest>, JsonRejection>,
+) -> Result<Json<ExistsResponse>, ApiError> {
+    let Json(body) = body.map_err(json_error)?;
+    Ok(Json(ExistsResponse {
+        existing: state.engine.existing(&body.ids).await?,
+    }))
+}
+
+/// `POST /v1/images` JSON form: fetch the image from a URL.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddImageUrl {
+    pub url: String,
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    #[serde(flatten)]
+    pub attributes: ImageAttributes,
+}
+
+/// Adds one image, by multipart upload (`file` plus attribute fields) or JSON with a URL.
+#[utoipa::path(post, path = "/v1/images", request_body = AddImageUrl, security(("api_key" = [])),
+    responses((status = 200, body = ImageItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 415, body = ErrorBody)))]
+async fn add_image(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<ImageItem>, ApiError> {
+    authorize(&state, request.headers())?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (bytes, attributes, id) = if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::BadRequest {
+                code: "invalid_multipart",
+                message: e.body_text(),
+            })?;
+        let mut fields = serde_json::Map::new();
+        let mut bytes = None;
+        while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+            let name = field.name().unwrap_or_default().to_owned();
+            if name == "file" || field.file_name().is_some() {
+                bytes = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
+            } else {
+                let text = field.text().await.map_err(multipart_error)?;
+                let value = match name.as_str() {
+                    "width" | "height" => text
+                        .parse::<u32>()
+                        .map(serde_json::Value::from)
+                        .map_err(|_| ApiError::BadRequest {
+                            code: "invalid_field",
+                            message: format!("{name} must be an integer"),
+                        })?,
+                    _ => serde_json::Value::from(text),
+                };
+                fields.insert(name, value);
+            }
+        }
+        let bytes = bytes.ok_or_else(|| ApiError::BadRequest {
+            code: "missing_file",
+            message: "send the image as a multipart file field named \"file\"".into(),
+        })?;
+        let id = fields
+            .remove("id")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .map(|s| s.parse::<Uuid>())
+            .transpose()
+            .map_err(|_| ApiError::BadRequest {
+                code: "invalid_id",
+                message: "id must be a UUID".into(),
+            })?;
+        let attributes: ImageAttributes = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| ApiError::BadRequest {
+                code: "invalid_field",
+                message: e.to_string(),
+            })?;
+        (bytes, attributes, id)
+    } else {
+        let Json(body) = Json::<AddImageUrl>::from_request(request, &state)
+            .await
+            .map_err(json_error)?;
+        let bytes = fetch_image(&state, &body.url).await?;
+        (bytes, body.attributes, body.id)
+    };
+    Ok(Json(state.engine.add_image(bytes, attributes, id).await?))
+}
+
+/// Downloads an image by URL: http(s) only, bounded in size and time.
+async fn fetch_image(state: &AppState, url: &str) -> Result<Vec<u8>, ApiError> {
+    let bad = |message: String| ApiError::BadRequest {
+        code: "invalid_url",
+        message,
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("invalid url: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad("only http and https URLs can be fetched".into()));
+    }
+    let response = state
+        .http
+        .get(parsed)
+        .send()
+        .await
+        .map_err(|e| bad(format!("cannot fetch the image: {e}")))?;
+    if !response.status().is_success() {
+        return Err(bad(format!(
+            "fetching the image answered {}",
+            response.status()
+        )));
+    }
+    if response
+        .content_length()
+        .is_some_and(|n| n as usize > state.max_body_bytes)
+    {
+        return Err(ApiError::PayloadTooLarge(
+            "the image is larger than the body limit".into(),
+        ));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| bad(format!("cannot read the image: {e}")))?;
+    if bytes.len() > state.max_body_bytes {
+        return Err(ApiError::PayloadTooLarge(
+            "the image is larger than the body limit".into(),
+        ));
+    }
+    Ok(bytes.to_vec())
+}

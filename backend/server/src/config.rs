@@ -1,0 +1,100 @@
+//! Typed configuration: flags, each overridable by its environment variable (all documented in
+//! `.env.example`), validated at start-up and logged with secrets masked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Debug, Clone, Args)]
+pub struct BackendConfig {
+    #[arg(long, env = "BACKEND_ADDR", default_value = "127.0.0.1:8000")]
+    pub addr: SocketAddr,
+    /// Index and embedded S3 objects live here.
+    #[arg(long, env = "DATA_DIR", default_value = "./var/data")]
+    pub data_dir: PathBuf,
+    #[arg(
+        long,
+        env = "MODEL_SERVING_URL",
+        default_value = "http://127.0.0.1:8001"
+    )]
+    pub model_serving_url: String,
+
+    /// Qdrant server (gRPC, e.g. http://127.0.0.1:6334). Unset: the embedded engine under DATA_DIR.
+    #[arg(long, env = "QDRANT_URL")]
+    pub qdrant_url: Option<String>,
+    #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<SecretString>,
+    #[arg(long, env = "QDRANT_COLLECTION", default_value = "fashion_images")]
+    pub qdrant_collection: String,
+    /// HNSW search breadth; higher is slower and more exact.
+    #[arg(long, env = "SEARCH_HNSW_EF", default_value_t = 128)]
+    pub hnsw_ef: usize,
+    /// Exact (brute-force) search instead of HNSW.
+    #[arg(long, env = "SEARCH_EXACT", default_value_t = false)]
+    pub exact: bool,
+    /// Quiet time after the last write before the HNSW graph is rebuilt.
+    #[arg(long, env = "INDEX_OPTIMIZE_AFTER_SECS", default_value_t = 5)]
+    pub optimize_after_secs: u64,
+
+    /// S3 endpoint (MinIO, AWS). Unset: an embedded S3 server over DATA_DIR on S3_EMBEDDED_ADDR.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The endpoint browsers reach; pre-signed URLs are signed for it. Default: S3_ENDPOINT.
+    #[arg(long, env = "S3_PUBLIC_ENDPOINT")]
+    pub s3_public_endpoint: Option<String>,
+    #[arg(long, env = "S3_EMBEDDED_ADDR", default_value = "127.0.0.1:9000")]
+    pub s3_embedded_addr: SocketAddr,
+    #[arg(long, env = "S3_BUCKET", default_value = "fashion-images")]
+    pub s3_bucket: String,
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    #[arg(long, env = "S3_ACCESS_KEY", hide_env_values = true)]
+    pub s3_access_key: Option<SecretString>,
+    #[arg(long, env = "S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<SecretString>,
+    /// Lifetime of pre-signed image URLs.
+    #[arg(long, env = "PRESIGN_TTL_SECS", default_value_t = 900)]
+    pub presign_ttl_secs: u64,
+
+    /// Key required in `x-api-key` for writes. Unset: writes are refused.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<SecretString>,
+    #[arg(long, env = "BACKEND_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    #[arg(long, env = "BACKEND_TIMEOUT_SECS", default_value_t = 30)]
+    pub timeout_secs: u64,
+    /// Query embeddings kept in the cache.
+    #[arg(long, env = "QUERY_CACHE_ENTRIES", default_value_t = 10_000)]
+    pub query_cache_entries: u64,
+}
+
+impl BackendConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.presign_ttl_secs == 0 || self.presign_ttl_secs > 7 * 24 * 3600 {
+            return Err("PRESIGN_TTL_SECS must be between 1 and 604800".into());
+        }
+        if self.s3_endpoint.is_some()
+            && (self.s3_access_key.is_none() || self.s3_secret_key.is_none())
+        {
+            return Err("S3_ENDPOINT needs S3_ACCESS_KEY and S3_SECRET_KEY".into());
+        }
+        if self
+            .api_key
+            .as_ref()
+            .is_some_and(|k| k.expose_secret().len() < 16)
+        {
+            return Err("API_KEY must be at least 16 characters".into());
+        }
+        if self.hnsw_ef == 0 {
+            return Err("SEARCH_HNSW_EF must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+}

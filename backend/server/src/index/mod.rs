@@ -1,0 +1,122 @@
+//! The vector index behind one trait, [`VectorIndex`], with two implementations chosen by
+//! configuration: Qdrant's embedded engine on disk ([`edge::EdgeIndex`], the default) and a
+//! Qdrant server over gRPC ([`server::QdrantServerIndex`], when `QDRANT_URL` is set). Both store
+//! the same payload and filter the same keyword fields.
+
+pub mod edge;
+pub mod server;
+
+use backend_api::ImageAttributes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Payload fields with a keyword index, usable as filters and facets.
+pub const FILTER_FIELDS: &[&str] = &[
+    "dataset",
+    "gender",
+    "category",
+    "article_type",
+    "colour",
+    "season",
+    "usage",
+];
+
+/// What is stored with each vector.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredPayload {
+    pub s3_key: String,
+    pub created_at: String,
+    #[serde(flatten)]
+    pub attributes: ImageAttributes,
+}
+
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub id: Uuid,
+    pub vector: Vec<f32>,
+    pub payload: StoredPayload,
+}
+
+/// Exact keyword matches, all of which must hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    pub must: Vec<(&'static str, String)>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.must.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub vector: Vec<f32>,
+    pub limit: usize,
+    pub offset: usize,
+    pub filter: Filter,
+    pub min_score: Option<f32>,
+    /// Left out of the results (the query image itself, for "more like this").
+    pub exclude: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScoredPoint {
+    pub id: Uuid,
+    pub score: f32,
+    pub payload: StoredPayload,
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub id: Uuid,
+    pub payload: StoredPayload,
+    pub vector: Option<Vec<f32>>,
+}
+
+/// Search parameters that trade speed for recall.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchTuning {
+    pub hnsw_ef: usize,
+    pub exact: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("the index is unavailable: {0}")]
+    Unavailable(String),
+    #[error("vector has {got} dimensions; the index holds {expected}")]
+    Dimension { expected: usize, got: usize },
+    #[error("index error: {0}")]
+    Internal(String),
+}
+
+#[async_trait::async_trait]
+pub trait VectorIndex: Send + Sync {
+    /// The vector size, once the index exists.
+    fn dim(&self) -> Option<usize>;
+    /// Inserts or replaces points by id.
+    async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError>;
+    /// Removes points; returns how many existed.
+    async fn delete(&self, ids: &[Uuid]) -> Result<usize, IndexError>;
+    async fn retrieve(&self, ids: &[Uuid], with_vector: bool) -> Result<Vec<Record>, IndexError>;
+    async fn search(&self, request: SearchRequest) -> Result<Vec<ScoredPoint>, IndexError>;
+    /// Points in id order (stable pages), filtered.
+    async fn list(
+        &self,
+        offset: usize,
+        limit: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Record>, IndexError>;
+    async fn count(&self, filter: &Filter) -> Result<u64, IndexError>;
+    /// Values of a keyword field with their counts, most frequent first.
+    async fn facet(
+        &self,
+        field: &'static str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, IndexError>;
+    /// Makes every acknowledged write durable.
+    async fn flush(&self) -> Result<(), IndexError>;
+    /// Builds the HNSW graph over what was written (off the request path).
+    async fn optimize(&self) -> Result<(), IndexError>;
+}

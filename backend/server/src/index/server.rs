@@ -1,0 +1,368 @@
+//! A Qdrant server (or cluster) through `qdrant-client` (gRPC), used when `QDRANT_URL` is set.
+//! Same payload, same keyword indexes, same filters as the embedded engine.
+
+use std::sync::RwLock;
+
+use qdrant_client::Qdrant;
+use qdrant_client::qdrant::point_id::PointIdOptions;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FacetCountsBuilder, FieldType, Filter as QdrantFilter,
+    GetPointsBuilder, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, SearchParamsBuilder,
+    UpsertPointsBuilder, VectorParamsBuilder, facet_value,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{
+    FILTER_FIELDS, Filter, IndexError, Point, Record, ScoredPoint, SearchRequest, SearchTuning,
+    StoredPayload, VectorIndex,
+};
+
+pub struct QdrantServerIndex {
+    client: Qdrant,
+    collection: String,
+    tuning: SearchTuning,
+    dim: RwLock<Option<usize>>,
+}
+
+fn unavailable(e: qdrant_client::QdrantError) -> IndexError {
+    IndexError::Unavailable(e.to_string())
+}
+
+/// The gRPC filter for our keyword matches.
+pub fn qdrant_filter(filter: &Filter) -> Option<QdrantFilter> {
+    if filter.is_empty() {
+        return None;
+    }
+    Some(QdrantFilter::must(filter.must.iter().map(
+        |(field, value)| Condition::matches(*field, value.clone()),
+    )))
+}
+
+fn point_uuid(id: Option<&PointId>) -> Option<Uuid> {
+    match id?.point_id_options.as_ref()? {
+        PointIdOptions::Uuid(s) => s.parse().ok(),
+        PointIdOptions::Num(_) => None,
+    }
+}
+
+fn payload_of(
+    map: std::collections::HashMap<String, qdrant_client::qdrant::Value>,
+) -> Result<StoredPayload, IndexError> {
+    let json = Value::from(qdrant_client::Payload::from(map));
+    serde_json::from_value(json)
+        .map_err(|e| IndexError::Internal(format!("stored payload unreadable: {e}")))
+}
+
+impl QdrantServerIndex {
+    pub async fn connect(
+        url: &str,
+        api_key: Option<String>,
+        collection: &str,
+        tuning: SearchTuning,
+    ) -> Result<Self, IndexError> {
+        let client = Qdrant::from_url(url)
+            .api_key(api_key)
+            .skip_compatibility_check()
+            .build()
+            .map_err(unavailable)?;
+        let index = Self {
+            client,
+            collection: collection.to_owned(),
+            tuning,
+            dim: RwLock::new(None),
+        };
+        if index
+            .client
+            .collection_exists(collection)
+            .await
+            .map_err(unavailable)?
+        {
+            let info = index
+                .client
+                .collection_info(collection)
+                .await
+                .map_err(unavailable)?;
+            let dim = info
+                .result
+                .and_then(|r| r.config)
+                .and_then(|c| c.params)
+                .and_then(|p| p.vectors_config)
+                .and_then(|v| v.config)
+                .and_then(|c| match c {
+                    qdrant_client::qdrant::vectors_config::Config::Params(p) => {
+                        Some(p.size as usize)
+                    }
+                    qdrant_client::qdrant::vectors_config::Config::ParamsMap(_) => None,
+                });
+            *index.dim.write().unwrap_or_else(|e| e.into_inner()) = dim;
+        }
+        Ok(index)
+    }
+
+    async fn ensure_collection(&self, dim: usize) -> Result<(), IndexError> {
+        if self.dim().is_some() {
+            return Ok(());
+        }
+        self.client
+            .create_collection(
+                CreateCollectionBuilder::new(&self.collection)
+                    .vectors_config(VectorParamsBuilder::new(dim as u64, Distance::Cosine)),
+            )
+            .await
+            .map_err(unavailable)?;
+        for field in FILTER_FIELDS {
+            self.client
+                .create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(
+                        &self.collection,
+                        *field,
+                        FieldType::Keyword,
+                    )
+                    .wait(true),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        *self.dim.write().unwrap_or_else(|e| e.into_inner()) = Some(dim);
+        Ok(())
+    }
+
+    fn ids(ids: &[Uuid]) -> Vec<PointId> {
+        ids.iter().map(|u| PointId::from(u.to_string())).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl VectorIndex for QdrantServerIndex {
+    fn dim(&self) -> Option<usize> {
+        *self.dim.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {
+        let Some(dim) = points.first().map(|p| p.vector.len()) else {
+            return Ok(());
+        };
+        self.ensure_collection(dim).await?;
+        let points = points
+            .into_iter()
+            .map(|p| {
+                let payload = serde_json::to_value(&p.payload)
+                    .map_err(|e| IndexError::Internal(e.to_string()))
+                    .and_then(|v| {
+                        qdrant_client::Payload::try_from(v)
+                            .map_err(|e| IndexError::Internal(e.to_string()))
+                    })?;
+                Ok(PointStruct::new(p.id.to_string(), p.vector, payload))
+            })
+            .collect::<Result<Vec<_>, IndexError>>()?;
+        self.client
+            .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn delete(&self, ids: &[Uuid]) -> Result<usize, IndexError> {
+        if self.dim().is_none() {
+            return Ok(0);
+        }
+        let existing = self.retrieve(ids, false).await?.len();
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(&self.collection)
+                    .points(PointsIdsList {
+                        ids: Self::ids(ids),
+                    })
+                    .wait(true),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(existing)
+    }
+
+    async fn retrieve(&self, ids: &[Uuid], with_vector: bool) -> Result<Vec<Record>, IndexError> {
+        if self.dim().is_none() {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client
+            .get_points(
+                GetPointsBuilder::new(&self.collection, Self::ids(ids))
+                    .with_payload(true)
+                    .with_vectors(with_vector),
+            )
+            .await
+            .map_err(unavailable)?;
+        response
+            .result
+            .into_iter()
+            .filter_map(|p| point_uuid(p.id.as_ref()).map(|id| (id, p)))
+            .map(|(id, p)| {
+                #[allow(deprecated)]
+                let vector = p
+                    .vectors
+                    .and_then(|v| v.vectors_options)
+                    .and_then(|o| match o {
+                        qdrant_client::qdrant::vectors_output::VectorsOptions::Vector(v) => {
+                            Some(v.data)
+                        }
+                        _ => None,
+                    });
+                Ok(Record {
+                    id,
+                    payload: payload_of(p.payload)?,
+                    vector,
+                })
+            })
+            .collect()
+    }
+
+    async fn search(&self, request: SearchRequest) -> Result<Vec<ScoredPoint>, IndexError> {
+        if self.dim().is_none() {
+            return Ok(Vec::new());
+        }
+        let mut builder = QueryPointsBuilder::new(&self.collection)
+            .query(request.vector)
+            .limit(request.limit as u64)
+            .offset(request.offset as u64)
+            .params(
+                SearchParamsBuilder::default()
+                    .hnsw_ef(self.tuning.hnsw_ef as u64)
+                    .exact(self.tuning.exact),
+            )
+            .with_payload(true);
+        let mut filter = qdrant_filter(&request.filter).unwrap_or_default();
+        if let Some(id) = request.exclude {
+            filter
+                .must_not
+                .push(Condition::has_id([PointId::from(id.to_string())]));
+        }
+        if filter != QdrantFilter::default() {
+            builder = builder.filter(filter);
+        }
+        if let Some(min) = request.min_score {
+            builder = builder.score_threshold(min);
+        }
+        let response = self.client.query(builder).await.map_err(unavailable)?;
+        response
+            .result
+            .into_iter()
+            .filter_map(|p| point_uuid(p.id.as_ref()).map(|id| (id, p)))
+            .map(|(id, p)| {
+                Ok(ScoredPoint {
+                    id,
+                    score: p.score,
+                    payload: payload_of(p.payload)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list(
+        &self,
+        offset: usize,
+        limit: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Record>, IndexError> {
+        if self.dim().is_none() {
+            return Ok(Vec::new());
+        }
+        // No query: points in id order, with a row offset.
+        let mut builder = QueryPointsBuilder::new(&self.collection)
+            .limit(limit as u64)
+            .offset(offset as u64)
+            .with_payload(true);
+        if let Some(filter) = qdrant_filter(filter) {
+            builder = builder.filter(filter);
+        }
+        let response = self.client.query(builder).await.map_err(unavailable)?;
+        response
+            .result
+            .into_iter()
+            .filter_map(|p| point_uuid(p.id.as_ref()).map(|id| (id, p)))
+            .map(|(id, p)| {
+                Ok(Record {
+                    id,
+                    payload: payload_of(p.payload)?,
+                    vector: None,
+                })
+            })
+            .collect()
+    }
+
+    async fn count(&self, filter: &Filter) -> Result<u64, IndexError> {
+        if self.dim().is_none() {
+            return Ok(0);
+        }
+        let mut builder = CountPointsBuilder::new(&self.collection).exact(true);
+        if let Some(filter) = qdrant_filter(filter) {
+            builder = builder.filter(filter);
+        }
+        let response = self.client.count(builder).await.map_err(unavailable)?;
+        Ok(response.result.map_or(0, |r| r.count))
+    }
+
+    async fn facet(
+        &self,
+        field: &'static str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, IndexError> {
+        if self.dim().is_none() {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client
+            .facet(
+                FacetCountsBuilder::new(&self.collection, field)
+                    .limit(limit as u64)
+                    .exact(true),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(response
+            .hits
+            .into_iter()
+            .filter_map(|hit| match hit.value.and_then(|v| v.variant) {
+                Some(facet_value::Variant::StringValue(s)) => Some((s, hit.count)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn flush(&self) -> Result<(), IndexError> {
+        // The server persists acknowledged writes (wait = true) itself.
+        Ok(())
+    }
+
+    async fn optimize(&self) -> Result<(), IndexError> {
+        // The server's optimizers run in the background.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_become_must_matches() {
+        assert!(qdrant_filter(&Filter::default()).is_none());
+        let f = qdrant_filter(&Filter {
+            must: vec![("colour", "Red".into()), ("gender", "Women".into())],
+        })
+        .expect("filter");
+        assert_eq!(f.must.len(), 2);
+        assert_eq!(f.must[0], Condition::matches("colour", "Red".to_string()));
+        assert!(f.must_not.is_empty());
+    }
+
+    #[test]
+    fn point_ids_round_trip() {
+        let id = Uuid::new_v4();
+        let pid = PointId::from(id.to_string());
+        assert_eq!(point_uuid(Some(&pid)), Some(id));
+        assert_eq!(point_uuid(Some(&PointId::from(7u64))), None);
+    }
+}

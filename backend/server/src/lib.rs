@@ -1,0 +1,215 @@
+//! The fashion-search backend: query → embedding (model-serving) → vector search (Qdrant,
+//! embedded or server) → pre-signed URLs (S3, embedded or external).
+//!
+//! - [`search::SearchEngine`]: the engine, no HTTP; [`api`]: the handlers and OpenAPI.
+//! - [`index`]: the [`index::VectorIndex`] trait and its two implementations.
+//! - [`storage`]: S3 through `aws-sdk-s3`; [`embedded_s3`]: the in-process S3 server.
+//! - [`encoder`]: model-serving calls with retries, a circuit breaker and a query cache.
+
+pub mod api;
+pub mod config;
+pub mod embedded_s3;
+pub mod encoder;
+pub mod index;
+pub mod metrics;
+pub mod search;
+pub mod storage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use model_serving_api::ModelServingClient;
+use secrecy::ExposeSecret;
+use telemetry::Readiness;
+use tokio::net::TcpListener;
+
+use crate::config::BackendConfig;
+use crate::embedded_s3::EmbeddedS3;
+use crate::encoder::{EncoderSettings, QueryEncoder};
+use crate::index::edge::EdgeIndex;
+use crate::index::server::QdrantServerIndex;
+use crate::index::{SearchTuning, VectorIndex};
+use crate::search::SearchEngine;
+use crate::storage::{ObjectStore, StorageSettings};
+
+/// A built backend: its router, its engine and what it started.
+pub struct Backend {
+    pub app: axum::Router,
+    pub engine: Arc<SearchEngine>,
+    pub embedded_s3: Option<EmbeddedS3>,
+}
+
+/// Builds every part from the configuration. `s3_listener` is where the embedded S3 server
+/// listens when no `S3_ENDPOINT` is configured (tests pass port 0).
+pub async fn build(
+    config: &BackendConfig,
+    s3_listener: Option<TcpListener>,
+) -> anyhow::Result<Backend> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let metrics = telemetry::install_metrics(api::SERVICE).context("metrics")?;
+    metrics::describe();
+
+    let tuning = SearchTuning {
+        hnsw_ef: config.hnsw_ef,
+        exact: config.exact,
+    };
+    let index: Arc<dyn VectorIndex> = match &config.qdrant_url {
+        Some(url) => {
+            let key = config
+                .qdrant_api_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned());
+            Arc::new(
+                QdrantServerIndex::connect(url, key, &config.qdrant_collection, tuning)
+                    .await
+                    .with_context(|| format!("Qdrant at {url}"))?,
+            )
+        }
+        None => {
+            let dir = config.data_dir.join("index");
+            let index = tokio::task::spawn_blocking(move || EdgeIndex::open(&dir, tuning))
+                .await
+                .context("index open task")??;
+            Arc::new(index)
+        }
+    };
+
+    let (endpoint, public, access, secret, embedded_s3) = match &config.s3_endpoint {
+        Some(endpoint) => {
+            let access = config
+                .s3_access_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned())
+                .unwrap_or_default();
+            let secret = config
+                .s3_secret_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned())
+                .unwrap_or_default();
+            let public = config
+                .s3_public_endpoint
+                .clone()
+                .unwrap_or_else(|| endpoint.clone());
+            (endpoint.clone(), public, access, secret, None)
+        }
+        None => {
+            // The embedded server's keys: configured, or fresh per process (only this process signs).
+            let access = config.s3_access_key.as_ref().map_or_else(
+                || format!("fs{}", uuid::Uuid::new_v4().simple()),
+                |k| k.expose_secret().to_owned(),
+            );
+            let secret = config.s3_secret_key.as_ref().map_or_else(
+                || uuid::Uuid::new_v4().simple().to_string(),
+                |k| k.expose_secret().to_owned(),
+            );
+            let listener = match s3_listener {
+                Some(listener) => listener,
+                None => TcpListener::bind(config.s3_embedded_addr)
+                    .await
+                    .with_context(|| {
+                        format!("embedded S3 cannot listen on {}", config.s3_embedded_addr)
+                    })?,
+            };
+            let s3 =
+                EmbeddedS3::start(listener, &config.data_dir.join("objects"), &access, &secret)
+                    .context("embedded S3")?;
+            let endpoint = format!("http://{}", s3.addr);
+            let public = config
+                .s3_public_endpoint
+                .clone()
+                .unwrap_or_else(|| endpoint.clone());
+            (endpoint, public, access, secret, Some(s3))
+        }
+    };
+    let store = ObjectStore::new(&StorageSettings {
+        endpoint: endpoint.clone(),
+        public_endpoint: public.clone(),
+        region: config.s3_region.clone(),
+        bucket: config.s3_bucket.clone(),
+        access_key: access,
+        secret_key: secret,
+        presign_ttl: Duration::from_secs(config.presign_ttl_secs),
+    })?;
+    store.ensure_bucket().await.context("S3 bucket")?;
+
+    let client =
+        ModelServingClient::new(config.model_serving_url.clone(), Duration::from_secs(20))?;
+    let encoder = QueryEncoder::new(
+        client,
+        EncoderSettings {
+            cache_entries: config.query_cache_entries,
+            ..EncoderSettings::default()
+        },
+    );
+    match encoder.model_info().await {
+        Ok(info) => tracing::info!(model = %info.name, dim = info.dim, "model-serving reachable"),
+        Err(error) => {
+            tracing::warn!(%error, "model-serving not reachable yet; searches answer 503 until it is")
+        }
+    }
+    if let (Ok(info), Some(dim)) = (encoder.model_info().await, index.dim())
+        && info.dim != dim
+    {
+        anyhow::bail!(
+            "the index holds {dim}-dimensional vectors but model {} makes {}-dimensional ones; use another DATA_DIR or collection",
+            info.name,
+            info.dim
+        );
+    }
+
+    let engine = SearchEngine::new(
+        index,
+        store,
+        encoder,
+        Duration::from_secs(config.optimize_after_secs),
+    );
+    let readiness = Readiness::new();
+    readiness.set_ready("index");
+    readiness.set_ready("storage");
+    let state = api::AppState {
+        engine: engine.clone(),
+        api_key: config.api_key.clone().map(Arc::new),
+        timeout: config.timeout(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .context("http client")?,
+        max_body_bytes: config.max_body_bytes,
+    };
+    tracing::info!(
+        index = if config.qdrant_url.is_some() { "qdrant-server" } else { "embedded" },
+        s3_endpoint = %endpoint,
+        s3_public_endpoint = %public,
+        bucket = %config.s3_bucket,
+        writes = config.api_key.is_some(),
+        "backend ready"
+    );
+    Ok(Backend {
+        app: api::router(state, metrics, readiness),
+        engine,
+        embedded_s3,
+    })
+}
+
+/// Serves until `shutdown`, drains in-flight requests, flushes the index, stops embedded S3.
+pub async fn serve(
+    listener: TcpListener,
+    backend: Backend,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Backend {
+        app,
+        engine,
+        embedded_s3,
+    } = backend;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    engine.shutdown().await.context("index flush")?;
+    if let Some(s3) = embedded_s3 {
+        s3.stop().await;
+    }
+    tracing::info!("backend stopped; index flushed");
+    Ok(())
+}

@@ -1,0 +1,59 @@
+// Search results allocate many small strings (payloads, URLs); mimalloc is faster at that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use anyhow::Context as _;
+use backend::config::BackendConfig;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "backend", version, about = "The fashion-search API")]
+struct Cli {
+    #[command(flatten)]
+    config: BackendConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = telemetry::init("backend").context("telemetry")?;
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    let result = runtime.block_on(run(cli.config));
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "backend stopped");
+    }
+    result
+}
+
+async fn run(config: BackendConfig) -> anyhow::Result<()> {
+    tracing::info!(
+        addr = %config.addr,
+        data_dir = %config.data_dir.display(),
+        model_serving = %config.model_serving_url,
+        qdrant = config.qdrant_url.as_deref().unwrap_or("embedded"),
+        s3 = config.s3_endpoint.as_deref().unwrap_or("embedded"),
+        api_key = if config.api_key.is_some() { "set" } else { "unset (writes refused)" },
+        "starting backend"
+    );
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let backend = backend::build(&config, None).await?;
+    tracing::info!(addr = %listener.local_addr()?, "backend listening");
+    backend::serve(listener, backend, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutdown signal received; draining requests");
+}

@@ -1,0 +1,100 @@
+//! Every backend metric, declared once with its help text. Labels are bounded: `stage` is one
+//! of encode / index_search / presign / total, `kind` text / image / similar, `result` hit / miss,
+//! `upstream` model-serving / index / storage, `operation` a fixed verb.
+
+use std::time::Duration;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+pub const SEARCH_STAGE_SECONDS: &str = "backend_search_stage_seconds";
+pub const SEARCHES_TOTAL: &str = "backend_searches_total";
+pub const QUERY_CACHE_TOTAL: &str = "backend_query_cache_total";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "backend_upstream_errors_total";
+pub const BREAKER_OPEN: &str = "backend_model_breaker_open";
+pub const INDEX_POINTS: &str = "backend_index_points";
+pub const INGESTED_ITEMS_TOTAL: &str = "backend_ingested_items_total";
+pub const INDEX_OPERATION_SECONDS: &str = "backend_index_operation_seconds";
+
+pub const ALL: &[&str] = &[
+    SEARCH_STAGE_SECONDS,
+    SEARCHES_TOTAL,
+    QUERY_CACHE_TOTAL,
+    UPSTREAM_ERRORS_TOTAL,
+    BREAKER_OPEN,
+    INDEX_POINTS,
+    INGESTED_ITEMS_TOTAL,
+    INDEX_OPERATION_SECONDS,
+];
+
+pub fn describe() {
+    describe_histogram!(
+        SEARCH_STAGE_SECONDS,
+        Unit::Seconds,
+        "Time of each search stage: encode (query embedding), index_search, presign, total."
+    );
+    describe_counter!(
+        SEARCHES_TOTAL,
+        Unit::Count,
+        "Searches answered, by kind (text, image, similar)."
+    );
+    describe_counter!(
+        QUERY_CACHE_TOTAL,
+        Unit::Count,
+        "Query-embedding cache lookups, by result (hit, miss)."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed calls to a dependency, by upstream (model-serving, index, storage)."
+    );
+    describe_gauge!(
+        BREAKER_OPEN,
+        "1 while the model-serving circuit breaker is open, else 0."
+    );
+    describe_gauge!(INDEX_POINTS, Unit::Count, "Points in the vector index.");
+    describe_counter!(
+        INGESTED_ITEMS_TOTAL,
+        Unit::Count,
+        "Images upserted into the index."
+    );
+    describe_histogram!(
+        INDEX_OPERATION_SECONDS,
+        Unit::Seconds,
+        "Time of index operations other than search, by operation (upsert, delete, flush, optimize)."
+    );
+    breaker_state(false);
+}
+
+pub fn stage(stage: &'static str, elapsed: Duration) {
+    metrics::histogram!(SEARCH_STAGE_SECONDS, "stage" => stage).record(elapsed.as_secs_f64());
+}
+
+pub fn search(kind: &'static str) {
+    metrics::counter!(SEARCHES_TOTAL, "kind" => kind).increment(1);
+}
+
+pub fn cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics::counter!(QUERY_CACHE_TOTAL, "result" => result).increment(1);
+}
+
+pub fn upstream_error(upstream: &'static str) {
+    metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => upstream).increment(1);
+}
+
+pub fn breaker_state(open: bool) {
+    metrics::gauge!(BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
+}
+
+pub fn index_points(points: u64) {
+    metrics::gauge!(INDEX_POINTS).set(points as f64);
+}
+
+pub fn ingested(items: usize) {
+    metrics::counter!(INGESTED_ITEMS_TOTAL).increment(items as u64);
+}
+
+pub fn index_operation(operation: &'static str, elapsed: Duration) {
+    metrics::histogram!(INDEX_OPERATION_SECONDS, "operation" => operation)
+        .record(elapsed.as_secs_f64());
+}

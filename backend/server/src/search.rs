@@ -1,0 +1,599 @@
+//! The search engine: query → embedding → vector search → pre-signed URLs, and the write path.
+//! It knows nothing of HTTP; the handlers map its [`SearchError`] to statuses.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend_api::{
+    FacetValue, FacetsResponse, ImageAttributes, ImageItem, IngestItem, ListResponse, SearchHit,
+    SearchParams, SearchResponse, StatsResponse,
+};
+use sha2::Digest as _;
+use tokio::sync::Notify;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::encoder::{EncoderError, QueryEncoder};
+use crate::index::{
+    FILTER_FIELDS, Filter, IndexError, Point, Record, SearchRequest, StoredPayload, VectorIndex,
+};
+use crate::metrics;
+use crate::storage::{ObjectStore, StorageError};
+
+pub const DEFAULT_K: usize = 20;
+pub const MAX_K: usize = 100;
+/// Deepest page reachable: k + offset.
+pub const MAX_DEPTH: usize = 1000;
+pub const MAX_BATCH: usize = 1000;
+pub const MAX_QUERY_CHARS: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no image with id {0}")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Rebuilds the HNSW graph once writes have been quiet for a while, off the request path.
+struct OptimizeScheduler {
+    notify: Notify,
+}
+
+pub struct SearchEngine {
+    index: Arc<dyn VectorIndex>,
+    store: ObjectStore,
+    encoder: QueryEncoder,
+    optimize: Arc<OptimizeScheduler>,
+    /// Known values of each filter field, refreshed after writes.
+    facets: tokio::sync::RwLock<Option<BTreeMap<String, Vec<FacetValue>>>>,
+}
+
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// A content-addressed object key: identical bytes share one object.
+pub fn content_key(bytes: &[u8], extension: &str) -> String {
+    let digest = hex::encode(sha2::Sha256::digest(bytes));
+    format!("images/{}/{}.{extension}", &digest[..2], digest)
+}
+
+/// The image type from its first bytes: (extension, content type).
+pub fn sniff_image(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
+    match bytes {
+        [0xFF, 0xD8, 0xFF, ..] => Some(("jpg", "image/jpeg")),
+        [0x89, b'P', b'N', b'G', ..] => Some(("png", "image/png")),
+        [b'G', b'I', b'F', b'8', ..] => Some(("gif", "image/gif")),
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => Some(("webp", "image/webp")),
+        _ => None,
+    }
+}
+
+impl SearchEngine {
+    pub fn new(
+        index: Arc<dyn VectorIndex>,
+        store: ObjectStore,
+        encoder: QueryEncoder,
+        optimize_after: Duration,
+    ) -> Arc<Self> {
+        let optimize = Arc::new(OptimizeScheduler {
+            notify: Notify::new(),
+        });
+        let engine = Arc::new(Self {
+            index,
+            store,
+            encoder,
+            optimize: optimize.clone(),
+            facets: tokio::sync::RwLock::new(None),
+        });
+        // The optimizer holds only a weak handle: it ends when the engine is dropped.
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            loop {
+                optimize.notify.notified().await;
+                // Wait for a quiet period: every new write restarts the wait.
+                loop {
+                    tokio::select! {
+                        _ = optimize.notify.notified() => continue,
+                        _ = tokio::time::sleep(optimize_after) => break,
+                    }
+                }
+                let Some(engine) = weak.upgrade() else { return };
+                let started = Instant::now();
+                match engine.index.optimize().await {
+                    Ok(()) => {
+                        metrics::index_operation("optimize", started.elapsed());
+                        tracing::info!(
+                            duration_ms = started.elapsed().as_millis() as u64,
+                            "index optimized"
+                        );
+                    }
+                    Err(error) => tracing::warn!(%error, "index optimization failed"),
+                }
+            }
+        });
+        engine
+    }
+
+    pub fn encoder(&self) -> &QueryEncoder {
+        &self.encoder
+    }
+
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    fn written(&self) {
+        self.optimize.notify.notify_one();
+    }
+
+    /// Checks paging and filters; unknown filter values are refused (they would match nothing).
+    async fn plan(&self, params: &SearchParams) -> Result<(usize, usize, Filter), SearchError> {
+        let k = params.k.unwrap_or(DEFAULT_K);
+        let offset = params.offset.unwrap_or(0);
+        if !(1..=MAX_K).contains(&k) {
+            return Err(SearchError::Invalid(format!(
+                "k must be between 1 and {MAX_K}"
+            )));
+        }
+        if k + offset > MAX_DEPTH {
+            return Err(SearchError::Invalid(format!(
+                "k + offset must be at most {MAX_DEPTH}"
+            )));
+        }
+        if let Some(min) = params.min_score
+            && !(-1.0..=1.0).contains(&min)
+        {
+            return Err(SearchError::Invalid(
+                "min_score must be between -1 and 1".into(),
+            ));
+        }
+        let mut filter = Filter::default();
+        let wanted = [
+            ("gender", &params.gender),
+            ("category", &params.category),
+            ("article_type", &params.article_type),
+            ("colour", &params.colour),
+            ("dataset", &params.dataset),
+        ];
+        let mut facets = None;
+        for (field, value) in wanted {
+            let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            if facets.is_none() {
+                facets = Some(self.facet_values().await?);
+            }
+            let known = facets
+                .as_ref()
+                .and_then(|f| f.get(field))
+                .is_some_and(|values| values.iter().any(|v| v.value == value));
+            if !known {
+                return Err(SearchError::Invalid(format!(
+                    "unknown {field} {value:?}; see GET /v1/facets for the values in the index"
+                )));
+            }
+            filter.must.push((field, value.to_owned()));
+        }
+        Ok((k, offset, filter))
+    }
+
+    async fn item(&self, id: Uuid, payload: StoredPayload) -> Result<ImageItem, SearchError> {
+        let url = self.store.presign_get(&payload.s3_key).await?;
+        Ok(ImageItem {
+            id,
+            s3_key: payload.s3_key,
+            created_at: payload.created_at,
+            attributes: payload.attributes,
+            url,
+        })
+    }
+
+    #[tracing::instrument(skip(self, params), fields(q.chars = q.chars().count()))]
+    pub async fn search_text(
+        &self,
+        q: &str,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, SearchError> {
+        let started = Instant::now();
+        let q = q.trim();
+        if q.is_empty() {
+            return Err(SearchError::Invalid("the query is empty".into()));
+        }
+        if q.chars().count() > MAX_QUERY_CHARS {
+            return Err(SearchError::Invalid(format!(
+                "the query is longer than {MAX_QUERY_CHARS} characters"
+            )));
+        }
+        let plan = self.plan(params).await?;
+        let encode = Instant::now();
+        let (caption, vector) = self
+            .encoder
+            .embed_query(q)
+            .instrument(tracing::info_span!("encode"))
+            .await?;
+        metrics::stage("encode", encode.elapsed());
+        self.run("text", vector, plan, params, None, Some(caption), started)
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(bytes = image.len()))]
+    pub async fn search_image(
+        &self,
+        image: Vec<u8>,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, SearchError> {
+        let started = Instant::now();
+        if image.is_empty() {
+            return Err(SearchError::Invalid("the uploaded image is empty".into()));
+        }
+        let plan = self.plan(params).await?;
+        let encode = Instant::now();
+        let vector = self
+            .encoder
+            .embed_images(vec![image])
+            .instrument(tracing::info_span!("encode"))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
+        metrics::stage("encode", encode.elapsed());
+        self.run("image", vector, plan, params, None, None, started)
+            .await
+    }
+
+    /// More like this: the stored vector of `id` as the query, `id` itself left out.
+    #[tracing::instrument(skip(self, params))]
+    pub async fn similar(
+        &self,
+        id: Uuid,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, SearchError> {
+        let started = Instant::now();
+        let plan = self.plan(params).await?;
+        let record = self.index.retrieve(&[id], true).await?.into_iter().next();
+        let vector = record
+            .and_then(|r| r.vector)
+            .ok_or(SearchError::NotFound(id))?;
+        self.run("similar", vector, plan, params, Some(id), None, started)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        kind: &'static str,
+        vector: Vec<f32>,
+        (k, offset, filter): (usize, usize, Filter),
+        params: &SearchParams,
+        exclude: Option<Uuid>,
+        embedded_text: Option<String>,
+        started: Instant,
+    ) -> Result<SearchResponse, SearchError> {
+        let search = Instant::now();
+        let hits = self
+            .index
+            .search(SearchRequest {
+                vector,
+                limit: k,
+                offset,
+                filter,
+                min_score: params.min_score,
+                exclude,
+            })
+            .instrument(tracing::info_span!("index_search", k, offset))
+            .await?;
+        metrics::stage("index_search", search.elapsed());
+        let presign = Instant::now();
+        let mut out = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let item = self.item(hit.id, hit.payload).await?;
+            out.push(SearchHit {
+                score: hit.score,
+                item,
+            });
+        }
+        metrics::stage("presign", presign.elapsed());
+        metrics::stage("total", started.elapsed());
+        metrics::search(kind);
+        let model = match self.encoder.model_info().await {
+            Ok(info) => info.name,
+            Err(_) => "unknown".to_owned(),
+        };
+        Ok(SearchResponse {
+            hits: out,
+            k,
+            offset,
+            embedded_text,
+            model,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<ImageItem, SearchError> {
+        let record = self
+            .index
+            .retrieve(&[id], false)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(SearchError::NotFound(id))?;
+        self.item(record.id, record.payload).await
+    }
+
+    /// Removes the point, and its object when no other point shares it.
+    pub async fn delete(&self, id: Uuid) -> Result<(), SearchError> {
+        let record = self
+            .index
+            .retrieve(&[id], false)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(SearchError::NotFound(id))?;
+        let started = Instant::now();
+        self.index.delete(&[id]).await?;
+        metrics::index_operation("delete", started.elapsed());
+        let key = record.payload.s3_key;
+        let shared = self
+            .index
+            .count(&Filter {
+                must: vec![("s3_key", key.clone())],
+            })
+            .await?;
+        if shared == 0 {
+            self.store.delete(&key).await?;
+        }
+        self.after_write().await;
+        tracing::info!(%id, s3_key = %key, object_deleted = shared == 0, "image deleted");
+        Ok(())
+    }
+
+    pub async fn list(
+        &self,
+        offset: usize,
+        limit: usize,
+        params: &SearchParams,
+    ) -> Result<ListResponse, SearchError> {
+        if !(1..=MAX_K).contains(&limit) {
+            return Err(SearchError::Invalid(format!(
+                "limit must be between 1 and {MAX_K}"
+            )));
+        }
+        let filter_params = SearchParams {
+            k: Some(1),
+            offset: Some(0),
+            ..params.clone()
+        };
+        let (_, _, filter) = self.plan(&filter_params).await?;
+        let records = self.index.list(offset, limit, &filter).await?;
+        let total = self.index.count(&filter).await?;
+        let mut items = Vec::with_capacity(records.len());
+        for Record { id, payload, .. } in records {
+            items.push(self.item(id, payload).await?);
+        }
+        Ok(ListResponse {
+            items,
+            offset,
+            limit,
+            total,
+        })
+    }
+
+    pub async fn stats(&self) -> Result<StatsResponse, SearchError> {
+        let total = self.index.count(&Filter::default()).await?;
+        let as_map = |values: Vec<(String, u64)>| values.into_iter().collect();
+        Ok(StatsResponse {
+            total,
+            by_dataset: as_map(self.index.facet("dataset", 1000).await?),
+            by_category: as_map(self.index.facet("category", 1000).await?),
+        })
+    }
+
+    async fn facet_values(&self) -> Result<BTreeMap<String, Vec<FacetValue>>, SearchError> {
+        if let Some(cached) = self.facets.read().await.as_ref() {
+            return Ok(cached.clone());
+        }
+        let mut facets = BTreeMap::new();
+        for field in FILTER_FIELDS {
+            let values = self.index.facet(field, 1000).await?;
+            facets.insert(
+                (*field).to_owned(),
+                values
+                    .into_iter()
+                    .map(|(value, count)| FacetValue { value, count })
+                    .collect(),
+            );
+        }
+        *self.facets.write().await = Some(facets.clone());
+        Ok(facets)
+    }
+
+    pub async fn facets(&self) -> Result<FacetsResponse, SearchError> {
+        Ok(FacetsResponse {
+            facets: self.facet_values().await?,
+        })
+    }
+
+    async fn after_write(&self) {
+        *self.facets.write().await = None;
+        if let Ok(points) = self.index.count(&Filter::default()).await {
+            metrics::index_points(points);
+        }
+        self.written();
+    }
+
+    /// Which of `ids` are indexed.
+    pub async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, SearchError> {
+        if ids.len() > MAX_BATCH {
+            return Err(SearchError::Invalid(format!(
+                "at most {MAX_BATCH} ids per request"
+            )));
+        }
+        Ok(self
+            .index
+            .retrieve(ids, false)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// Idempotent upsert of ready-made vectors (the ETL's path).
+    #[tracing::instrument(skip_all, fields(items = items.len()))]
+    pub async fn ingest(&self, items: Vec<IngestItem>) -> Result<usize, SearchError> {
+        if items.is_empty() {
+            return Err(SearchError::Invalid("no items".into()));
+        }
+        if items.len() > MAX_BATCH {
+            return Err(SearchError::Invalid(format!(
+                "at most {MAX_BATCH} items per batch"
+            )));
+        }
+        let dim = match self.index.dim() {
+            Some(dim) => dim,
+            None => items[0].vector.len(),
+        };
+        let created_at = now_rfc3339();
+        let mut points = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            if item.vector.len() != dim {
+                return Err(SearchError::Invalid(format!(
+                    "item {i}: vector has {} dimensions; the index holds {dim}",
+                    item.vector.len()
+                )));
+            }
+            if item.vector.iter().any(|x| !x.is_finite()) || item.vector.iter().all(|x| *x == 0.0) {
+                return Err(SearchError::Invalid(format!(
+                    "item {i}: vector must be finite and non-zero"
+                )));
+            }
+            if item.s3_key.trim().is_empty() || item.attributes.dataset.trim().is_empty() {
+                return Err(SearchError::Invalid(format!(
+                    "item {i}: s3_key and dataset are required"
+                )));
+            }
+            points.push(Point {
+                id: item.id,
+                vector: item.vector,
+                payload: StoredPayload {
+                    s3_key: item.s3_key,
+                    created_at: created_at.clone(),
+                    attributes: item.attributes,
+                },
+            });
+        }
+        let n = points.len();
+        let started = Instant::now();
+        self.index.upsert(points).await?;
+        metrics::index_operation("upsert", started.elapsed());
+        metrics::ingested(n);
+        self.after_write().await;
+        Ok(n)
+    }
+
+    /// Adds one image: encode through model-serving, store the bytes, index the vector.
+    pub async fn add_image(
+        &self,
+        bytes: Vec<u8>,
+        attributes: ImageAttributes,
+        id: Option<Uuid>,
+    ) -> Result<ImageItem, SearchError> {
+        let (extension, content_type) = sniff_image(&bytes).ok_or_else(|| {
+            SearchError::Invalid("not an image (JPEG, PNG, WebP or GIF expected)".into())
+        })?;
+        if attributes.dataset.trim().is_empty() {
+            return Err(SearchError::Invalid("dataset is required".into()));
+        }
+        let vector = self
+            .encoder
+            .embed_images(vec![bytes.clone()])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
+        let key = content_key(&bytes, extension);
+        let id = id.unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()));
+        self.store.put(&key, bytes, content_type).await?;
+        self.ingest(vec![IngestItem {
+            id,
+            vector,
+            s3_key: key,
+            attributes,
+        }])
+        .await?;
+        self.get(id).await
+    }
+
+    /// Makes every acknowledged write durable (graceful shutdown).
+    pub async fn shutdown(&self) -> Result<(), SearchError> {
+        let started = Instant::now();
+        self.index.flush().await?;
+        metrics::index_operation("flush", started.elapsed());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_content_addressed_and_types_sniffed() {
+        let a = content_key(b"same bytes", "jpg");
+        assert_eq!(a, content_key(b"same bytes", "jpg"));
+        assert_ne!(a, content_key(b"other bytes", "jpg"));
+        assert!(a.starts_with("images/") && a.ends_with(".jpg"));
+        assert_eq!(sniff_image(b"\x89PNG\r\n"), Some(("png", "image/png")));
+        assert_eq!(
+            sniff_image(b"RIFF\0\0\0\0WEBPVP8 "),
+            Some(("webp", "image/webp"))
+        );
+        assert_eq!(sniff_image(b"%PDF"), None);
+        let now = now_rfc3339();
+        assert_eq!(now.len(), 20);
+        assert!(now.starts_with("20") && now.ends_with('Z'));
+    }
+}

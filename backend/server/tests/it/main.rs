@@ -1,0 +1,6 @@
+//! Backend integration tests with the real parts: model-serving (tiny generated model), the
+//! embedded Qdrant engine and the embedded S3 server, on port 0 with temporary directories,
+//! fed with real photos. Each test runs in its own process under cargo nextest.
+
+mod helpers;
+mod search;

@@ -1,0 +1,625 @@
+//! Search, storage and ingest end to end, failures, restarts and bad input.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use backend_api::{ClientError, ErrorBody, SearchParams};
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, String, Option<String>) {
+    let status = response.status();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body: ErrorBody = response.json().await.expect("JSON error body");
+    assert!(!body.error.message.is_empty());
+    (status, body.error.code, retry)
+}
+
+#[tokio::test]
+async fn ingest_search_presign_filter_delete() {
+    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let backend = start_backend(&config(data.path(), ms.addr))
+        .await
+        .expect("backend");
+    let products = products(40);
+    let stored = ingest(&backend, ms.addr, &products).await;
+
+    let stats = backend.client.stats().await.expect("stats");
+    assert_eq!(stats.total, 40);
+    assert_eq!(stats.by_dataset.get("fashion-product-images"), Some(&40));
+
+    // Text search: k hits, each with a pre-signed URL that serves the exact image bytes.
+    let page = backend
+        .client
+        .search_text(
+            "red summer dress",
+            &SearchParams {
+                k: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("text search");
+    assert_eq!(page.hits.len(), 10);
+    assert_eq!(
+        page.embedded_text.as_deref(),
+        Some("a photo of red summer dress")
+    );
+    assert!(
+        page.hits.windows(2).all(|w| w[0].score >= w[1].score),
+        "sorted by score"
+    );
+    for hit in &page.hits {
+        let bytes = reqwest::get(&hit.item.url)
+            .await
+            .expect("GET url")
+            .bytes()
+            .await
+            .expect("bytes");
+        assert_eq!(
+            &bytes[..],
+            &stored[&hit.item.id][..],
+            "pre-signed URL serves the image"
+        );
+    }
+
+    // A tampered URL and an expired one are refused by the S3 server.
+    let url = &page.hits[0].item.url;
+    // Flip one hex digit of the signature, keeping its length.
+    let sig_at = url.find("X-Amz-Signature=").expect("signed URL") + "X-Amz-Signature=".len();
+    let mut tampered = url.clone();
+    let flipped = if &url[sig_at..sig_at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    tampered.replace_range(sig_at..sig_at + 1, flipped);
+    assert_eq!(
+        reqwest::get(&tampered).await.expect("GET").status(),
+        StatusCode::FORBIDDEN
+    );
+    let other_key = url.replacen("/images/", "/images/x", 1);
+    assert_eq!(
+        reqwest::get(&other_key).await.expect("GET").status(),
+        StatusCode::FORBIDDEN
+    );
+    let short = aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(1))
+        .expect("config");
+    let expiring = backend
+        .engine
+        .store()
+        .presign_with(&page.hits[0].item.s3_key, short)
+        .await
+        .expect("presign");
+    assert_eq!(
+        reqwest::get(&expiring).await.expect("GET").status(),
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        reqwest::get(&expiring).await.expect("GET").status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // Image search: the photo itself comes first; "more like this" leaves it out.
+    let first = &products[0];
+    let by_image = backend
+        .client
+        .search_image(
+            std::fs::read(&first.photo).expect("photo"),
+            &SearchParams {
+                k: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("image search");
+    assert_eq!(by_image.hits[0].item.id, point_id(first));
+    assert!(by_image.hits[0].score > 0.999);
+    let similar = backend
+        .client
+        .similar(
+            point_id(first),
+            &SearchParams {
+                k: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("similar");
+    assert_eq!(similar.hits.len(), 5);
+    assert!(similar.hits.iter().all(|h| h.item.id != point_id(first)));
+    assert_eq!(similar.hits[0].item.id, by_image.hits[1].item.id);
+
+    // Filters restrict results to matching payloads.
+    let facets = backend.client.facets().await.expect("facets");
+    let genders = &facets.facets["gender"];
+    assert!(genders.len() >= 2, "{genders:?}");
+    let gender = genders[0].value.clone();
+    let filtered = backend
+        .client
+        .search_text(
+            "shirt",
+            &SearchParams {
+                k: Some(40),
+                gender: Some(gender.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("filtered");
+    assert_eq!(filtered.hits.len() as u64, genders[0].count);
+    assert!(
+        filtered
+            .hits
+            .iter()
+            .all(|h| h.item.attributes.gender.as_deref() == Some(gender.as_str()))
+    );
+    let min = backend
+        .client
+        .search_text(
+            "shirt",
+            &SearchParams {
+                k: Some(40),
+                min_score: Some(page.hits[4].score),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("min score");
+    assert!(min.hits.iter().all(|h| h.score >= page.hits[4].score));
+
+    // Pagination is stable: two pages are disjoint and equal the first 20 of one page of 20.
+    let p1 = backend
+        .client
+        .search_text(
+            "shirt",
+            &SearchParams {
+                k: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("p1");
+    let p2 = backend
+        .client
+        .search_text(
+            "shirt",
+            &SearchParams {
+                k: Some(10),
+                offset: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("p2");
+    let all = backend
+        .client
+        .search_text(
+            "shirt",
+            &SearchParams {
+                k: Some(20),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("all");
+    let ids = |hits: &[backend_api::SearchHit]| hits.iter().map(|h| h.item.id).collect::<Vec<_>>();
+    assert_eq!([ids(&p1.hits), ids(&p2.hits)].concat(), ids(&all.hits));
+    let l1 = backend
+        .client
+        .list_images(0, 15, &SearchParams::default())
+        .await
+        .expect("list");
+    let l2 = backend
+        .client
+        .list_images(15, 30, &SearchParams::default())
+        .await
+        .expect("list");
+    assert_eq!(l1.total, 40);
+    let listed: HashSet<_> = l1.items.iter().chain(&l2.items).map(|i| i.id).collect();
+    assert_eq!(listed.len(), 40, "every image once across pages");
+
+    // Get, delete, gone.
+    let item = backend
+        .client
+        .get_image(point_id(first))
+        .await
+        .expect("get");
+    assert_eq!(item.attributes.caption, first.attributes.caption);
+    backend
+        .client
+        .delete_image(point_id(first))
+        .await
+        .expect("delete");
+    let gone = backend
+        .client
+        .get_image(point_id(first))
+        .await
+        .expect_err("deleted");
+    assert!(
+        matches!(gone, ClientError::Rejected { status: 404, .. }),
+        "{gone}"
+    );
+    assert_eq!(backend.client.stats().await.expect("stats").total, 39);
+    assert_eq!(
+        reqwest::get(&item.url).await.expect("GET").status(),
+        StatusCode::NOT_FOUND,
+        "object removed"
+    );
+    let again = backend
+        .client
+        .search_image(
+            std::fs::read(&first.photo).expect("photo"),
+            &SearchParams::default(),
+        )
+        .await
+        .expect("search");
+    assert!(again.hits.iter().all(|h| h.item.id != point_id(first)));
+
+    // Every declared metric is exported after this traffic.
+    let metrics = backend
+        .http
+        .get(backend.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "backend_search_stage_seconds",
+        "backend_searches_total",
+        "backend_query_cache_total",
+        "backend_index_points",
+        "backend_ingested_items_total",
+        "backend_index_operation_seconds",
+        "backend_model_breaker_open",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} missing"
+        );
+    }
+    for stage in ["encode", "index_search", "presign", "total"] {
+        assert!(
+            metrics.contains(&format!(
+                "backend_search_stage_seconds_count{{stage=\"{stage}\"}}"
+            )),
+            "{stage}"
+        );
+    }
+    assert!(
+        metrics.contains(r#"backend_query_cache_total{result="hit"}"#),
+        "repeated query served from cache"
+    );
+    backend.stop().await;
+    ms.stop().await;
+}
+
+#[tokio::test]
+async fn survives_restart_and_owns_its_store() {
+    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let cfg = config(data.path(), ms.addr);
+    let backend = start_backend(&cfg).await.expect("backend");
+    let products = products(12);
+    ingest(&backend, ms.addr, &products).await;
+    let before = backend
+        .client
+        .search_text("blue jeans", &SearchParams::default())
+        .await
+        .expect("search");
+
+    // A second backend on the same data directory fails fast with a clear message.
+    let err = start_backend(&cfg)
+        .await
+        .err()
+        .expect("second owner refused");
+    assert!(
+        format!("{err:#}").contains("in use by another process"),
+        "{err:#}"
+    );
+
+    backend.stop().await;
+    let backend = start_backend(&cfg).await.expect("restart");
+    assert_eq!(backend.client.stats().await.expect("stats").total, 12);
+    let after = backend
+        .client
+        .search_text("blue jeans", &SearchParams::default())
+        .await
+        .expect("search");
+    let ids =
+        |r: &backend_api::SearchResponse| r.hits.iter().map(|h| h.item.id).collect::<Vec<_>>();
+    assert_eq!(ids(&before), ids(&after));
+    // Objects survived too: the URLs signed by the new process serve the photos.
+    for hit in &after.hits {
+        assert_eq!(
+            reqwest::get(&hit.item.url).await.expect("GET").status(),
+            StatusCode::OK
+        );
+    }
+    backend.stop().await;
+    ms.stop().await;
+}
+
+#[tokio::test]
+async fn model_serving_outage_is_503_then_recovers() {
+    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let addr = ms.addr;
+    let data = tempfile::tempdir().expect("tempdir");
+    let backend = start_backend(&config(data.path(), addr))
+        .await
+        .expect("backend");
+    ingest(&backend, addr, &products(8)).await;
+    ms.stop().await;
+
+    let response = backend
+        .http
+        .get(backend.url("/v1/search?q=green+kurta"))
+        .send()
+        .await
+        .expect("send");
+    let (status, code, retry) = error_of(response).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable")
+    );
+    assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)));
+    // Reads that need no model keep working.
+    assert_eq!(backend.client.stats().await.expect("stats").total, 8);
+
+    // Model-serving comes back on the same address: searches recover without a restart.
+    let ms = start_model_serving(addr).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match backend
+            .client
+            .search_text("green kurta", &SearchParams::default())
+            .await
+        {
+            Ok(page) => {
+                assert_eq!(page.hits.len(), 8);
+                break;
+            }
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("search did not recover: {e}"),
+        }
+    }
+    backend.stop().await;
+    ms.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx() {
+    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let backend = start_backend(&config(data.path(), ms.addr))
+        .await
+        .expect("backend");
+    ingest(&backend, ms.addr, &products(6)).await;
+    let get = |path: &str| backend.http.get(backend.url(path)).send();
+    let cases: Vec<(&str, StatusCode, &str)> = vec![
+        ("/v1/search?q=", StatusCode::BAD_REQUEST, "invalid_request"),
+        ("/v1/search", StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            "/v1/search?q=dress&k=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/search?q=dress&k=100000",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/search?q=dress&k=-1",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/search?q=dress&offset=995",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/search?q=dress&gender=Martian",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/search?q=dress&colr=Red",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/v1/search?q=dress&min_score=7",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "/v1/images/not-a-uuid",
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            "/v1/images/00000000-0000-0000-0000-000000000000",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/images/00000000-0000-0000-0000-000000000000/similar",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "/v1/images?limit=0",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        ("/nope", StatusCode::NOT_FOUND, "not_found"),
+    ];
+    for (path, status, code) in cases {
+        let (got, got_code, _) = error_of(get(path).await.expect("send")).await;
+        assert_eq!((got, got_code.as_str()), (status, code), "{path}");
+    }
+    let long = format!("/v1/search?q={}", "a".repeat(600));
+    assert_eq!(
+        error_of(get(&long).await.expect("send")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Uploads: not an image, oversized.
+    let upload = |bytes: Vec<u8>| {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name("q"),
+        );
+        backend
+            .http
+            .post(backend.url("/v1/search/image"))
+            .multipart(form)
+            .send()
+    };
+    let (status, code, _) = error_of(
+        upload(b"%PDF-1.7 definitely not an image".to_vec())
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image")
+    );
+    let (status, code, _) = error_of(upload(vec![0xFF; 3 << 20]).await.expect("send")).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    let (status, code, _) = error_of(
+        backend
+            .http
+            .post(backend.url("/v1/search/image"))
+            .body("raw")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+
+    // Writes: key missing or wrong → 401; malformed JSON → 400; wrong dimension → 400.
+    let batch = |key: Option<&str>, body: &str| {
+        let mut request = backend
+            .http
+            .post(backend.url("/v1/images:batch"))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send()
+    };
+    let item = |dims: usize| {
+        serde_json::json!({"items": [{
+            "id": "6f0c2a52-5d43-4a7c-9d1e-000000000001", "vector": vec![0.1f32; dims],
+            "s3_key": "images/x.jpg", "dataset": "test"
+        }]})
+        .to_string()
+    };
+    let cases: Vec<(Option<&str>, String, StatusCode, &str)> = vec![
+        (None, item(32), StatusCode::UNAUTHORIZED, "unauthorized"),
+        (
+            Some("wrong-key-wrong-key"),
+            item(32),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            Some(API_KEY),
+            "{\"items\": [".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            Some(API_KEY),
+            "{\"items\": []}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Some(API_KEY),
+            item(31),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Some(API_KEY),
+            item(0),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (key, body, status, code) in cases {
+        let (got, got_code, _) = error_of(batch(key, &body).await.expect("send")).await;
+        assert_eq!(
+            (got, got_code.as_str()),
+            (status, code),
+            "{key:?} {}",
+            &body[..body.len().min(40)]
+        );
+    }
+    let delete = backend
+        .http
+        .delete(backend.url(&format!("/v1/images/{}", point_id(&products(1)[0]))))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(error_of(delete).await.0, StatusCode::UNAUTHORIZED);
+    let post_json = backend
+        .http
+        .post(backend.url("/search-image"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(error_of(post_json).await.0, StatusCode::BAD_REQUEST);
+
+    // The reference-design endpoint answers the text form, and the docs are served.
+    let reference = backend
+        .http
+        .post(backend.url("/search-image"))
+        .json(&serde_json::json!({"text": "white shirt", "k": 3}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(reference.status(), StatusCode::OK);
+    let body: backend_api::SearchResponse = reference.json().await.expect("json");
+    assert_eq!(body.hits.len(), 3);
+    let spec: serde_json::Value = get("/openapi.json")
+        .await
+        .expect("spec")
+        .json()
+        .await
+        .expect("json");
+    assert!(spec["paths"]["/v1/search"].is_object());
+    assert_eq!(get("/docs").await.expect("docs").status(), StatusCode::OK);
+    assert_eq!(
+        backend.client.stats().await.expect("stats").total,
+        6,
+        "nothing was written by bad requests"
+    );
+    backend.stop().await;
+    ms.stop().await;
+}
