@@ -157,10 +157,10 @@ logs: ## show the last lines of every service log
 # ---------------------------------------------------------------------------- bench
 
 .PHONY: bench
-bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(VENV_STAMP) ## benchmarks on the ViT-B/32-shaped model (release build)
-	$(CARGO) build --release --locked --bin model-serving --bin model-serving-bench
-	BENCH_MODEL_DIR=$(BENCH_MODEL) \
-	  REFERENCE_PYTHON=$(VPY) $(TARGET_DIR)/release/model-serving-bench
+bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json $(VENV_STAMP) ## benchmarks (release build): model-serving on ViT-B/32 shapes, backend search and recall
+	$(CARGO) build --release --locked --bin model-serving-bench --bin backend-bench
+	BENCH_MODEL_DIR=$(BENCH_MODEL) REFERENCE_PYTHON=$(VPY) $(TARGET_DIR)/release/model-serving-bench
+	TEST_MODEL_DIR=$(TINY_MODEL) $(TARGET_DIR)/release/backend-bench
 
 .PHONY: clean
 clean: ## remove build output and generated models (keeps the download cache)

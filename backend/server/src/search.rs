@@ -158,6 +158,10 @@ impl SearchEngine {
         engine
     }
 
+    pub fn index(&self) -> &Arc<dyn VectorIndex> {
+        &self.index
+    }
+
     pub fn encoder(&self) -> &QueryEncoder {
         &self.encoder
     }

@@ -1,0 +1,383 @@
+//! `make bench` for the backend.
+//!
+//! A. With the tiny model, model-serving and the backend in process (real HTTP on loopback),
+//!    10,000 indexed vectors: search latency p50/p99 at 1 and 16 concurrent clients; the ratio
+//!    end-to-end / (encode + index search) from the same run; cached-query p50.
+//! B. The embedded index alone at 100,000 vectors (512-d, clustered like real embeddings):
+//!    recall@10 against exact search and latency p50/p99, for a few `hnsw_ef` values.
+//!
+//! Every loop is bounded in count; traffic stays on loopback.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use backend::index::edge::EdgeIndex;
+use backend::index::{Filter, Point, SearchRequest, SearchTuning, StoredPayload, VectorIndex};
+use backend_api::{BackendClient, ImageAttributes, IngestItem, SearchParams};
+use model_serving_api::ModelServingClient;
+use uuid::Uuid;
+
+/// SplitMix64: a small, seedable generator (repeatable runs without a rand dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+    fn gaussian(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+fn normalise(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// Points around `clusters` random centres: closer to real embeddings than uniform noise.
+fn clustered(rng: &mut Rng, centres: &[Vec<f32>], spread: f32) -> Vec<f32> {
+    let c = &centres[(rng.next_u64() % centres.len() as u64) as usize];
+    normalise(c.iter().map(|x| x + spread * rng.gaussian()).collect())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    (percentile(&samples, 50.0) * 1e3, percentile(&samples, 99.0) * 1e3)
+}
+
+fn env_path(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .with_context(|| format!("{name} is not set (run `make bench`)"))
+}
+
+fn payload(key: &str, i: usize) -> StoredPayload {
+    StoredPayload {
+        s3_key: key.to_owned(),
+        created_at: "2026-11-21T00:00:00Z".into(),
+        attributes: ImageAttributes {
+            dataset: "bench".into(),
+            caption: format!("item {i}"),
+            gender: Some(if i % 2 == 0 { "Men" } else { "Women" }.into()),
+            ..Default::default()
+        },
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let _telemetry = telemetry::init_with(
+        "backend-bench",
+        telemetry::TelemetryConfig {
+            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            json: true,
+            otlp_endpoint: None,
+        },
+    )?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        pipeline().await?;
+        recall().await
+    })
+}
+
+async fn pipeline() -> anyhow::Result<()> {
+    let model_dir = env_path("TEST_MODEL_DIR")?;
+    let ort = env_path("ORT_DYLIB_PATH")?;
+    let dataset = env_path("DATASET_DIR")?;
+    let encoder = model_serving::ClipEncoder::load(model_serving::EncoderConfig {
+        model_dir,
+        ort_library: ort,
+        threads: 1,
+        batch: model_serving::encoder::default_batch(),
+        max_items_per_request: 64,
+        max_image_pixels: 40_000_000,
+        max_text_chars: 1000,
+    })?;
+    let ms_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ms_addr = ms_listener.local_addr()?;
+    let (ms_stop, ms_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ms_task = tokio::spawn(model_serving::serve(
+        ms_listener,
+        Arc::new(encoder),
+        model_serving::HttpLimits {
+            max_body_bytes: 8 << 20,
+            request_timeout: Duration::from_secs(30),
+        },
+        async move {
+            let _ = ms_stopped.await;
+        },
+    ));
+
+    let data = tempfile::tempdir()?;
+    let key = "bench-api-key-0123456789";
+    let config = backend::config::BackendConfig {
+        addr: "127.0.0.1:0".parse()?,
+        data_dir: data.path().to_owned(),
+        model_serving_url: format!("http://{ms_addr}"),
+        qdrant_url: None,
+        qdrant_api_key: None,
+        qdrant_collection: "fashion_images".into(),
+        hnsw_ef: 128,
+        exact: false,
+        optimize_after_secs: 3600,
+        s3_endpoint: None,
+        s3_public_endpoint: None,
+        s3_embedded_addr: "127.0.0.1:0".parse()?,
+        s3_bucket: "fashion-images".into(),
+        s3_region: "us-east-1".into(),
+        s3_access_key: None,
+        s3_secret_key: None,
+        presign_ttl_secs: 300,
+        api_key: Some(key.to_owned().into()),
+        max_body_bytes: 32 << 20,
+        timeout_secs: 30,
+        query_cache_entries: 10_000,
+    };
+    let built = backend::build(&config, None).await?;
+    let engine = built.engine.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(backend::serve(listener, built, async move {
+        let _ = stopped.await;
+    }));
+    let client = BackendClient::new(format!("http://{addr}"), Duration::from_secs(30))?.with_api_key(key);
+    let model = ModelServingClient::new(format!("http://{ms_addr}"), Duration::from_secs(30))?;
+
+    // 10,000 vectors: real photos stored once, vectors spread around the real embeddings.
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(dataset.join("images"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    photos.sort();
+    photos.truncate(64);
+    let bytes: Vec<Vec<u8>> = photos.iter().map(std::fs::read).collect::<Result<_, _>>()?;
+    let seeds = model.encode_images(bytes.clone()).await?.embeddings;
+    let mut keys = Vec::new();
+    for b in &bytes {
+        let key = backend::search::content_key(b, "jpg");
+        engine.store().put(&key, b.clone(), "image/jpeg").await?;
+        keys.push(key);
+    }
+    let mut rng = Rng(7);
+    let total = 10_000;
+    let started = Instant::now();
+    for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
+        let items = chunk
+            .iter()
+            .map(|&i| IngestItem {
+                id: Uuid::from_u128(i as u128 + 1),
+                vector: clustered(&mut rng, &seeds, 0.05),
+                s3_key: keys[i % keys.len()].clone(),
+                attributes: payload("", i).attributes,
+            })
+            .collect();
+        client.ingest_batch(items).await?;
+    }
+    let ingest_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    engine.index().optimize().await?;
+    println!("backend benchmark — tiny model, embedded Qdrant + embedded S3, real HTTP on loopback");
+    println!(
+        "\n(A) {total} vectors ingested through the batch API in {ingest_s:.2} s ({:.0}/s); HNSW built in {:.2} s",
+        total as f64 / ingest_s,
+        started.elapsed().as_secs_f64()
+    );
+
+    let params = SearchParams {
+        k: Some(10),
+        ..Default::default()
+    };
+    // Warm-up (connections, model info).
+    client.search_text("warm up", &params).await?;
+
+    // 1 client, distinct queries (cache misses), end to end.
+    let queries: Vec<String> = (0..200).map(|i| format!("red summer dress number {i}")).collect();
+    let mut e2e = Vec::new();
+    for q in &queries {
+        let t = Instant::now();
+        client.search_text(q, &params).await?;
+        e2e.push(t.elapsed().as_secs_f64());
+    }
+    // The two stages alone, same queries' shapes: encode through model-serving, index search.
+    let mut encode = Vec::new();
+    let mut vectors = Vec::new();
+    for q in &queries {
+        let t = Instant::now();
+        let v = model.encode_text(&[format!("a photo of {q} again")]).await?.embeddings;
+        encode.push(t.elapsed().as_secs_f64());
+        vectors.extend(v);
+    }
+    let mut search = Vec::new();
+    for v in &vectors {
+        let t = Instant::now();
+        engine
+            .index()
+            .search(SearchRequest {
+                vector: v.clone(),
+                limit: 10,
+                offset: 0,
+                filter: Filter::default(),
+                min_score: None,
+                exclude: None,
+            })
+            .await?;
+        search.push(t.elapsed().as_secs_f64());
+    }
+    let (e2e50, e2e99) = ms(e2e);
+    let (enc50, _) = ms(encode);
+    let (idx50, idx99) = ms(search);
+    println!("    1 client, uncached     p50 {e2e50:>7.2} ms   p99 {e2e99:>7.2} ms");
+
+    // 16 clients, distinct queries.
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|c| {
+            let client = client.clone();
+            let params = params.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..40 {
+                    let t = Instant::now();
+                    client
+                        .search_text(&format!("blue denim jacket {c} {i}"), &params)
+                        .await?;
+                    out.push(t.elapsed().as_secs_f64());
+                }
+                Ok::<_, anyhow::Error>(out)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    let (c50, c99) = ms(all);
+    println!("    16 clients, uncached   p50 {c50:>7.2} ms   p99 {c99:>7.2} ms   ({rate:.0} searches/s)");
+
+    let mut cached = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        client.search_text("red summer dress number 0", &params).await?;
+        cached.push(t.elapsed().as_secs_f64());
+    }
+    let (h50, h99) = ms(cached);
+    println!("    cached query           p50 {h50:>7.2} ms   p99 {h99:>7.2} ms");
+    println!("    stages alone           encode p50 {enc50:.2} ms, index search p50 {idx50:.3} ms (p99 {idx99:.3} ms)");
+    println!(
+        "    end-to-end / (encode + index search) at p50   {:.2}   (target <= 1.2)",
+        e2e50 / (enc50 + idx50)
+    );
+
+    let _ = stop.send(());
+    task.await??;
+    let _ = ms_stop.send(());
+    ms_task.await??;
+    Ok(())
+}
+
+async fn recall() -> anyhow::Result<()> {
+    const N: usize = 100_000;
+    const DIM: usize = 512;
+    const QUERIES: usize = 200;
+    let mut rng = Rng(42);
+    let centres: Vec<Vec<f32>> = (0..2000)
+        .map(|_| normalise((0..DIM).map(|_| rng.gaussian()).collect()))
+        .collect();
+    let vectors: Vec<Vec<f32>> = (0..N).map(|_| clustered(&mut rng, &centres, 0.04)).collect();
+    let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| clustered(&mut rng, &centres, 0.04)).collect();
+
+    // Exact top 10 by brute force (cosine = dot product of unit vectors).
+    let truth: Vec<Vec<usize>> = queries
+        .iter()
+        .map(|q| {
+            let mut scored: Vec<(f32, usize)> = vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), i))
+                .collect();
+            scored.select_nth_unstable_by(10, |a, b| b.0.total_cmp(&a.0));
+            scored[..10].iter().map(|s| s.1).collect()
+        })
+        .collect();
+
+    let dir = tempfile::tempdir()?;
+    let tuning = |hnsw_ef| SearchTuning {
+        hnsw_ef,
+        exact: false,
+    };
+    let started = Instant::now();
+    {
+        let index = EdgeIndex::open(dir.path(), tuning(128))?;
+        for (c, chunk) in vectors.chunks(5000).enumerate() {
+            let points = chunk
+                .iter()
+                .enumerate()
+                .map(|(j, v)| Point {
+                    id: Uuid::from_u128((c * 5000 + j) as u128 + 1),
+                    vector: v.clone(),
+                    payload: payload("k", c * 5000 + j),
+                })
+                .collect();
+            index.upsert(points).await?;
+        }
+        let upserted = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        index.optimize().await?;
+        index.flush().await?;
+        println!(
+            "\n(B) embedded index, {N} vectors × {DIM}: upsert {:.0} points/s, HNSW build {:.1} s",
+            N as f64 / upserted,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    for ef in [64, 128, 256] {
+        let index = EdgeIndex::open(dir.path(), tuning(ef))?;
+        let mut latencies = Vec::new();
+        let mut found = 0;
+        for (q, want) in queries.iter().zip(&truth) {
+            let t = Instant::now();
+            let hits = index
+                .search(SearchRequest {
+                    vector: q.clone(),
+                    limit: 10,
+                    offset: 0,
+                    filter: Filter::default(),
+                    min_score: None,
+                    exclude: None,
+                })
+                .await?;
+            latencies.push(t.elapsed().as_secs_f64());
+            found += hits
+                .iter()
+                .filter(|h| want.contains(&((h.id.as_u128() - 1) as usize)))
+                .count();
+        }
+        let (p50, p99) = ms(latencies);
+        println!(
+            "    hnsw_ef {ef:>3}   recall@10 {:.3}   p50 {p50:.2} ms   p99 {p99:.2} ms   (target recall >= 0.97, p99 <= 5 ms)",
+            found as f64 / (QUERIES * 10) as f64
+        );
+    }
+    Ok(())
+}
