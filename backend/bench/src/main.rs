@@ -61,7 +61,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn ms(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
-    (percentile(&samples, 50.0) * 1e3, percentile(&samples, 99.0) * 1e3)
+    (
+        percentile(&samples, 50.0) * 1e3,
+        percentile(&samples, 99.0) * 1e3,
+    )
 }
 
 fn env_path(name: &str) -> anyhow::Result<PathBuf> {
@@ -77,7 +80,7 @@ fn payload(key: &str, i: usize) -> StoredPayload {
         attributes: ImageAttributes {
             dataset: "bench".into(),
             caption: format!("item {i}"),
-            gender: Some(if i % 2 == 0 { "Men" } else { "Women" }.into()),
+            gender: Some(if i.is_multiple_of(2) { "Men" } else { "Women" }.into()),
             ..Default::default()
         },
     }
@@ -160,7 +163,8 @@ async fn pipeline() -> anyhow::Result<()> {
     let task = tokio::spawn(backend::serve(listener, built, async move {
         let _ = stopped.await;
     }));
-    let client = BackendClient::new(format!("http://{addr}"), Duration::from_secs(30))?.with_api_key(key);
+    let client =
+        BackendClient::new(format!("http://{addr}"), Duration::from_secs(30))?.with_api_key(key);
     let model = ModelServingClient::new(format!("http://{ms_addr}"), Duration::from_secs(30))?;
 
     // 10,000 vectors: real photos stored once, vectors spread around the real embeddings.
@@ -196,7 +200,9 @@ async fn pipeline() -> anyhow::Result<()> {
     let ingest_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     engine.index().optimize().await?;
-    println!("backend benchmark — tiny model, embedded Qdrant + embedded S3, real HTTP on loopback");
+    println!(
+        "backend benchmark — tiny model, embedded Qdrant + embedded S3, real HTTP on loopback"
+    );
     println!(
         "\n(A) {total} vectors ingested through the batch API in {ingest_s:.2} s ({:.0}/s); HNSW built in {:.2} s",
         total as f64 / ingest_s,
@@ -211,7 +217,9 @@ async fn pipeline() -> anyhow::Result<()> {
     client.search_text("warm up", &params).await?;
 
     // 1 client, distinct queries (cache misses), end to end.
-    let queries: Vec<String> = (0..200).map(|i| format!("red summer dress number {i}")).collect();
+    let queries: Vec<String> = (0..200)
+        .map(|i| format!("red summer dress number {i}"))
+        .collect();
     let mut e2e = Vec::new();
     for q in &queries {
         let t = Instant::now();
@@ -223,7 +231,10 @@ async fn pipeline() -> anyhow::Result<()> {
     let mut vectors = Vec::new();
     for q in &queries {
         let t = Instant::now();
-        let v = model.encode_text(&[format!("a photo of {q} again")]).await?.embeddings;
+        let v = model
+            .encode_text(&[format!("a photo of {q} again")])
+            .await?
+            .embeddings;
         encode.push(t.elapsed().as_secs_f64());
         vectors.extend(v);
     }
@@ -273,17 +284,23 @@ async fn pipeline() -> anyhow::Result<()> {
     }
     let rate = all.len() as f64 / started.elapsed().as_secs_f64();
     let (c50, c99) = ms(all);
-    println!("    16 clients, uncached   p50 {c50:>7.2} ms   p99 {c99:>7.2} ms   ({rate:.0} searches/s)");
+    println!(
+        "    16 clients, uncached   p50 {c50:>7.2} ms   p99 {c99:>7.2} ms   ({rate:.0} searches/s)"
+    );
 
     let mut cached = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
-        client.search_text("red summer dress number 0", &params).await?;
+        client
+            .search_text("red summer dress number 0", &params)
+            .await?;
         cached.push(t.elapsed().as_secs_f64());
     }
     let (h50, h99) = ms(cached);
     println!("    cached query           p50 {h50:>7.2} ms   p99 {h99:>7.2} ms");
-    println!("    stages alone           encode p50 {enc50:.2} ms, index search p50 {idx50:.3} ms (p99 {idx99:.3} ms)");
+    println!(
+        "    stages alone           encode p50 {enc50:.2} ms, index search p50 {idx50:.3} ms (p99 {idx99:.3} ms)"
+    );
     println!(
         "    end-to-end / (encode + index search) at p50   {:.2}   (target <= 1.2)",
         e2e50 / (enc50 + idx50)
@@ -304,8 +321,12 @@ async fn recall() -> anyhow::Result<()> {
     let centres: Vec<Vec<f32>> = (0..2000)
         .map(|_| normalise((0..DIM).map(|_| rng.gaussian()).collect()))
         .collect();
-    let vectors: Vec<Vec<f32>> = (0..N).map(|_| clustered(&mut rng, &centres, 0.04)).collect();
-    let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| clustered(&mut rng, &centres, 0.04)).collect();
+    let vectors: Vec<Vec<f32>> = (0..N)
+        .map(|_| clustered(&mut rng, &centres, 0.04))
+        .collect();
+    let queries: Vec<Vec<f32>> = (0..QUERIES)
+        .map(|_| clustered(&mut rng, &centres, 0.04))
+        .collect();
 
     // Exact top 10 by brute force (cosine = dot product of unit vectors).
     let truth: Vec<Vec<usize>> = queries

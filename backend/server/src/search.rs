@@ -559,7 +559,13 @@ impl SearchEngine {
             .next()
             .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
         let key = content_key(&bytes, extension);
-        let id = id.unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()));
+        // Deterministic per dataset and content: adding the same image again is idempotent.
+        let id = id.unwrap_or_else(|| {
+            Uuid::new_v5(
+                &Uuid::NAMESPACE_URL,
+                format!("{}/{key}", attributes.dataset).as_bytes(),
+            )
+        });
         self.store.put(&key, bytes, content_type).await?;
         self.ingest(vec![IngestItem {
             id,

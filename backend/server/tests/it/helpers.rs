@@ -200,6 +200,14 @@ impl TestBackend {
 
 pub async fn start_backend(config: &BackendConfig) -> anyhow::Result<TestBackend> {
     let s3 = TcpListener::bind("127.0.0.1:0").await?;
+    start_backend_with(config, s3).await
+}
+
+/// As [`start_backend`], with the embedded S3 server on a listener the test chose.
+pub async fn start_backend_with(
+    config: &BackendConfig,
+    s3: TcpListener,
+) -> anyhow::Result<TestBackend> {
     let built = backend::build(config, Some(s3)).await?;
     let engine = built.engine.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -3,4 +3,5 @@
 //! fed with real photos. Each test runs in its own process under cargo nextest.
 
 mod helpers;
+mod qdrant_server;
 mod search;

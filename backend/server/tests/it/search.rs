@@ -623,3 +623,181 @@ async fn bad_input_gets_a_clear_4xx() {
     backend.stop().await;
     ms.stop().await;
 }
+
+#[tokio::test]
+async fn add_image_by_upload_and_by_url_with_a_public_endpoint() {
+    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(data.path(), ms.addr);
+    // Browsers reach the object store under another name than the backend does.
+    let s3 = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = s3.local_addr().expect("addr").port();
+    cfg.s3_public_endpoint = Some(format!("http://localhost:{port}"));
+    let backend = start_backend_with(&cfg, s3).await.expect("backend");
+    let product = &products(3)[2];
+    let photo = std::fs::read(&product.photo).expect("photo");
+
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(photo.clone()).file_name("p.jpg"),
+        )
+        .text("dataset", "uploads")
+        .text("caption", product.attributes.caption.clone())
+        .text("colour", "Navy Blue")
+        .text("width", "224");
+    let added: backend_api::ImageItem = backend
+        .http
+        .post(backend.url("/v1/images"))
+        .header("x-api-key", API_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("item");
+    assert_eq!(added.attributes.dataset, "uploads");
+    assert_eq!(added.attributes.width, Some(224));
+    assert!(
+        added.url.starts_with(&format!("http://localhost:{port}/")),
+        "{}",
+        added.url
+    );
+    let fetched = reqwest::get(&added.url)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(
+        &fetched[..],
+        &photo[..],
+        "signed for the public endpoint, served by the embedded S3"
+    );
+
+    // By URL: the backend fetches the image (here: the URL it just signed).
+    let by_url: backend_api::ImageItem = backend
+        .http
+        .post(backend.url("/v1/images"))
+        .header("x-api-key", API_KEY)
+        .json(&serde_json::json!({"url": added.url, "dataset": "by-url", "caption": "again"}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("item");
+    assert_eq!(
+        by_url.s3_key, added.s3_key,
+        "content-addressed: same bytes, same object"
+    );
+    assert_ne!(by_url.id, added.id);
+    let hits = backend
+        .client
+        .search_image(
+            photo,
+            &SearchParams {
+                k: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("search");
+    let ids: HashSet<_> = hits.hits.iter().map(|h| h.item.id).collect();
+    assert!(ids.contains(&added.id) && ids.contains(&by_url.id));
+    // Deleting one keeps the shared object for the other.
+    backend.client.delete_image(added.id).await.expect("delete");
+    let other = backend.client.get_image(by_url.id).await.expect("other");
+    assert_eq!(
+        reqwest::get(&other.url).await.expect("GET").status(),
+        StatusCode::OK
+    );
+
+    let bad = backend
+        .http
+        .post(backend.url("/v1/images"))
+        .header("x-api-key", API_KEY)
+        .json(&serde_json::json!({"url": "file:///etc/passwd", "dataset": "x"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(error_of(bad).await.1, "invalid_url");
+    backend.stop().await;
+    ms.stop().await;
+}
+
+#[tokio::test]
+async fn object_storage_outage_is_503_then_recovers() {
+    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    // An external S3 (the same server the backend embeds, run on its own).
+    let objects = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let s3_addr = listener.local_addr().expect("addr");
+    let s3 = backend::embedded_s3::EmbeddedS3::start(
+        listener,
+        objects.path(),
+        "outside-key",
+        "outside-secret-123",
+    )
+    .expect("s3");
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(data.path(), ms.addr);
+    cfg.s3_endpoint = Some(format!("http://{s3_addr}"));
+    cfg.s3_access_key = Some("outside-key".to_owned().into());
+    cfg.s3_secret_key = Some("outside-secret-123".to_owned().into());
+    let backend = start_backend(&cfg).await.expect("backend");
+    let photo = std::fs::read(&products(1)[0].photo).expect("photo");
+    let add = |photo: Vec<u8>| {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(photo).file_name("p.jpg"),
+            )
+            .text("dataset", "uploads");
+        backend
+            .http
+            .post(backend.url("/v1/images"))
+            .header("x-api-key", API_KEY)
+            .multipart(form)
+            .send()
+    };
+    assert_eq!(
+        add(photo.clone()).await.expect("send").status(),
+        StatusCode::OK
+    );
+
+    s3.stop().await;
+    let (status, code, retry) = error_of(add(photo.clone()).await.expect("send")).await;
+    assert_eq!(
+        (status, code.as_str(), retry.as_deref()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            Some("1")
+        )
+    );
+
+    let listener = tokio::net::TcpListener::bind(s3_addr)
+        .await
+        .expect("rebind");
+    let s3 = backend::embedded_s3::EmbeddedS3::start(
+        listener,
+        objects.path(),
+        "outside-key",
+        "outside-secret-123",
+    )
+    .expect("s3 again");
+    assert_eq!(
+        add(photo).await.expect("send").status(),
+        StatusCode::OK,
+        "recovered without a restart"
+    );
+    backend.stop().await;
+    s3.stop().await;
+    ms.stop().await;
+}
