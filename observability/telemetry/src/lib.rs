@@ -129,8 +129,13 @@ pub fn init_with(
     opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(service);
 
-    let filter =
-        EnvFilter::try_new(&config.filter).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    let filter = EnvFilter::try_new(&config.filter)
+        .map_err(|e| TelemetryError::Filter(e.to_string()))?
+        // qdrant-edge warns "Feature flags not initialized!" on every segment it opens; the
+        // flags are a server concept with no API in the embedded engine.
+        .add_directive("qdrant_edge::common::flags=error".parse().map_err(
+            |e: tracing_subscriber::filter::ParseError| TelemetryError::Filter(e.to_string()),
+        )?);
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_error_records_to_exceptions(true);
