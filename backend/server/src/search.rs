@@ -57,28 +57,7 @@ pub struct SearchEngine {
 }
 
 fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    telemetry::time_rfc3339(std::time::SystemTime::now()).unwrap_or_default()
 }
 
 /// A content-addressed object key: identical bytes share one object.
@@ -603,7 +582,7 @@ mod tests {
         );
         assert_eq!(sniff_image(b"%PDF"), None);
         let now = now_rfc3339();
-        assert_eq!(now.len(), 20);
+        assert_eq!(now.len(), 24);
         assert!(now.starts_with("20") && now.ends_with('Z'));
     }
 }

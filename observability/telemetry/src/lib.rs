@@ -22,6 +22,7 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
+pub use logs::time_rfc3339;
 pub use metrics_exporter_prometheus::PrometheusHandle;
 pub use ops::{Readiness, ops_router};
 

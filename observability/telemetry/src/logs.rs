@@ -118,7 +118,7 @@ where
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, without pulling a date crate into every binary.
-fn time_rfc3339(now: std::time::SystemTime) -> Option<String> {
+pub fn time_rfc3339(now: std::time::SystemTime) -> Option<String> {
     let since = now.duration_since(std::time::UNIX_EPOCH).ok()?;
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
