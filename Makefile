@@ -47,13 +47,15 @@ help: ## list the verbs
 
 # ---------------------------------------------------------------------------- prerequisites
 
-# Debian packages the build needs: nasm assembles libjpeg-turbo's SIMD decoder (mozjpeg-sys).
-DEBIAN_PACKAGES := nasm
+# Debian packages the build and tests need: nasm assembles libjpeg-turbo's SIMD decoder
+# (mozjpeg-sys); dataset-fashion-mnist is the ETL's Fashion-MNIST source.
+DEBIAN_PACKAGES := nasm dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: system-deps
-system-deps: ## install the Debian packages the build needs (no-op when present)
-	@missing=""; for p in $(DEBIAN_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+system-deps: ## install the Debian packages the build and tests need (no-op when present)
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing >/dev/null; \

@@ -1,0 +1,354 @@
+//! The ETL job: a dataset → model-serving (image embeddings, in batches) → S3 (the image, under a
+//! content-addressed key) → the backend's batch API (vector + payload).
+//!
+//! Stages overlap: a blocking reader feeds a bounded channel; up to `concurrency` batches are
+//! encoded, stored and upserted at once. Point ids are UUIDv5 of dataset and item id, so a rerun
+//! (after a crash, or to top up) skips what is indexed, without re-encoding, and never duplicates.
+
+pub mod datasets;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use backend::search::{content_key, sniff_image};
+use backend::storage::ObjectStore;
+use backend_api::{BackendClient, IngestItem};
+use futures::StreamExt;
+use model_serving_api::ModelServingClient;
+use uuid::Uuid;
+
+use crate::datasets::{DatasetKind, Extracted, Item};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dataset: DatasetKind,
+    pub source: PathBuf,
+    pub limit: Option<usize>,
+    pub batch_size: usize,
+    pub concurrency: usize,
+    pub dry_run: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+pub struct Clients {
+    pub backend: BackendClient,
+    pub model: ModelServingClient,
+    pub store: ObjectStore,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub loaded: usize,
+    pub already_present: usize,
+    pub failed: Vec<(String, String)>,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn throughput(&self) -> f64 {
+        self.loaded as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Dataset(#[from] datasets::DatasetError),
+    #[error("{stage} kept failing after {attempts} attempts: {message}")]
+    Persistent {
+        stage: &'static str,
+        attempts: u32,
+        message: String,
+    },
+    #[error("the dataset reader stopped unexpectedly")]
+    Reader,
+}
+
+/// The point id of an item: stable across runs.
+pub fn point_id(dataset: DatasetKind, key: &str) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{}/{key}", dataset.name()).as_bytes(),
+    )
+}
+
+const ATTEMPTS: u32 = 6;
+
+/// Retries `call` while it fails transiently, with exponential backoff.
+async fn retry<T, E, F, Fut>(
+    stage: &'static str,
+    is_transient: fn(&E) -> bool,
+    call: F,
+) -> Result<T, RetryError<E>>
+where
+    E: std::fmt::Display,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=ATTEMPTS {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
+                tracing::warn!(stage, attempt, error = %e, "transient failure; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) if is_transient(&e) => {
+                return Err(RetryError::Persistent(LoadError::Persistent {
+                    stage,
+                    attempts: ATTEMPTS,
+                    message: e.to_string(),
+                }));
+            }
+            Err(e) => return Err(RetryError::Rejected(e)),
+        }
+    }
+    Err(RetryError::Persistent(LoadError::Persistent {
+        stage,
+        attempts: ATTEMPTS,
+        message: "no attempt made".into(),
+    }))
+}
+
+enum RetryError<E> {
+    /// Refused for this input: skip it.
+    Rejected(E),
+    /// The service stayed unavailable: stop the job.
+    Persistent(LoadError),
+}
+
+/// The outcome of one batch.
+struct BatchOutcome {
+    loaded: usize,
+    present: usize,
+    failed: Vec<(String, String)>,
+}
+
+async fn encode(
+    clients: &Clients,
+    items: &[Item],
+) -> Result<Vec<Result<Vec<f32>, String>>, LoadError> {
+    let bytes: Vec<Vec<u8>> = items.iter().map(|i| i.bytes.clone()).collect();
+    match retry(
+        "encode",
+        model_serving_api::ClientError::is_transient,
+        || clients.model.encode_images(bytes.clone()),
+    )
+    .await
+    {
+        Ok(response) => Ok(response.embeddings.into_iter().map(Ok).collect()),
+        Err(RetryError::Persistent(e)) => Err(e),
+        // One bad image refuses the whole request: encode one by one to find it.
+        Err(RetryError::Rejected(_)) if items.len() > 1 => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match retry(
+                    "encode",
+                    model_serving_api::ClientError::is_transient,
+                    || clients.model.encode_images(vec![item.bytes.clone()]),
+                )
+                .await
+                {
+                    Ok(mut r) => {
+                        out.push(r.embeddings.pop().ok_or_else(|| "no embedding".to_owned()))
+                    }
+                    Err(RetryError::Rejected(e)) => out.push(Err(e.to_string())),
+                    Err(RetryError::Persistent(e)) => return Err(e),
+                }
+            }
+            Ok(out)
+        }
+        Err(RetryError::Rejected(e)) => Ok(vec![Err(e.to_string())]),
+    }
+}
+
+async fn process_batch(
+    clients: &Clients,
+    dataset: DatasetKind,
+    items: Vec<Item>,
+) -> Result<BatchOutcome, LoadError> {
+    let ids: Vec<Uuid> = items.iter().map(|i| point_id(dataset, &i.key)).collect();
+    let existing = match retry("exists", backend_api::ClientError::is_transient, || {
+        clients.backend.existing(ids.clone())
+    })
+    .await
+    {
+        Ok(existing) => existing,
+        Err(RetryError::Persistent(e)) => return Err(e),
+        Err(RetryError::Rejected(e)) => {
+            return Err(LoadError::Persistent {
+                stage: "exists",
+                attempts: 1,
+                message: e.to_string(),
+            });
+        }
+    };
+    let present = existing.len();
+    let todo: Vec<Item> = items
+        .into_iter()
+        .filter(|i| !existing.contains(&point_id(dataset, &i.key)))
+        .collect();
+    let mut outcome = BatchOutcome {
+        loaded: 0,
+        present,
+        failed: Vec::new(),
+    };
+    if todo.is_empty() {
+        return Ok(outcome);
+    }
+    let vectors = encode(clients, &todo).await?;
+    let mut upserts = Vec::new();
+    for (item, vector) in todo.into_iter().zip(vectors) {
+        let vector = match vector {
+            Ok(v) => v,
+            Err(reason) => {
+                outcome.failed.push((item.key, reason));
+                continue;
+            }
+        };
+        let (extension, content_type) =
+            sniff_image(&item.bytes).unwrap_or(("bin", "application/octet-stream"));
+        let key = content_key(&item.bytes, extension);
+        let store = &clients.store;
+        let put = retry(
+            "store",
+            |_: &backend::storage::StorageError| true,
+            || store.put(&key, item.bytes.clone(), content_type),
+        )
+        .await;
+        if let Err(RetryError::Persistent(e)) = put {
+            return Err(e);
+        }
+        upserts.push(IngestItem {
+            id: point_id(dataset, &item.key),
+            vector,
+            s3_key: key,
+            attributes: item.attributes,
+        });
+    }
+    let n = upserts.len();
+    if n > 0 {
+        match retry("upsert", backend_api::ClientError::is_transient, || {
+            clients.backend.ingest_batch(upserts.clone())
+        })
+        .await
+        {
+            Ok(_) => outcome.loaded = n,
+            Err(RetryError::Persistent(e)) => return Err(e),
+            Err(RetryError::Rejected(e)) => {
+                return Err(LoadError::Persistent {
+                    stage: "upsert",
+                    attempts: 1,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Runs a load to the end, or until a dependency stays down (then nothing loaded is lost: every
+/// acknowledged batch is in the index, and a rerun continues from there).
+pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, LoadError> {
+    let started = Instant::now();
+    let batch_size = options.batch_size.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Extracted>(batch_size * 2);
+    let (kind, source, limit) = (options.dataset, options.source.clone(), options.limit);
+    let reader = tokio::task::spawn_blocking(move || datasets::extract(kind, &source, limit, &tx));
+
+    let progress = if options.progress {
+        indicatif::ProgressBar::new(options.limit.map_or(0, |l| l as u64))
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos:>7}/{len:7} items [{elapsed_precise}] {per_sec:>10} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+
+    let mut summary = Summary::default();
+    // Batches from the channel; skipped entries are recorded as they pass.
+    let mut skipped = Vec::new();
+    let batches = futures::stream::poll_fn(|cx| {
+        let mut batch = Vec::with_capacity(batch_size);
+        loop {
+            match rx.poll_recv(cx) {
+                std::task::Poll::Ready(Some(Extracted::Item(item))) => {
+                    batch.push(item);
+                    if batch.len() == batch_size {
+                        return std::task::Poll::Ready(Some(batch));
+                    }
+                }
+                std::task::Poll::Ready(Some(Extracted::Skipped { key, reason })) => {
+                    skipped.push((key, reason));
+                }
+                std::task::Poll::Ready(None) => {
+                    return std::task::Poll::Ready((!batch.is_empty()).then_some(batch));
+                }
+                std::task::Poll::Pending if !batch.is_empty() => {
+                    // Hand over a partial batch rather than hold items while the reader is slow.
+                    return std::task::Poll::Ready(Some(batch));
+                }
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    });
+    if options.dry_run {
+        let items: usize = batches
+            .map(|b| b.len())
+            .fold(0, |a, n| async move { a + n })
+            .await;
+        summary.loaded = 0;
+        summary.already_present = 0;
+        tracing::info!(items, "dry run: read the dataset, wrote nothing");
+        progress.finish_and_clear();
+        reader.await.map_err(|_| LoadError::Reader)??;
+        summary.elapsed = started.elapsed();
+        return Ok(summary);
+    }
+    let mut results = batches
+        .map(|batch| process_batch(clients, options.dataset, batch))
+        .buffer_unordered(options.concurrency.max(1));
+    let mut error = None;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(outcome) => {
+                summary.loaded += outcome.loaded;
+                summary.already_present += outcome.present;
+                progress.inc((outcome.loaded + outcome.present + outcome.failed.len()) as u64);
+                for (key, reason) in &outcome.failed {
+                    tracing::warn!(item = %key, %reason, "item failed");
+                }
+                summary.failed.extend(outcome.failed);
+                if !options.progress {
+                    tracing::info!(
+                        loaded = summary.loaded,
+                        already_present = summary.already_present,
+                        failed = summary.failed.len(),
+                        "progress"
+                    );
+                }
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(results);
+    progress.finish_and_clear();
+    for (key, reason) in &skipped {
+        tracing::warn!(item = %key, %reason, "entry skipped");
+    }
+    summary.failed.splice(0..0, skipped);
+    summary.elapsed = started.elapsed();
+    if let Some(e) = error {
+        return Err(e);
+    }
+    reader.await.map_err(|_| LoadError::Reader)??;
+    Ok(summary)
+}

@@ -1,0 +1,160 @@
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backend::storage::{ObjectStore, StorageSettings};
+use backend_api::BackendClient;
+use clap::{Args, Parser, Subcommand};
+use etl::datasets::DatasetKind;
+use etl::{Clients, LoadOptions};
+use model_serving_api::ModelServingClient;
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Parser)]
+#[command(
+    name = "etl",
+    version,
+    about = "Load fashion datasets into the search index"
+)]
+struct Cli {
+    #[command(flatten)]
+    services: Services,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Services {
+    #[arg(long, env = "BACKEND_URL", default_value = "http://127.0.0.1:8000")]
+    backend_url: String,
+    #[arg(
+        long,
+        env = "MODEL_SERVING_URL",
+        default_value = "http://127.0.0.1:8001"
+    )]
+    model_serving_url: String,
+    /// The backend's write key (x-api-key).
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    api_key: Option<SecretString>,
+    #[arg(long, env = "S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    s3_endpoint: String,
+    #[arg(long, env = "S3_BUCKET", default_value = "fashion-images")]
+    s3_bucket: String,
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    #[arg(long, env = "S3_ACCESS_KEY", hide_env_values = true)]
+    s3_access_key: Option<SecretString>,
+    #[arg(long, env = "S3_SECRET_KEY", hide_env_values = true)]
+    s3_secret_key: Option<SecretString>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a dataset: encode, store, index. Safe to rerun: what is indexed is skipped.
+    Load {
+        #[arg(long, value_enum)]
+        dataset: DatasetKind,
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Batches in flight at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// Read the dataset and report, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// What is loaded, per dataset.
+    Status,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = telemetry::init("etl").context("telemetry")?;
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    let result = runtime.block_on(run(cli));
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "etl failed");
+        eprintln!("etl: {error:#}");
+    }
+    result
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let s = cli.services;
+    let mut backend = BackendClient::new(s.backend_url.clone(), Duration::from_secs(60))?;
+    if let Some(key) = &s.api_key {
+        backend = backend.with_api_key(key.expose_secret());
+    }
+    match cli.command {
+        Command::Status => {
+            let stats = backend.stats().await.context("backend stats")?;
+            println!("{} images indexed", stats.total);
+            for (dataset, count) in &stats.by_dataset {
+                println!("  {dataset:<28} {count:>8}");
+            }
+            Ok(())
+        }
+        Command::Load {
+            dataset,
+            source,
+            limit,
+            batch_size,
+            concurrency,
+            dry_run,
+        } => {
+            let secret = |v: &Option<SecretString>, name: &str| {
+                v.as_ref()
+                    .map(|k| k.expose_secret().to_owned())
+                    .with_context(|| format!("{name} is required to store images"))
+            };
+            let store = ObjectStore::new(&StorageSettings {
+                endpoint: s.s3_endpoint.clone(),
+                public_endpoint: s.s3_endpoint.clone(),
+                region: s.s3_region.clone(),
+                bucket: s.s3_bucket.clone(),
+                access_key: secret(&s.s3_access_key, "S3_ACCESS_KEY")?,
+                secret_key: secret(&s.s3_secret_key, "S3_SECRET_KEY")?,
+                presign_ttl: Duration::from_secs(60),
+            })?;
+            let clients = Clients {
+                backend,
+                model: ModelServingClient::new(
+                    s.model_serving_url.clone(),
+                    Duration::from_secs(300),
+                )?,
+                store,
+            };
+            let options = LoadOptions {
+                dataset,
+                source,
+                limit,
+                batch_size,
+                concurrency,
+                dry_run,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let summary = etl::load(&options, &clients).await?;
+            println!(
+                "{}: loaded {}, already present {}, failed {} in {:.1} s ({:.1} items/s)",
+                dataset.name(),
+                summary.loaded,
+                summary.already_present,
+                summary.failed.len(),
+                summary.elapsed.as_secs_f64(),
+                summary.throughput()
+            );
+            for (key, reason) in summary.failed.iter().take(50) {
+                println!("  failed {key}: {reason}");
+            }
+            if summary.failed.len() > 50 {
+                println!("  ... and {} more", summary.failed.len() - 50);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! ETL end to end with the real parts in process: model-serving (tiny model), the backend with
+//! the embedded Qdrant engine and embedded S3; real photos, Fashion-MNIST from Debian, a
+//! `kill -9` in the middle of a load.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend::storage::{ObjectStore, StorageSettings};
+use backend_api::{BackendClient, SearchParams};
+use etl::datasets::DatasetKind;
+use etl::{Clients, LoadOptions, point_id};
+use model_serving_api::ModelServingClient;
+use tokio::net::TcpListener;
+
+const API_KEY: &str = "etl-test-api-key-0123456789";
+const S3_KEY: &str = "etl-test-access";
+const S3_SECRET: &str = "etl-test-secret-0123456789";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn env_path(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map_or(default, PathBuf::from)
+}
+
+fn dataset_dir() -> PathBuf {
+    env_path(
+        "DATASET_DIR",
+        workspace().join("../shared/datasets/fashion-product-images-small"),
+    )
+}
+
+struct Stack {
+    model: SocketAddr,
+    backend: SocketAddr,
+    s3: SocketAddr,
+    _data: tempfile::TempDir,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Stack {
+    fn clients(&self) -> Clients {
+        Clients {
+            backend: BackendClient::new(
+                format!("http://{}", self.backend),
+                Duration::from_secs(60),
+            )
+            .expect("backend client")
+            .with_api_key(API_KEY),
+            model: ModelServingClient::new(
+                format!("http://{}", self.model),
+                Duration::from_secs(60),
+            )
+            .expect("model client"),
+            store: ObjectStore::new(&StorageSettings {
+                endpoint: format!("http://{}", self.s3),
+                public_endpoint: format!("http://{}", self.s3),
+                region: "us-east-1".into(),
+                bucket: "fashion-images".into(),
+                access_key: S3_KEY.into(),
+                secret_key: S3_SECRET.into(),
+                presign_ttl: Duration::from_secs(60),
+            })
+            .expect("store"),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BACKEND_URL", format!("http://{}", self.backend)),
+            ("MODEL_SERVING_URL", format!("http://{}", self.model)),
+            ("API_KEY", API_KEY.into()),
+            ("S3_ENDPOINT", format!("http://{}", self.s3)),
+            ("S3_ACCESS_KEY", S3_KEY.into()),
+            ("S3_SECRET_KEY", S3_SECRET.into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+}
+
+async fn start_stack() -> Stack {
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    let config = model_serving::EncoderConfig {
+        model_dir: env_path("TEST_MODEL_DIR", workspace().join("var/models/tiny")),
+        ort_library: env_path(
+            "ORT_DYLIB_PATH",
+            home.join(".cache/fashion-search/onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
+        ),
+        threads: 1,
+        batch: model_serving::encoder::default_batch(),
+        max_items_per_request: 64,
+        max_image_pixels: 40_000_000,
+        max_text_chars: 1000,
+    };
+    let encoder = tokio::task::spawn_blocking(move || model_serving::ClipEncoder::load(config))
+        .await
+        .expect("join")
+        .expect("model");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let model = listener.local_addr().expect("addr");
+    let (model_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(model_serving::serve(
+        listener,
+        Arc::new(encoder),
+        model_serving::HttpLimits {
+            max_body_bytes: 32 << 20,
+            request_timeout: Duration::from_secs(60),
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let data = tempfile::tempdir().expect("tempdir");
+    let s3_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let s3 = s3_listener.local_addr().expect("addr");
+    let config = backend::config::BackendConfig {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data.path().to_owned(),
+        model_serving_url: format!("http://{model}"),
+        qdrant_url: None,
+        qdrant_api_key: None,
+        qdrant_collection: "fashion_images".into(),
+        hnsw_ef: 128,
+        exact: false,
+        optimize_after_secs: 1,
+        s3_endpoint: None,
+        s3_public_endpoint: None,
+        s3_embedded_addr: s3,
+        s3_bucket: "fashion-images".into(),
+        s3_region: "us-east-1".into(),
+        s3_access_key: Some(S3_KEY.to_owned().into()),
+        s3_secret_key: Some(S3_SECRET.to_owned().into()),
+        presign_ttl_secs: 300,
+        api_key: Some(API_KEY.to_owned().into()),
+        max_body_bytes: 32 << 20,
+        timeout_secs: 60,
+        query_cache_entries: 100,
+    };
+    let built = backend::build(&config, Some(s3_listener))
+        .await
+        .expect("backend");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let (backend_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(backend::serve(listener, built, async move {
+        let _ = stopped.await;
+    }));
+    Stack {
+        model,
+        backend,
+        s3,
+        _data: data,
+        stops: vec![backend_stop, model_stop],
+    }
+}
+
+fn options(dataset: DatasetKind, source: PathBuf, limit: Option<usize>) -> LoadOptions {
+    LoadOptions {
+        dataset,
+        source,
+        limit,
+        batch_size: 16,
+        concurrency: 2,
+        dry_run: false,
+        progress: false,
+    }
+}
+
+#[tokio::test]
+async fn loads_real_photos_then_a_rerun_skips_them() {
+    let stack = start_stack().await;
+    let clients = stack.clients();
+    let opts = options(DatasetKind::FashionProductImages, dataset_dir(), Some(64));
+    let summary = etl::load(&opts, &clients).await.expect("load");
+    assert_eq!(summary.loaded + summary.failed.len(), 64, "{summary:?}");
+    assert!(summary.loaded >= 60, "{summary:?}");
+    let stats = clients.backend.stats().await.expect("stats");
+    assert_eq!(stats.total as usize, summary.loaded);
+    assert_eq!(
+        stats.by_dataset.get("fashion-product-images").copied(),
+        Some(summary.loaded as u64)
+    );
+
+    // Payloads come from styles.csv, and the stored image is the photo.
+    let csv = std::fs::read_to_string(dataset_dir().join("styles.csv")).expect("csv");
+    let row: Vec<&str> = csv.lines().nth(1).expect("row").splitn(10, ',').collect();
+    let item = clients
+        .backend
+        .get_image(point_id(DatasetKind::FashionProductImages, row[0]))
+        .await
+        .expect("first product indexed");
+    assert_eq!(item.attributes.caption, row[9]);
+    assert_eq!(item.attributes.article_type.as_deref(), Some(row[4]));
+    assert_eq!(item.attributes.colour.as_deref(), Some(row[5]));
+    let photo =
+        std::fs::read(dataset_dir().join("images").join(format!("{}.jpg", row[0]))).expect("photo");
+    let bytes = reqwest::get(&item.url)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(&bytes[..], &photo[..]);
+
+    // A rerun finds everything present and encodes nothing.
+    let again = etl::load(&opts, &clients).await.expect("rerun");
+    assert_eq!((again.loaded, again.already_present), (0, summary.loaded));
+    assert_eq!(
+        clients.backend.stats().await.expect("stats").total as usize,
+        summary.loaded
+    );
+    let hits = clients
+        .backend
+        .search_text("shirt", &SearchParams::default())
+        .await
+        .expect("search");
+    assert!(!hits.hits.is_empty());
+    drop(stack.stops);
+}
+
+#[tokio::test]
+async fn bad_files_are_skipped_counted_and_explained() {
+    let stack = start_stack().await;
+    let clients = stack.clients();
+    let folder = tempfile::tempdir().expect("tempdir");
+    let photos: Vec<PathBuf> = {
+        let mut all: Vec<PathBuf> = std::fs::read_dir(dataset_dir().join("images"))
+            .expect("images")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        all.sort();
+        all.truncate(5);
+        all
+    };
+    for (i, p) in photos.iter().enumerate() {
+        std::fs::copy(p, folder.path().join(format!("good-{i}.jpg"))).expect("copy");
+    }
+    let bytes = std::fs::read(&photos[0]).expect("photo");
+    std::fs::write(
+        folder.path().join("truncated.jpg"),
+        &bytes[..bytes.len() / 2],
+    )
+    .expect("write");
+    std::fs::write(folder.path().join("notes.png"), b"this is not a png").expect("write");
+    std::fs::create_dir(folder.path().join("sub")).expect("mkdir");
+    std::fs::copy(&photos[1], folder.path().join("sub/nested.jpg")).expect("copy");
+    std::fs::write(
+        folder.path().join("captions.csv"),
+        "file,caption,colour\ngood-0.jpg,a red scarf,Red\nsub/nested.jpg,nested shoe,\n",
+    )
+    .expect("captions");
+
+    let summary = etl::load(
+        &options(DatasetKind::Folder, folder.path().to_owned(), None),
+        &clients,
+    )
+    .await
+    .expect("load");
+    assert_eq!(summary.loaded, 6, "{summary:?}");
+    let failed: Vec<&str> = summary.failed.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(failed.len(), 2, "{summary:?}");
+    assert!(failed.contains(&"truncated.jpg") && failed.contains(&"notes.png"));
+    assert!(summary.failed.iter().all(|(_, reason)| !reason.is_empty()));
+    let captioned = clients
+        .backend
+        .get_image(point_id(DatasetKind::Folder, "good-0.jpg"))
+        .await
+        .expect("item");
+    assert_eq!(captioned.attributes.caption, "a red scarf");
+    assert_eq!(captioned.attributes.colour.as_deref(), Some("Red"));
+    assert_eq!(clients.backend.stats().await.expect("stats").total, 6);
+    drop(stack.stops);
+}
+
+#[tokio::test]
+async fn fashion_mnist_from_the_debian_package() {
+    let source = env_path(
+        "FASHION_MNIST_DIR",
+        PathBuf::from("/usr/share/datasets/fashion-mnist"),
+    );
+    assert!(
+        source.join("train-images-idx3-ubyte.gz").is_file(),
+        "Fashion-MNIST missing at {} (Debian package dataset-fashion-mnist; `make system-deps`)",
+        source.display()
+    );
+    let stack = start_stack().await;
+    let clients = stack.clients();
+    let summary = etl::load(
+        &options(DatasetKind::FashionMnist, source, Some(50)),
+        &clients,
+    )
+    .await
+    .expect("load");
+    assert_eq!((summary.loaded, summary.failed.len()), (50, 0));
+    let item = clients
+        .backend
+        .get_image(point_id(DatasetKind::FashionMnist, "train-0"))
+        .await
+        .expect("item");
+    // The first training image of Fashion-MNIST is an ankle boot (label 9).
+    assert_eq!(item.attributes.article_type.as_deref(), Some("Ankle boot"));
+    assert_eq!(item.attributes.caption, "a photo of a ankle boot");
+    assert_eq!(
+        (item.attributes.width, item.attributes.height),
+        (Some(28), Some(28))
+    );
+    let facets = clients.backend.facets().await.expect("facets");
+    assert!(
+        facets.facets["article_type"].len() >= 5,
+        "several classes in 50 images"
+    );
+    drop(stack.stops);
+}
+
+#[tokio::test]
+async fn kill_9_mid_load_then_rerun_completes_without_duplicates() {
+    let stack = start_stack().await;
+    let clients = stack.clients();
+    let env = stack.env();
+    let run = move |limit: usize| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+        cmd.args([
+            "load",
+            "--dataset",
+            "fashion-product-images",
+            "--batch-size",
+            "8",
+            "--concurrency",
+            "1",
+            "--limit",
+        ])
+        .arg(limit.to_string())
+        .arg("--source")
+        .arg(dataset_dir())
+        .envs(env.clone())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let mut child = run(400).spawn().expect("etl");
+    // Kill it once some, but not all, batches are in.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let total = clients.backend.stats().await.expect("stats").total;
+        if total >= 40 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let partial = clients.backend.stats().await.expect("stats").total;
+    assert!(partial < 400, "killed before the end ({partial})");
+
+    let mut rerun = run(400);
+    let status = tokio::task::spawn_blocking(move || rerun.status())
+        .await
+        .expect("join")
+        .expect("rerun");
+    assert!(status.success());
+    // Exactly the valid items, each once: the dry run lists them.
+    let dry = etl::load(
+        &LoadOptions {
+            dry_run: true,
+            ..options(DatasetKind::FashionProductImages, dataset_dir(), Some(400))
+        },
+        &clients,
+    )
+    .await
+    .expect("dry run");
+    let valid = 400 - dry.failed.len();
+    assert_eq!(
+        clients.backend.stats().await.expect("stats").total as usize,
+        valid
+    );
+    let csv = std::fs::read_to_string(dataset_dir().join("styles.csv")).expect("csv");
+    let ids: Vec<_> = csv
+        .lines()
+        .skip(1)
+        .take(400)
+        .filter_map(|l| l.split(',').next())
+        .filter(|id| !dry.failed.iter().any(|(k, _)| k == id))
+        .map(|id| point_id(DatasetKind::FashionProductImages, id))
+        .collect();
+    assert_eq!(ids.len(), valid);
+    for chunk in ids.chunks(200) {
+        let present = clients
+            .backend
+            .existing(chunk.to_vec())
+            .await
+            .expect("exists");
+        assert_eq!(present.len(), chunk.len(), "nothing missing");
+    }
+    drop(stack.stops);
+}
