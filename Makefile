@@ -48,8 +48,9 @@ help: ## list the verbs
 # ---------------------------------------------------------------------------- prerequisites
 
 # Debian packages the build and tests need: nasm assembles libjpeg-turbo's SIMD decoder
-# (mozjpeg-sys); dataset-fashion-mnist is the ETL's Fashion-MNIST source.
-DEBIAN_PACKAGES := nasm dataset-fashion-mnist
+# (mozjpeg-sys); dataset-fashion-mnist is the ETL's Fashion-MNIST source; the ETL pushes its
+# metrics to prometheus-pushgateway (tested).
+DEBIAN_PACKAGES := nasm dataset-fashion-mnist prometheus-pushgateway
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: system-deps

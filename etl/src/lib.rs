@@ -6,6 +6,7 @@
 //! (after a crash, or to top up) skips what is indexed, without re-encoding, and never duplicates.
 
 pub mod datasets;
+pub mod metrics;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -170,6 +171,7 @@ async fn process_batch(
     items: Vec<Item>,
 ) -> Result<BatchOutcome, LoadError> {
     let ids: Vec<Uuid> = items.iter().map(|i| point_id(dataset, &i.key)).collect();
+    let started = Instant::now();
     let existing = match retry("exists", backend_api::ClientError::is_transient, || {
         clients.backend.existing(ids.clone())
     })
@@ -185,6 +187,7 @@ async fn process_batch(
             });
         }
     };
+    metrics::stage("exists", started.elapsed());
     let present = existing.len();
     let todo: Vec<Item> = items
         .into_iter()
@@ -198,7 +201,10 @@ async fn process_batch(
     if todo.is_empty() {
         return Ok(outcome);
     }
+    let started = Instant::now();
     let vectors = encode(clients, &todo).await?;
+    metrics::stage("encode", started.elapsed());
+    let started = Instant::now();
     let mut upserts = Vec::new();
     for (item, vector) in todo.into_iter().zip(vectors) {
         let vector = match vector {
@@ -228,14 +234,19 @@ async fn process_batch(
             attributes: item.attributes,
         });
     }
+    metrics::stage("store", started.elapsed());
     let n = upserts.len();
+    let started = Instant::now();
     if n > 0 {
         match retry("upsert", backend_api::ClientError::is_transient, || {
             clients.backend.ingest_batch(upserts.clone())
         })
         .await
         {
-            Ok(_) => outcome.loaded = n,
+            Ok(_) => {
+                outcome.loaded = n;
+                metrics::stage("upsert", started.elapsed());
+            }
             Err(RetryError::Persistent(e)) => return Err(e),
             Err(RetryError::Rejected(e)) => {
                 return Err(LoadError::Persistent {
@@ -317,6 +328,10 @@ pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, L
     while let Some(result) = results.next().await {
         match result {
             Ok(outcome) => {
+                let name = options.dataset.name();
+                metrics::items(name, "loaded", outcome.loaded);
+                metrics::items(name, "present", outcome.present);
+                metrics::items(name, "failed", outcome.failed.len());
                 summary.loaded += outcome.loaded;
                 summary.already_present += outcome.present;
                 progress.inc((outcome.loaded + outcome.present + outcome.failed.len()) as u64);
@@ -344,11 +359,15 @@ pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, L
     for (key, reason) in &skipped {
         tracing::warn!(item = %key, %reason, "entry skipped");
     }
+    metrics::items(options.dataset.name(), "failed", skipped.len());
     summary.failed.splice(0..0, skipped);
     summary.elapsed = started.elapsed();
+    metrics::throughput(options.dataset.name(), summary.throughput());
     if let Some(e) = error {
+        metrics::finished(options.dataset.name(), false);
         return Err(e);
     }
     reader.await.map_err(|_| LoadError::Reader)??;
+    metrics::finished(options.dataset.name(), true);
     Ok(summary)
 }

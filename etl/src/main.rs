@@ -47,6 +47,9 @@ struct Services {
     s3_access_key: Option<SecretString>,
     #[arg(long, env = "S3_SECRET_KEY", hide_env_values = true)]
     s3_secret_key: Option<SecretString>,
+    /// Prometheus Pushgateway to push the job's metrics to (at the end, and every 10 s).
+    #[arg(long, env = "PUSHGATEWAY_URL")]
+    pushgateway_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -138,7 +141,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dry_run,
                 progress: std::io::stderr().is_terminal(),
             };
-            let summary = etl::load(&options, &clients).await?;
+            let metrics = telemetry::install_metrics("etl")?;
+            etl::metrics::describe();
+            // Push periodically while the job runs, and once more at the end whatever happened.
+            let pusher = s.pushgateway_url.clone().map(|url| {
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        if let Err(e) =
+                            etl::metrics::push(&url, dataset.name(), metrics.render()).await
+                        {
+                            tracing::warn!(error = %e, "metrics push failed");
+                        }
+                    }
+                })
+            });
+            let result = etl::load(&options, &clients).await;
+            if let Some(pusher) = pusher {
+                pusher.abort();
+            }
+            if let Some(url) = &s.pushgateway_url
+                && let Err(e) = etl::metrics::push(url, dataset.name(), metrics.render()).await
+            {
+                tracing::warn!(error = %e, "metrics push failed");
+            }
+            let summary = result?;
             println!(
                 "{}: loaded {}, already present {}, failed {} in {:.1} s ({:.1} items/s)",
                 dataset.name(),

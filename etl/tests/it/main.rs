@@ -397,3 +397,112 @@ async fn kill_9_mid_load_then_rerun_completes_without_duplicates() {
     }
     drop(stack.stops);
 }
+
+/// Debian's Prometheus Pushgateway on a free loopback port; killed when dropped.
+struct Pushgateway {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Pushgateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_pushgateway() -> Pushgateway {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = std::process::Command::new("prometheus-pushgateway")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus-pushgateway (Debian package; `make system-deps`)");
+    let gateway = Pushgateway {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !reqwest::get(format!("{}/-/ready", gateway.url))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pushgateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gateway
+}
+
+#[tokio::test]
+async fn job_metrics_reach_the_pushgateway() {
+    let stack = start_stack().await;
+    let gateway = start_pushgateway().await;
+    let folder = tempfile::tempdir().expect("tempdir");
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(dataset_dir().join("images"))
+        .expect("images")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    photos.sort();
+    for (i, p) in photos.iter().take(3).enumerate() {
+        std::fs::copy(p, folder.path().join(format!("{i}.jpg"))).expect("copy");
+    }
+    std::fs::write(folder.path().join("broken.jpg"), b"\xFF\xD8\xFF not really").expect("write");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+    cmd.args(["load", "--dataset", "folder", "--source"])
+        .arg(folder.path())
+        .envs(stack.env())
+        .env("PUSHGATEWAY_URL", &gateway.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let output = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("etl");
+    assert!(output.status.success());
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        summary.contains("loaded 3, already present 0, failed 1"),
+        "{summary}"
+    );
+
+    let text = reqwest::get(format!("{}/metrics", gateway.url))
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str, labels: &[&str]| -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| labels.iter().all(|lab| l.contains(lab)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let loaded = value(
+        "etl_items_total",
+        &[r#"job="etl""#, r#"dataset="folder""#, r#"outcome="loaded""#],
+    );
+    assert_eq!(loaded, Some(3.0), "{text}");
+    assert_eq!(
+        value("etl_items_total", &[r#"outcome="failed""#]),
+        Some(1.0)
+    );
+    assert_eq!(value("etl_job_failed", &[r#"dataset="folder""#]), Some(0.0));
+    assert!(
+        value(
+            "etl_last_success_timestamp_seconds",
+            &[r#"dataset="folder""#]
+        )
+        .is_some_and(|t| t > 1.7e9)
+    );
+    assert!(text.contains("# HELP etl_stage_seconds "));
+    drop(stack.stops);
+}
