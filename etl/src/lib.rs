@@ -6,6 +6,7 @@
 //! (after a crash, or to top up) skips what is indexed, without re-encoding, and never duplicates.
 
 pub mod datasets;
+pub mod download;
 pub mod metrics;
 
 use std::path::PathBuf;

@@ -73,6 +73,15 @@ enum Command {
     },
     /// What is loaded, per dataset.
     Status,
+    /// Download a dataset's public files (resumable, checksummed). Only fashion-mnist has them.
+    Download {
+        #[arg(value_enum)]
+        dataset: DatasetKind,
+        #[arg(long)]
+        dest: PathBuf,
+        #[arg(long, default_value = etl::download::FASHION_MNIST_URL)]
+        base_url: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,6 +103,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         backend = backend.with_api_key(key.expose_secret());
     }
     match cli.command {
+        Command::Download {
+            dataset,
+            dest,
+            base_url,
+        } => {
+            if dataset != DatasetKind::FashionMnist {
+                anyhow::bail!(
+                    "{} has no public download; get it from its source and use `etl load --source`",
+                    dataset.name()
+                );
+            }
+            etl::download::download_files(&base_url, &etl::download::FASHION_MNIST_FILES, &dest)
+                .await?;
+            println!("fashion-mnist ready in {}", dest.display());
+            Ok(())
+        }
         Command::Status => {
             let stats = backend.stats().await.context("backend stats")?;
             println!("{} images indexed", stats.total);

@@ -506,3 +506,139 @@ async fn job_metrics_reach_the_pushgateway() {
     assert!(text.contains("# HELP etl_stage_seconds "));
     drop(stack.stops);
 }
+
+/// A stand-in for the dataset's web server: files with `Range` support; the first full GET of
+/// the largest file is cut halfway.
+async fn file_server(dir: PathBuf) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::body::Body;
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    #[derive(Clone)]
+    struct Files {
+        dir: PathBuf,
+        cut: Arc<AtomicBool>,
+        ranges: Arc<AtomicUsize>,
+    }
+    async fn serve_file(
+        State(f): State<Files>,
+        UrlPath(name): UrlPath<String>,
+        headers: HeaderMap,
+    ) -> Response {
+        let Ok(bytes) = std::fs::read(f.dir.join(&name)) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        if let Some(start) = headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.trim_end_matches('-').parse::<usize>().ok())
+        {
+            f.ranges.fetch_add(1, Ordering::SeqCst);
+            return (
+                StatusCode::PARTIAL_CONTENT,
+                bytes[start.min(bytes.len())..].to_vec(),
+            )
+                .into_response();
+        }
+        if name.starts_with("train-images") && !f.cut.swap(true, Ordering::SeqCst) {
+            use futures::StreamExt as _;
+            let half = bytes[..bytes.len() / 2].to_vec();
+            let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(half) }).chain(
+                futures::stream::once(async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Err(std::io::Error::other("connection reset"))
+                }),
+            );
+            return Response::builder()
+                .header(header::CONTENT_LENGTH, bytes.len())
+                .body(Body::from_stream(stream))
+                .expect("response");
+        }
+        bytes.into_response()
+    }
+    let ranges = Arc::new(AtomicUsize::new(0));
+    let files = Files {
+        dir,
+        cut: Arc::new(AtomicBool::new(false)),
+        ranges: ranges.clone(),
+    };
+    let app = axum::Router::new()
+        .route("/{name}", axum::routing::get(serve_file))
+        .with_state(files);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    (addr, ranges)
+}
+
+#[tokio::test]
+async fn download_resumes_and_verifies_checksums() {
+    use etl::download::{DownloadError, FASHION_MNIST_FILES, download_files};
+    let source = env_path(
+        "FASHION_MNIST_DIR",
+        PathBuf::from("/usr/share/datasets/fashion-mnist"),
+    );
+    let (addr, ranges) = file_server(source.clone()).await;
+    let base = format!("http://{addr}");
+
+    // Debian ships the files recompressed, so their MD5 differs from the published one: the
+    // canonical manifest must refuse them and leave nothing behind.
+    let dest = tempfile::tempdir().expect("tempdir");
+    let err = download_files(&base, &FASHION_MNIST_FILES[1..2], dest.path())
+        .await
+        .expect_err("mismatch");
+    assert!(matches!(err, DownloadError::Checksum { .. }), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dest.path()).expect("dir").count(),
+        0,
+        "no partial or unverified file kept"
+    );
+
+    // With the MD5s of the files served, the download completes, resuming the cut file.
+    let manifest: Vec<(String, String)> = FASHION_MNIST_FILES
+        .iter()
+        .map(|(name, _)| {
+            let out = std::process::Command::new("md5sum")
+                .arg(source.join(name))
+                .output()
+                .expect("md5sum");
+            let sum = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .expect("sum")
+                .to_owned();
+            ((*name).to_owned(), sum)
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = manifest
+        .iter()
+        .map(|(n, m)| (n.as_str(), m.as_str()))
+        .collect();
+    download_files(&base, &files, dest.path())
+        .await
+        .expect("download");
+    assert!(
+        ranges.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the cut file was resumed with Range"
+    );
+    for (name, _) in &files {
+        assert_eq!(
+            std::fs::read(dest.path().join(name)).expect("downloaded"),
+            std::fs::read(source.join(name)).expect("source"),
+            "{name}"
+        );
+    }
+    // And the result loads.
+    let stack = start_stack().await;
+    let summary = etl::load(
+        &options(DatasetKind::FashionMnist, dest.path().to_owned(), Some(10)),
+        &stack.clients(),
+    )
+    .await
+    .expect("load");
+    assert_eq!(summary.loaded, 10);
+    drop(stack.stops);
+}
