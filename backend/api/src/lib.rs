@@ -171,32 +171,8 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("backend unavailable: {message}")]
-    Unavailable {
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    #[error("backend rejected the request ({status}, {code}): {message}")]
-    Rejected {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error("backend failed ({status}): {message}")]
-    Server { status: u16, message: String },
-    #[error("cannot reach the backend: {0}")]
-    Transport(#[source] reqwest::Error),
-    #[error("unexpected response from the backend: {0}")]
-    Decode(String),
-}
-
-impl ClientError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Transport(_))
-    }
-}
+/// Every client call fails with the shared error of the services' JSON calls.
+pub use telemetry::client::CallError as ClientError;
 
 /// A typed client for the backend. Cheap to clone; connections are pooled.
 #[derive(Debug, Clone)]
@@ -338,39 +314,6 @@ impl BackendClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let response = telemetry::propagation::inject(request)
-            .send()
-            .await
-            .map_err(ClientError::Transport)?;
-        let status = response.status();
-        if status.is_success() {
-            return response
-                .json::<T>()
-                .await
-                .map_err(|e| ClientError::Decode(e.to_string()));
-        }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response.text().await.unwrap_or_default();
-        let (code, message) = match serde_json::from_str::<ErrorBody>(&body) {
-            Ok(e) => (e.error.code, e.error.message),
-            Err(_) => ("unknown".to_owned(), body.chars().take(200).collect()),
-        };
-        Err(match status.as_u16() {
-            503 | 429 | 502 | 504 => ClientError::Unavailable {
-                message,
-                retry_after,
-            },
-            s @ 400..=499 => ClientError::Rejected {
-                status: s,
-                code,
-                message,
-            },
-            s => ClientError::Server { status: s, message },
-        })
+        telemetry::client::send_json(request).await
     }
 }

@@ -10,6 +10,7 @@
 mod logs;
 pub mod metrics;
 
+pub mod client;
 pub mod http;
 pub mod ops;
 pub mod propagation;

@@ -1,0 +1,80 @@
+//! Outgoing JSON calls between the services: `traceparent` injected, and the shared error body
+//! `{"error": {"code", "message"}}` mapped to one error type, so every typed client (model-serving,
+//! backend) classifies failures the same way.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Overloaded, starting or down (502/503/504/429); try again after the given delay.
+    #[error("service unavailable: {message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The input was refused (4xx); retrying will not help.
+    #[error("request rejected ({status}, {code}): {message}")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("service failed ({status}): {message}")]
+    Server { status: u16, message: String },
+    #[error("cannot reach the service: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+impl CallError {
+    /// Whether the same call may succeed later (overload, restart, network).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Transport(_))
+    }
+}
+
+/// Sends `request` with the current trace context and decodes a JSON answer or the error body.
+pub async fn send_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+) -> Result<T, CallError> {
+    let response = crate::propagation::inject(request)
+        .send()
+        .await
+        .map_err(CallError::Transport)?;
+    let status = response.status();
+    if status.is_success() {
+        return response
+            .json::<T>()
+            .await
+            .map_err(|e| CallError::Decode(e.to_string()));
+    }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response.text().await.unwrap_or_default();
+    let parsed = serde_json::from_str::<serde_json::Value>(&body).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v["error"][name].as_str())
+            .map(str::to_owned)
+    };
+    let code = field("code").unwrap_or_else(|| "unknown".to_owned());
+    let message = field("message").unwrap_or_else(|| body.chars().take(200).collect());
+    Err(match status.as_u16() {
+        503 | 429 | 502 | 504 => CallError::Unavailable {
+            message,
+            retry_after,
+        },
+        s @ 400..=499 => CallError::Rejected {
+            status: s,
+            code,
+            message,
+        },
+        s => CallError::Server { status: s, message },
+    })
+}
