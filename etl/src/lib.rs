@@ -206,35 +206,41 @@ async fn process_batch(
     let vectors = encode(clients, &todo).await?;
     metrics::stage("encode", started.elapsed());
     let started = Instant::now();
-    let mut upserts = Vec::new();
+    let mut encoded = Vec::new();
     for (item, vector) in todo.into_iter().zip(vectors) {
-        let vector = match vector {
-            Ok(v) => v,
-            Err(reason) => {
-                outcome.failed.push((item.key, reason));
-                continue;
-            }
-        };
-        let (extension, content_type) =
-            sniff_image(&item.bytes).unwrap_or(("bin", "application/octet-stream"));
-        let key = content_key(&item.bytes, extension);
-        let store = &clients.store;
-        let put = retry(
-            "store",
-            |_: &backend::storage::StorageError| true,
-            || store.put(&key, item.bytes.clone(), content_type),
-        )
-        .await;
-        if let Err(RetryError::Persistent(e)) = put {
-            return Err(e);
+        match vector {
+            Ok(v) => encoded.push((item, v)),
+            Err(reason) => outcome.failed.push((item.key, reason)),
         }
-        upserts.push(IngestItem {
-            id: point_id(dataset, &item.key),
-            vector,
-            s3_key: key,
-            attributes: item.attributes,
-        });
     }
+    // Store the batch's images concurrently: S3 round trips, not CPU, bound this stage.
+    let store = &clients.store;
+    let stored: Vec<Result<IngestItem, LoadError>> = futures::stream::iter(encoded)
+        .map(|(item, vector)| async move {
+            let (extension, content_type) =
+                sniff_image(&item.bytes).unwrap_or(("bin", "application/octet-stream"));
+            let key = content_key(&item.bytes, extension);
+            match retry(
+                "store",
+                |_: &backend::storage::StorageError| true,
+                || store.put(&key, item.bytes.clone(), content_type),
+            )
+            .await
+            {
+                Ok(()) | Err(RetryError::Rejected(_)) => {}
+                Err(RetryError::Persistent(e)) => return Err(e),
+            }
+            Ok(IngestItem {
+                id: point_id(dataset, &item.key),
+                vector,
+                s3_key: key,
+                attributes: item.attributes,
+            })
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let upserts = stored.into_iter().collect::<Result<Vec<_>, _>>()?;
     metrics::stage("store", started.elapsed());
     let n = upserts.len();
     let started = Instant::now();

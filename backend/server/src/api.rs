@@ -653,22 +653,22 @@ async fn fetch_image(state: &AppState, url: &str) -> Result<Vec<u8>, ApiError> {
             response.status()
         )));
     }
+    let too_large = || ApiError::PayloadTooLarge("the image is larger than the body limit".into());
     if response
         .content_length()
         .is_some_and(|n| n as usize > state.max_body_bytes)
     {
-        return Err(ApiError::PayloadTooLarge(
-            "the image is larger than the body limit".into(),
-        ));
+        return Err(too_large());
     }
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| bad(format!("cannot read the image: {e}")))?;
-    if bytes.len() > state.max_body_bytes {
-        return Err(ApiError::PayloadTooLarge(
-            "the image is larger than the body limit".into(),
-        ));
+    // Read in chunks and stop at the limit: a server may send no length, or lie about it.
+    let mut bytes = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        let chunk = chunk.map_err(|e| bad(format!("cannot read the image: {e}")))?;
+        if bytes.len() + chunk.len() > state.max_body_bytes {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
     }
-    Ok(bytes.to_vec())
+    Ok(bytes)
 }
