@@ -103,8 +103,10 @@ model: system-deps $(ORT_LIB) ## download a real CLIP export: make model MODEL=c
 test: system-deps $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everything CI runs: fmt, clippy, all tests
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) build --locked --bins
 	TEST_MODEL_DIR=$(TINY_MODEL) REFERENCE_PYTHON=$(VPY) \
 	  $(CARGO) nextest run --workspace --locked --no-fail-fast
+	$(if $(strip $(TEST_EXTRA)),$(MAKE) --no-print-directory $(TEST_EXTRA))
 
 # ---------------------------------------------------------------------------- run
 
@@ -164,6 +166,10 @@ bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json
 	$(CARGO) build --release --locked --bin model-serving-bench --bin backend-bench
 	BENCH_MODEL_DIR=$(BENCH_MODEL) REFERENCE_PYTHON=$(VPY) $(TARGET_DIR)/release/model-serving-bench
 	TEST_MODEL_DIR=$(TINY_MODEL) $(TARGET_DIR)/release/backend-bench
+
+# Parts kept beside what they build: the telemetry stack and model training.
+-include observability/observability.mk
+-include model-serving/training/training.mk
 
 .PHONY: clean
 clean: ## remove build output and generated models (keeps the download cache)
