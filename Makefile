@@ -49,8 +49,8 @@ help: ## list the verbs
 
 # Debian packages the build and tests need: nasm assembles libjpeg-turbo's SIMD decoder
 # (mozjpeg-sys); dataset-fashion-mnist is the ETL's Fashion-MNIST source; the ETL pushes its
-# metrics to prometheus-pushgateway (tested).
-DEBIAN_PACKAGES := nasm dataset-fashion-mnist prometheus-pushgateway
+# metrics to prometheus-pushgateway (tested); the frontend's browser test drives chromium.
+DEBIAN_PACKAGES := nasm dataset-fashion-mnist prometheus-pushgateway chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: system-deps

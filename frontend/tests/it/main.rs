@@ -1,0 +1,5 @@
+//! The shop's pages, server-side against the real services, and end to end in headless Chromium.
+
+mod browser;
+mod helpers;
+mod pages;

@@ -1,0 +1,425 @@
+//! Every page and state, rendered by the frontend in process against the real backend and
+//! model-serving (with real photos loaded by the ETL), a dead port, and a backend that hangs.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use frontend::FrontendConfig;
+use frontend::views::EXAMPLE_QUERIES;
+use tower::ServiceExt;
+
+use crate::helpers::{Stack, free_addr, photo};
+
+pub struct Page {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub html: String,
+}
+
+async fn send(app: &axum::Router, request: Request<Body>) -> Page {
+    let response = tokio::time::timeout(Duration::from_secs(30), app.clone().oneshot(request))
+        .await
+        .expect("the page answers")
+        .expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    Page {
+        status,
+        headers,
+        html: String::from_utf8(bytes.to_vec()).expect("utf-8 html"),
+    }
+}
+
+async fn get(app: &axum::Router, uri: &str) -> Page {
+    send(app, Request::get(uri).body(Body::empty()).expect("request")).await
+}
+
+/// A multipart upload as a browser sends it: the file part plus plain fields.
+async fn upload(
+    app: &axum::Router,
+    file: Option<(&str, Vec<u8>)>,
+    fields: &[(&str, &str)],
+) -> Page {
+    let boundary = "----fashion-test-boundary";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    if let Some((filename, bytes)) = file {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let request = Request::post("/search/image")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .expect("request");
+    send(app, request).await
+}
+
+/// The attributes of one tag, e.g. `<li class="card" data-id="...">`.
+fn attributes(tag: &str) -> HashMap<String, String> {
+    let mut attrs = HashMap::new();
+    let mut rest = tag;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq]
+            .rsplit([' ', '<'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let value_start = eq + 2;
+        let Some(len) = rest[value_start..].find('"') else {
+            break;
+        };
+        let raw = &rest[value_start..value_start + len];
+        attrs.insert(name, html_escape::decode_html_entities(raw).into_owned());
+        rest = &rest[value_start + len + 1..];
+    }
+    attrs
+}
+
+/// Every result card: its `data-*` attributes plus the image's `src` and `alt`.
+pub fn cards(html: &str) -> Vec<HashMap<String, String>> {
+    let mut found = Vec::new();
+    for (start, _) in html.match_indices("<li ") {
+        let Some(end) = html[start..].find('>') else {
+            continue;
+        };
+        let mut attrs = attributes(&html[start..start + end]);
+        if attrs.get("class").map(String::as_str) != Some("card") {
+            continue;
+        }
+        if let Some(img) = html[start..].find("<img ") {
+            let img_start = start + img;
+            let img_end = img_start + html[img_start..].find('>').unwrap_or(0);
+            let img_attrs = attributes(&html[img_start..img_end]);
+            for key in ["src", "alt"] {
+                if let Some(v) = img_attrs.get(key) {
+                    attrs.insert(format!("img-{key}"), v.clone());
+                }
+            }
+        }
+        found.push(attrs);
+    }
+    found
+}
+
+fn config(backend_url: String) -> FrontendConfig {
+    FrontendConfig {
+        page_size: 8,
+        max_upload_bytes: 64 * 1024,
+        ..FrontendConfig::new(backend_url)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_against_a_running_catalogue() {
+    let stack = Stack::start(24).await;
+    let app = frontend::router(&config(stack.backend_url())).expect("router");
+
+    // No query yet: example queries to click, the catalogue's size, filters from the facets.
+    let home = get(&app, "/").await;
+    assert_eq!(home.status, StatusCode::OK);
+    for q in EXAMPLE_QUERIES {
+        let href = format!("href=\"/?q={}\"", q.replace(' ', "+").replace('\'', "%27"));
+        assert!(home.html.contains(&href), "example {q} links to {href}");
+    }
+    assert!(home.html.contains("24 products in the catalogue"));
+    assert!(home.html.contains("<select name=\"gender\">"));
+    assert!(
+        home.html
+            .contains("<option value=\"Women\">Women (13)</option>"),
+        "facet counts from the backend"
+    );
+    assert!(
+        home.html.contains("enctype=\"multipart/form-data\""),
+        "a plain upload form"
+    );
+
+    // A text search: a page of cards with image, caption as alt text, type, colour, score.
+    let first = get(&app, "/?q=white+skirt").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(
+        first.html.contains("value=\"white skirt\""),
+        "the query stays in the box"
+    );
+    assert!(first.html.contains("Results for “white skirt”"));
+    let page1 = cards(&first.html);
+    assert_eq!(page1.len(), 8, "a full page of 8");
+    for card in &page1 {
+        let src = &card["img-src"];
+        assert!(
+            src.starts_with(&format!("http://{}/", stack.s3)) && src.contains("X-Amz-Signature="),
+            "pre-signed: {src}"
+        );
+        assert!(!card["img-alt"].is_empty(), "alt text from the caption");
+        assert!(!card["data-article-type"].is_empty() && !card["data-colour"].is_empty());
+        let id = &card["data-id"];
+        assert!(
+            first.html.contains(&format!("href=\"/similar/{id}\"")),
+            "more like this"
+        );
+        assert!(
+            first.html.contains(&format!("href=\"/product/{id}\"")),
+            "detail link"
+        );
+    }
+    let scores: Vec<f32> = page1
+        .iter()
+        .map(|c| c["data-score"].parse().expect("score"))
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {scores:?}"
+    );
+    // The image behind a card's pre-signed link is the real JPEG.
+    let image = reqwest::get(&page1[0]["img-src"]).await.expect("image");
+    assert_eq!(
+        image.status(),
+        200,
+        "{}: {}",
+        page1[0]["img-src"],
+        image.text().await.unwrap_or_default()
+    );
+    assert!(
+        image
+            .bytes()
+            .await
+            .expect("bytes")
+            .starts_with(&[0xFF, 0xD8])
+    );
+
+    // Pagination: page 2 has the next 8, with links both ways.
+    assert!(
+        first.html.contains("href=\"/?q=white+skirt&amp;page=2\""),
+        "next page link"
+    );
+    let second = get(&app, "/?q=white+skirt&page=2").await;
+    let page2 = cards(&second.html);
+    assert_eq!(page2.len(), 8);
+    assert!(
+        page2
+            .iter()
+            .all(|c| page1.iter().all(|p| p["data-id"] != c["data-id"])),
+        "no repeats"
+    );
+    assert!(
+        second.html.contains("href=\"/?q=white+skirt\""),
+        "previous page link"
+    );
+    let last = cards(&get(&app, "/?q=white+skirt&page=3").await.html);
+    assert_eq!(last.len(), 8, "24 = 3 pages of 8");
+
+    // Filters: every card matches; the selects show what is applied.
+    let men = get(&app, "/?q=shirt&gender=Men").await;
+    let men_cards = cards(&men.html);
+    assert!(!men_cards.is_empty());
+    assert!(
+        men_cards.iter().all(|c| c["data-gender"] == "Men"),
+        "only Men"
+    );
+    assert!(
+        men.html.contains("<option value=\"Men\" selected>"),
+        "the filter stays selected"
+    );
+    assert!(men.html.contains("Clear filters"));
+    assert!(
+        men.html
+            .contains("type=\"hidden\" name=\"gender\" value=\"Men\""),
+        "a new query keeps the filter"
+    );
+
+    // No results: a minimum score nothing reaches is an info message, not an error.
+    let none = get(&app, "/?q=shirt&min_score=1").await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert!(cards(&none.html).is_empty());
+    assert!(none.html.contains("No results for “shirt”") && none.html.contains("role=\"status\""));
+
+    // Bad input: a clear message with 400, and the page still renders.
+    let bad = get(&app, "/?q=shirt&min_score=7").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.html.contains("between -1 and 1") && bad.html.contains("role=\"alert\""));
+    assert_eq!(
+        get(&app, "/?q=shirt&page=0").await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // What the shopper typed is text, never markup.
+    let hostile = get(&app, "/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
+    assert!(!hostile.html.contains("<script>alert(1)"));
+    assert!(
+        hostile
+            .html
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt;")
+    );
+
+    // More like this: the source product's caption in the heading, similar cards, paging.
+    let id = page1[0]["data-id"].clone();
+    let caption = page1[0]["img-alt"].clone();
+    let similar = get(&app, &format!("/similar/{id}")).await;
+    assert_eq!(similar.status, StatusCode::OK);
+    assert!(similar.html.contains(&format!("More like “{caption}”")));
+    assert_eq!(cards(&similar.html).len(), 8);
+    assert!(
+        similar.html.contains(&format!("action=\"/similar/{id}\"")),
+        "filters refine the same list"
+    );
+    let similar_women = cards(&get(&app, &format!("/similar/{id}?gender=Women")).await.html);
+    assert!(!similar_women.is_empty() && similar_women.iter().all(|c| c["data-gender"] == "Women"));
+
+    // Product detail: big image, attributes, similar items without itself.
+    let product = get(&app, &format!("/product/{id}")).await;
+    assert_eq!(product.status, StatusCode::OK);
+    assert!(product.html.contains(&format!("<h1>{caption}</h1>")));
+    assert!(product.html.contains("<th scope=\"row\">Colour</th>"));
+    assert!(product.html.contains("Similar items"));
+    let related = cards(&product.html);
+    assert!(!related.is_empty() && related.iter().all(|c| c["data-id"] != id));
+    assert_eq!(
+        get(&app, "/product/not-a-uuid").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let gone = get(&app, &format!("/product/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert!(gone.html.contains("We could not find that product"));
+    assert_eq!(
+        get(&app, "/no/such/page").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Search by photo: the indexed photo itself comes back first, at similarity ~1.
+    let bytes = std::fs::read(photo("10000")).expect("photo 10000");
+    let found = upload(&app, Some(("skirt.jpg", bytes.clone())), &[]).await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.html);
+    let hits = cards(&found.html);
+    assert!(!hits.is_empty());
+    assert!(
+        hits[0]["img-alt"].contains("Palm Tree Girls Sp Jace Sko White Skirts"),
+        "{:?}",
+        hits[0]
+    );
+    assert!(hits[0]["data-score"].parse::<f32>().expect("score") > 0.999);
+    let filtered = cards(
+        &upload(
+            &app,
+            Some(("skirt.jpg", bytes.clone())),
+            &[("gender", "Men")],
+        )
+        .await
+        .html,
+    );
+    assert!(!filtered.is_empty() && filtered.iter().all(|c| c["data-gender"] == "Men"));
+
+    // Upload problems: each a clear message with its own status.
+    let missing = upload(&app, None, &[]).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(missing.html.contains("Please choose a photo"));
+    let not_image = upload(&app, Some(("notes.txt", b"just some text".to_vec())), &[]).await;
+    assert_eq!(not_image.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(not_image.html.contains("not a photo we can read"));
+    let mut huge = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    huge.resize(200 * 1024, 0);
+    let too_large = upload(&app, Some(("huge.jpg", huge)), &[]).await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(too_large.html.contains("That photo is too large"));
+    let corrupt = upload(
+        &app,
+        Some(("broken.jpg", bytes[..bytes.len() / 3].to_vec())),
+        &[],
+    )
+    .await;
+    assert!(corrupt.status.is_client_error(), "{}", corrupt.status);
+    assert!(
+        corrupt.html.contains("We could not use that photo"),
+        "{}",
+        corrupt.html
+    );
+
+    // Telemetry: the page and backend-call metrics, health.
+    let metrics = get(&app, "/metrics").await.html;
+    for name in frontend::metrics::ALL {
+        assert!(
+            metrics.contains(&format!("# HELP {name}")),
+            "{name} declared"
+        );
+    }
+    assert!(metrics.contains("frontend_backend_calls_total{call=\"search_text\",outcome=\"ok\"}"));
+    assert!(metrics.contains("frontend_pages_total{page=\"results\",shown=\"empty\"}"));
+    assert!(metrics.contains(
+        "http_requests_total{service=\"frontend\",method=\"GET\",route=\"/similar/{id}\""
+    ));
+    assert_eq!(get(&app, "/health/ready").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn pages_when_the_backend_is_down_or_hangs() {
+    // Down: nothing listens on the backend's port.
+    let dead = free_addr();
+    let app = frontend::router(&config(format!("http://{dead}"))).expect("router");
+    let home = get(&app, "/").await;
+    assert_eq!(
+        home.status,
+        StatusCode::OK,
+        "the start page renders without the backend"
+    );
+    assert!(home.html.contains("Try one of these"));
+    let down = get(&app, "/?q=red+dress").await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.headers[header::RETRY_AFTER], "5");
+    assert!(down.html.contains("Search is temporarily unavailable"));
+    assert!(
+        down.html.contains("value=\"red dress\""),
+        "the page, with the query, still renders"
+    );
+    let product = get(&app, &format!("/product/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(product.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Hangs: a backend that accepts connections and never answers; the page gives up in time.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung = listener.local_addr().expect("addr");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let slow = FrontendConfig {
+        search_timeout_ms: 300,
+        ..config(format!("http://{hung}"))
+    };
+    let app = frontend::router(&slow).expect("router");
+    let started = std::time::Instant::now();
+    let page = get(&app, "/?q=red+dress").await;
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(page.html.contains("Search is taking longer than usual"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by the timeout, not hung"
+    );
+    let metrics = get(&app, "/metrics").await.html;
+    assert!(
+        metrics.contains("frontend_backend_calls_total{call=\"search_text\",outcome=\"timeout\"}")
+    );
+    holder.abort();
+}
