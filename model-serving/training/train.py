@@ -2,7 +2,7 @@
 """Train the project's fashion CLIP model and export it as a model-serving model folder.
 
 Steps, all seeded:
-  1. a WordPiece tokenizer (HF `tokenizer.json`) trained on the training captions;
+  1. a WordPiece tokenizer (HF `tokenizer.json`) whose vocabulary is the training captions' words;
   2. contrastive image-text training (CLIP's symmetric loss, learned temperature) on the training
      split of Fashion Product Images (Small) -- display names plus attribute templates -- and a
      class-balanced subset of Fashion-MNIST ("a photo of a <class>");
@@ -31,6 +31,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 import data
 from model import FashionClip, ModelConfig, clip_loss
@@ -58,15 +59,25 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------------------------- tokenizer
 
 def build_tokenizer(corpus: list[str], vocab_size: int, context_length: int) -> Tokenizer:
-    """WordPiece over lower-cased, accent-stripped words; [CLS] text [SEP]; [PAD] is id 0."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator(sorted(set(corpus)), trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    assert tok.token_to_id("[PAD]") == 0, "model.json's pad_token_id assumes [PAD] = 0"
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    """WordPiece over lower-cased, accent-stripped words; [CLS] text [SEP]; [PAD] is id 0.
+
+    The vocabulary is chosen here rather than by the library's trainer (whose tie-breaking between
+    equally frequent pieces changes from run to run): every character seen, alone and as a
+    continuation ("##x"), so any word still tokenizes, then whole words by falling frequency, ties
+    by spelling, while they occur at least twice and fit in `vocab_size`."""
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = SPECIAL_TOKENS + chars + ["##" + c for c in chars]
+    words = sorted((w for w, n in counts.items() if n >= 2 and len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     tok.decoder = decoders.WordPiece()
     tok.enable_truncation(max_length=context_length)
     return tok
@@ -279,7 +290,7 @@ def main() -> None:
     ap.add_argument("--init-out", type=Path, default=None, help="also export the untrained (seeded, random) model here")
     ap.add_argument("--name", default="fashion-clip-mini")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/fashion-search/training")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
