@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -120,6 +122,17 @@ def multipart(fields):
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
         parts.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def png(width, height, seed):
+    """A small RGB PNG (a gradient), with the standard library only."""
+    rows = b"".join(b"\x00" + bytes(((x * 5 + seed * 40) % 256, (y * 4) % 256, (x + y + seed * 90) % 256)
+                                      [c] for x in range(width) for c in range(3)) for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 # --------------------------------------------------------------------------- processes
@@ -363,7 +376,10 @@ class StackTest:
         return http("GET", f"http://{self.addr['backend']}/v1/search?" + urllib.parse.urlencode({"q": query, "k": 5}), timeout=60)
 
     def traffic(self, tag=""):
-        photos = sorted((Path(self.args.dataset_dir) / "images").glob("*.jpg"))[:6] if self.args.dataset_dir else []
+        photos = [(p.name, "image/jpeg", p.read_bytes()) for p in
+                  sorted((Path(self.args.dataset_dir) / "images").glob("*.jpg"))[:6]] if self.args.dataset_dir else []
+        if not photos:   # no photo folder (a fresh CI machine): generated PNGs
+            photos = [(f"generated-{i}.png", "image/png", png(48, 64, i)) for i in range(3)]
         queries = ["red summer dress", "white sneakers", "black leather jacket", "blue jeans", "striped shirt",
                    "gold watch", "brown handbag", "running shoes", "wool scarf", "denim skirt"]
         queries = [f"{q} {tag}".strip() for q in queries]
@@ -374,8 +390,8 @@ class StackTest:
                 if status == 200:
                     ok += 1
                     self.hit_ids += [h["id"] for h in json.loads(body).get("hits", [])][:1]
-            for photo in photos:
-                body, ctype = multipart([("file", photo.name, "image/jpeg", photo.read_bytes())])
+            for name, ctype, data in photos:
+                body, ctype = multipart([("file", name, ctype, data)])
                 status, _ = http("POST", f"http://{self.addr['backend']}/v1/search/image?k=5", body, {"content-type": ctype}, 60)
                 ok += status == 200
             status, _ = http("POST", f"http://{self.addr['backend']}/search-image", json.dumps({"text": "green hoodie", "k": 3}).encode(),
@@ -629,6 +645,8 @@ class StackTest:
         self.check_metrics()
         self.check_alert_path()
         self.traffic("after")
+        time.sleep(2)   # new series of the restarted model-serving: a scrape before more samples
+        self.traffic("again")
         time.sleep(3)   # a few scrapes and rule evaluations after the last requests
         self.check_dashboards()
         self.check_log_fields()
@@ -667,17 +685,19 @@ def main():
     except KeyboardInterrupt:
         log("interrupted")
     finally:
-        test.close()
-        if args.report:
-            Path(args.report).write_text(json.dumps(test.results, indent=2, ensure_ascii=False) + "\n")
-        if not ok:
-            for log_file in sorted(tmp.glob("*.log")):
-                tail = log_file.read_text(errors="replace").splitlines()[-15:]
-                print(f"--- {log_file.name} (last lines)\n" + "\n".join(tail), flush=True)
-        if args.keep:
-            log(f"logs and configs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            test.close()
+            if args.report:
+                Path(args.report).write_text(json.dumps(test.results, indent=2, ensure_ascii=False) + "\n")
+            if not ok:
+                for log_file in sorted(tmp.glob("*.log")):
+                    tail = log_file.read_text(errors="replace").splitlines()[-15:]
+                    print(f"--- {log_file.name} (last lines)\n" + "\n".join(tail), flush=True)
+        finally:
+            if args.keep:
+                log(f"logs and configs kept in {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
     log("PASSED" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 
