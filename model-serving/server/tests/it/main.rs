@@ -5,3 +5,4 @@ mod api;
 mod helpers;
 mod hub;
 mod reference;
+mod trained_model;
