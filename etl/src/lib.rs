@@ -166,6 +166,9 @@ async fn encode(
     }
 }
 
+/// One batch, one span: the calls it makes carry its trace context into model-serving, S3 and
+/// the backend.
+#[tracing::instrument(name = "etl.batch", skip_all, fields(dataset = dataset.name(), items = items.len()))]
 async fn process_batch(
     clients: &Clients,
     dataset: DatasetKind,
@@ -269,6 +272,7 @@ async fn process_batch(
 
 /// Runs a load to the end, or until a dependency stays down (then nothing loaded is lost: every
 /// acknowledged batch is in the index, and a rerun continues from there).
+#[tracing::instrument(name = "etl.load", skip_all, fields(dataset = options.dataset.name(), limit = options.limit))]
 pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, LoadError> {
     let started = Instant::now();
     let batch_size = options.batch_size.max(1);

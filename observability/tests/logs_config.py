@@ -32,7 +32,7 @@ PIPELINE_FIELDS = {
     "log": "the tail input's raw line; renamed to message for non-JSON records",
 }
 # What the issue asks the index template to map, and the services must write.
-REQUIRED = ["timestamp", "level", "service", "trace_id", "message", "status", "duration_ms"]
+REQUIRED = ["timestamp", "level", "service", "trace_id", "message", "method", "route", "status", "duration_ms"]
 ES_TYPES = {  # mapping type -> Python types of the JSON values it accepts
     "keyword": {"str"}, "text": {"str"}, "date": {"str"},
     "short": {"int"}, "integer": {"int"}, "long": {"int"},

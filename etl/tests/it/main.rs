@@ -642,3 +642,91 @@ async fn download_resumes_and_verifies_checksums() {
     assert_eq!(summary.loaded, 10);
     drop(stack.stops);
 }
+
+/// The ETL's trace goes on into model-serving and the backend: their server spans are children of
+/// the ETL's batch span, linked by the `traceparent` header on the wire.
+#[test]
+fn traces_continue_into_model_serving_and_the_backend() {
+    use telemetry::testing::{attribute, otlp_receiver};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (receiver, mut spans) = runtime.block_on(otlp_receiver()).expect("receiver");
+    // Installed outside the runtime, as the binaries do.
+    let guard = std::sync::Arc::new(
+        telemetry::init_with(
+            "etl",
+            telemetry::TelemetryConfig {
+                filter: "info".into(),
+                json: true,
+                otlp_endpoint: Some(format!("http://{receiver}")),
+            },
+        )
+        .expect("telemetry"),
+    );
+    let flush = guard.clone();
+    let collected = runtime.block_on(async move {
+        let stack = start_stack().await;
+        let clients = stack.clients();
+        let opts = options(DatasetKind::FashionProductImages, dataset_dir(), Some(16));
+        let summary = etl::load(&opts, &clients).await.expect("load");
+        assert_eq!(summary.loaded, 16);
+        tokio::task::spawn_blocking(move || flush.flush())
+            .await
+            .expect("flush");
+        let mut collected = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(span)) = tokio::time::timeout_at(deadline, spans.recv()).await {
+            collected.push(span.1);
+            let names: Vec<&str> = collected.iter().map(|s| s.name.as_str()).collect();
+            if [
+                "etl.load",
+                "etl.batch",
+                "POST /encode_image",
+                "POST /v1/images:batch",
+                "POST /v1/images:exists",
+            ]
+            .iter()
+            .all(|n| names.contains(n))
+            {
+                break;
+            }
+        }
+        collected
+    });
+    let batch = collected
+        .iter()
+        .find(|s| s.name == "etl.batch")
+        .expect("the batch span was exported");
+    let load = collected
+        .iter()
+        .find(|s| s.name == "etl.load")
+        .expect("the load span was exported");
+    assert_eq!(batch.trace_id, load.trace_id);
+    assert_eq!(
+        batch.parent_span_id, load.span_id,
+        "batches are children of the load"
+    );
+    for route in [
+        "POST /encode_image",
+        "POST /v1/images:exists",
+        "POST /v1/images:batch",
+    ] {
+        let server = collected
+            .iter()
+            .find(|s| s.name == route && s.trace_id == batch.trace_id)
+            .unwrap_or_else(|| panic!("{route}: no server span in the ETL's trace"));
+        assert_eq!(server.kind, 2, "{route} is a server span");
+        // Up the parent links (through any client-side span) to the batch that made the call.
+        let mut ancestors = Vec::new();
+        let mut parent_id = server.parent_span_id.clone();
+        while let Some(parent) = collected.iter().find(|s| s.span_id == parent_id) {
+            ancestors.push(parent.name.clone());
+            parent_id = parent.parent_span_id.clone();
+        }
+        assert!(
+            ancestors.iter().any(|n| n == "etl.batch"),
+            "{route} continues the batch's trace: ancestors {ancestors:?}"
+        );
+        assert!(attribute(server, "http.route").is_some());
+    }
+    drop(runtime);
+}

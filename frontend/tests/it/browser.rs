@@ -42,6 +42,9 @@ async fn start_browser(profile: &std::path::Path) -> (Guard, Client) {
             ],
         }),
     );
+    // Both of rustls's crypto back-ends can be compiled in (feature unification across the
+    // workspace), so the WebDriver client's is chosen explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut builder = ClientBuilder::rustls().expect("rustls connector");

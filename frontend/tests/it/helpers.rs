@@ -72,6 +72,11 @@ impl Stack {
 
     /// Starts model-serving and the backend, then loads `photos` real photos with the ETL.
     pub async fn start(photos: usize) -> Stack {
+        Self::start_with(photos, &[]).await
+    }
+
+    /// [`Stack::start`] with extra environment for model-serving and the backend.
+    pub async fn start_with(photos: usize, env: &[(&str, String)]) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut stack = Stack {
             model: free_addr(),
@@ -87,7 +92,8 @@ impl Stack {
             Command::new(bin("model-serving"))
                 .arg("serve")
                 .env("MODEL_DIR", &model_dir)
-                .env("MODEL_SERVING_ADDR", stack.model.to_string()),
+                .env("MODEL_SERVING_ADDR", stack.model.to_string())
+                .envs(env.iter().map(|(k, v)| (*k, v))),
         );
         stack.wait_ready("model-serving", stack.model).await;
         let data = stack.dir.path().join("data");
@@ -101,7 +107,8 @@ impl Stack {
                 .env("S3_ACCESS_KEY", S3_KEY)
                 .env("S3_SECRET_KEY", S3_SECRET)
                 .env("API_KEY", API_KEY)
-                .env("INDEX_OPTIMIZE_AFTER_SECS", "1"),
+                .env("INDEX_OPTIMIZE_AFTER_SECS", "1")
+                .envs(env.iter().map(|(k, v)| (*k, v))),
         );
         stack.wait_ready("backend", stack.backend).await;
         let log = stack.log_path("etl");

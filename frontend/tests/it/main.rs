@@ -3,3 +3,4 @@
 mod browser;
 mod helpers;
 mod pages;
+mod traces;

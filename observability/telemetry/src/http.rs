@@ -78,11 +78,11 @@ pub async fn track_requests(
     let duration_ms = elapsed.as_secs_f64() * 1e3;
     span.in_scope(|| {
         if QUIET_ROUTES.contains(&route.as_str()) {
-            tracing::debug!(status = status.as_u16(), duration_ms, "request completed");
+            tracing::debug!(method, route = %route, status = status.as_u16(), duration_ms, "request completed");
         } else if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), duration_ms, "request failed");
+            tracing::warn!(method, route = %route, status = status.as_u16(), duration_ms, "request failed");
         } else {
-            tracing::info!(status = status.as_u16(), duration_ms, "request completed");
+            tracing::info!(method, route = %route, status = status.as_u16(), duration_ms, "request completed");
         }
     });
     response

@@ -14,6 +14,8 @@ pub mod client;
 pub mod http;
 pub mod ops;
 pub mod propagation;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::OnceLock;
 

@@ -7,16 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Router, middleware};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
+use telemetry::testing::{attribute, hex, otlp_receiver};
 use telemetry::{Readiness, TelemetryConfig, http::track_requests, ops_router};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 async fn serve(router: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -25,42 +20,10 @@ async fn serve(router: Router) -> SocketAddr {
     addr
 }
 
-/// A stand-in OTLP collector: decodes every protobuf export and forwards its spans.
-async fn otlp_receiver() -> (SocketAddr, mpsc::UnboundedReceiver<Span>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    async fn export(State(tx): State<mpsc::UnboundedSender<Span>>, body: Bytes) -> &'static str {
-        let request = ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
-        for resource in request.resource_spans {
-            for scope in resource.scope_spans {
-                for span in scope.spans {
-                    let _ = tx.send(span);
-                }
-            }
-        }
-        ""
-    }
-    let app = Router::new()
-        .route("/v1/traces", post(export))
-        .with_state(tx);
-    (serve(app).await, rx)
-}
-
-fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| match &v.value {
-            Some(Value::StringValue(s)) => Some(s.as_str()),
-            _ => None,
-        })
-}
-
 #[test]
 fn trace_continues_across_two_services() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let (receiver, mut spans) = runtime.block_on(otlp_receiver());
+    let (receiver, mut spans) = runtime.block_on(otlp_receiver()).expect("receiver");
 
     // Telemetry is installed outside the runtime, as the binaries do.
     let guard = Arc::new(
@@ -127,7 +90,7 @@ fn trace_continues_across_two_services() {
         let mut leaf_span = None;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while root_span.is_none() || leaf_span.is_none() {
-            let span = tokio::time::timeout_at(deadline, spans.recv())
+            let (_, span) = tokio::time::timeout_at(deadline, spans.recv())
                 .await
                 .expect("both spans exported within 10 s")
                 .expect("receiver open");
@@ -153,10 +116,6 @@ fn trace_continues_across_two_services() {
     assert_eq!(root.name, "GET /root");
     assert_eq!(root.kind, 2, "server span kind");
     drop(runtime);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
