@@ -34,9 +34,11 @@ BENCH_MODEL := $(MODELS_DIR)/vit-b32-random
 GEN_MODEL   := model-serving/tools/gen_models.py
 TOKENIZER   := model-serving/assets/clip-tokenizer/tokenizer.json
 
-# A real CLIP export in the model cache wins over the generated model.
+# The model `make run` serves: a real CLIP export in the model cache (`make model`) if there is
+# one, else the project's own trained model (committed, `make train`), else the generated tiny one.
 MODEL       ?= clip-vit-base-patch32
-RUN_MODEL   := $(if $(wildcard $(MODELS_DIR)/$(MODEL)/model.json),$(MODELS_DIR)/$(MODEL),$(TINY_MODEL))
+OWN_MODEL   := $(ROOT)/model-serving/models/fashion-clip-mini
+RUN_MODEL   := $(patsubst %/model.json,%,$(firstword $(wildcard $(MODELS_DIR)/$(MODEL)/model.json $(OWN_MODEL)/model.json) $(TINY_MODEL)/model.json))
 
 MODEL_SERVING_ADDR ?= 127.0.0.1:8001
 export AWS_EC2_METADATA_DISABLED := true
@@ -112,10 +114,15 @@ test: system-deps $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everythin
 
 .PHONY: build-release
 build-release: system-deps
-	$(CARGO) build --release --locked --bin model-serving --bin backend
+	$(CARGO) build --release --locked --bin model-serving --bin backend --bin frontend --bin etl
 
 BACKEND_ADDR ?= 127.0.0.1:8000
+FRONTEND_ADDR ?= 127.0.0.1:3000
 S3_EMBEDDED_ADDR ?= 127.0.0.1:9000
+# The demo catalogue `make run` loads into an empty index: the real photos beside the checkout,
+# else Fashion-MNIST from its Debian package.
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_LIMIT ?= 2000
 
 # Starts one service in the background unless its pid file names a live process, then waits
 # until its /health/ready answers. $(1) name, $(2) address, $(3) environment and command.
@@ -132,19 +139,41 @@ define start_service
 	@curl -fsS http://$(2)/health/ready >/dev/null || { echo "$(1) not ready; see $(RUN_DIR)/$(1).log"; exit 1; }
 endef
 
+# Secrets `make run` generates once (mode 600) and hands to the services that share them.
+define secret
+$$(cat $(RUN_DIR)/$(1) 2>/dev/null || { (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(RUN_DIR)/$(1)); cat $(RUN_DIR)/$(1); })
+endef
+SERVICE_SECRETS = API_KEY=$${API_KEY:-$(call secret,api-key)} S3_ACCESS_KEY=$(call secret,s3-access-key) S3_SECRET_KEY=$(call secret,s3-secret-key)
+
 .PHONY: run
-run: $(ORT_LIB) $(TINY_MODEL)/model.json build-release ## start the services in the background (logs, pids in var/run)
+run: $(ORT_LIB) $(TINY_MODEL)/model.json build-release ## build, start model-serving, backend, frontend (logs, pids in var/run), load a demo catalogue
 	@mkdir -p $(RUN_DIR) $(VAR)/data
-	@[ -s $(RUN_DIR)/api-key ] || (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(RUN_DIR)/api-key)
 	$(call start_service,model-serving,$(MODEL_SERVING_ADDR),MODEL_DIR=$(RUN_MODEL) MODEL_SERVING_ADDR=$(MODEL_SERVING_ADDR) nohup $(TARGET_DIR)/release/model-serving serve)
-	$(call start_service,backend,$(BACKEND_ADDR),API_KEY=$${API_KEY:-$$(cat $(RUN_DIR)/api-key)} BACKEND_ADDR=$(BACKEND_ADDR) MODEL_SERVING_URL=http://$(MODEL_SERVING_ADDR) S3_EMBEDDED_ADDR=$(S3_EMBEDDED_ADDR) DATA_DIR=$(VAR)/data nohup $(TARGET_DIR)/release/backend)
-	@echo "model-serving  http://$(MODEL_SERVING_ADDR)  (model: $(RUN_MODEL))"
-	@echo "backend        http://$(BACKEND_ADDR)  (API docs: http://$(BACKEND_ADDR)/docs)"
-	@echo "  metrics      http://$(MODEL_SERVING_ADDR)/metrics  http://$(BACKEND_ADDR)/metrics"
-	@echo "  images       http://$(S3_EMBEDDED_ADDR) (embedded S3, pre-signed URLs)"
-	@echo "  write key    $(RUN_DIR)/api-key (header x-api-key)"
-	@echo "  try          curl -s 'http://$(BACKEND_ADDR)/v1/search?q=red+summer+dress&k=5'"
-	@echo "logs: make logs    stop: make stop"
+	$(call start_service,backend,$(BACKEND_ADDR),$(SERVICE_SECRETS) BACKEND_ADDR=$(BACKEND_ADDR) MODEL_SERVING_URL=http://$(MODEL_SERVING_ADDR) S3_EMBEDDED_ADDR=$(S3_EMBEDDED_ADDR) DATA_DIR=$(VAR)/data nohup $(TARGET_DIR)/release/backend)
+	$(call start_service,frontend,$(FRONTEND_ADDR),FRONTEND_ADDR=$(FRONTEND_ADDR) BACKEND_URL=http://$(BACKEND_ADDR) nohup $(TARGET_DIR)/release/frontend)
+	@$(MAKE) --no-print-directory demo-data
+	@echo
+	@echo "shop           http://$(FRONTEND_ADDR)"
+	@echo "API docs       http://$(BACKEND_ADDR)/docs   (OpenAPI: http://$(BACKEND_ADDR)/openapi.json)"
+	@echo "model-serving  http://$(MODEL_SERVING_ADDR)   (model: $(RUN_MODEL))"
+	@echo "metrics        http://$(FRONTEND_ADDR)/metrics  http://$(BACKEND_ADDR)/metrics  http://$(MODEL_SERVING_ADDR)/metrics"
+	@echo "images         http://$(S3_EMBEDDED_ADDR) (embedded S3, pre-signed URLs)"
+	@echo "write key      $(RUN_DIR)/api-key (header x-api-key)"
+	@echo "logs: make logs    stop: make stop    telemetry: make observe"
+
+# Loads the demo catalogue with the ETL when the index is empty (an interrupted load resumes).
+.PHONY: demo-data
+demo-data:
+	@total=$$(curl -fsS http://$(BACKEND_ADDR)/v1/stats | sed -n 's/.*"total":\([0-9]*\).*/\1/p'); \
+	if [ "$${total:-0}" -ge "$(DEMO_LIMIT)" ] 2>/dev/null; then echo "catalogue: $$total images indexed"; exit 0; fi; \
+	if [ -f "$(DATASET_DIR)/styles.csv" ]; then set -- fashion-product-images "$(DATASET_DIR)"; \
+	elif [ -d "$(FASHION_MNIST_DIR)" ]; then set -- fashion-mnist "$(FASHION_MNIST_DIR)"; \
+	else echo "no demo dataset found ($(DATASET_DIR), $(FASHION_MNIST_DIR)); load one with etl load"; exit 0; fi; \
+	echo "loading up to $(DEMO_LIMIT) images of $$1 from $$2 (log: $(RUN_DIR)/etl.log)"; \
+	export $(SERVICE_SECRETS) BACKEND_URL=http://$(BACKEND_ADDR) MODEL_SERVING_URL=http://$(MODEL_SERVING_ADDR) \
+	  S3_ENDPOINT=http://$(S3_EMBEDDED_ADDR) PUSHGATEWAY_URL=$${PUSHGATEWAY_URL:-http://127.0.0.1:9091}; \
+	$(TARGET_DIR)/release/etl load --dataset $$1 --source $$2 --limit $(DEMO_LIMIT) >> $(RUN_DIR)/etl.log; \
+	$(TARGET_DIR)/release/etl status 2>>$(RUN_DIR)/etl.log
 
 .PHONY: stop
 stop: ## stop what `make run` started (by pid)
@@ -162,10 +191,11 @@ logs: ## show the last lines of every service log
 # ---------------------------------------------------------------------------- bench
 
 .PHONY: bench
-bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json $(VENV_STAMP) ## benchmarks (release build): model-serving on ViT-B/32 shapes, backend search and recall
-	$(CARGO) build --release --locked --bin model-serving-bench --bin backend-bench
+bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json $(VENV_STAMP) ## benchmarks (release build): model-serving on ViT-B/32 shapes, backend search and recall, ETL ingest
+	$(CARGO) build --release --locked --bin model-serving-bench --bin backend-bench --bin etl-bench
 	BENCH_MODEL_DIR=$(BENCH_MODEL) REFERENCE_PYTHON=$(VPY) $(TARGET_DIR)/release/model-serving-bench
 	TEST_MODEL_DIR=$(TINY_MODEL) $(TARGET_DIR)/release/backend-bench
+	BENCH_MODEL_DIR=$(BENCH_MODEL) $(TARGET_DIR)/release/etl-bench
 
 # Parts kept beside what they build: the telemetry stack and model training.
 -include observability/observability.mk
