@@ -39,21 +39,5 @@ async fn run(config: BackendConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let backend = backend::build(&config, None).await?;
     tracing::info!(addr = %listener.local_addr()?, "backend listening");
-    backend::serve(listener, backend, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("shutdown signal received; draining requests");
+    backend::serve(listener, backend, telemetry::ops::shutdown_signal()).await
 }

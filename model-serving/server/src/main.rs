@@ -93,32 +93,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         listener,
         Arc::new(encoder),
         config.limits(),
-        shutdown_signal(),
+        telemetry::ops::shutdown_signal(),
     )
     .await?;
     tracing::info!("model-serving stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown signal received; draining requests");
 }
