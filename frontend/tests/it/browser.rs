@@ -21,14 +21,13 @@ async fn start_browser(profile: &std::path::Path) -> (Guard, Client) {
         "chromium and chromedriver are missing: `make system-deps` installs them"
     );
     let port = free_addr().port();
-    let driver = Guard(
+    let driver = Guard::spawn(
         Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
+            .stderr(Stdio::null()),
+    )
+    .expect("start chromedriver");
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),

@@ -195,11 +195,21 @@ impl Drop for Stack {
     }
 }
 
-/// A child process killed by pid on drop (chromedriver).
+/// A child started in its own process group (chromedriver), killed with its whole group on drop:
+/// the browser it started goes too, even when a test fails before closing its session.
 pub struct Guard(pub Child);
+
+impl Guard {
+    pub fn spawn(command: &mut Command) -> std::io::Result<Guard> {
+        use std::os::unix::process::CommandExt as _;
+        command.process_group(0).spawn().map(Guard)
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
