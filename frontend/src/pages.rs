@@ -194,6 +194,26 @@ fn parse_page(fields: &HashMap<String, String>, page_size: usize) -> Result<usiz
     }
 }
 
+/// The filters and page of a paged list (text results, "more like this").
+fn parse_listing(
+    fields: &HashMap<String, String>,
+    page_size: usize,
+) -> Result<(Filters, usize), Notice> {
+    Ok((parse_filters(fields)?, parse_page(fields, page_size)?))
+}
+
+/// The 400 page for a list whose filters or page cannot work.
+fn bad_listing(
+    page_name: &'static str,
+    title: &str,
+    view_state: &SearchState,
+    notice: Notice,
+) -> Response {
+    metrics::page(page_name, "error");
+    let html = views::document(title, view_state, None, views::notice(notice));
+    page(StatusCode::BAD_REQUEST, html)
+}
+
 fn params(filters: &Filters, k: usize, offset: usize) -> SearchParams {
     SearchParams {
         k: Some(k),
@@ -247,13 +267,9 @@ pub async fn search(State(state): State<AppState>, RawQuery(raw): RawQuery) -> R
         filter_action: "/".into(),
         ..SearchState::default()
     };
-    let (filters, page_no) = match (parse_filters(&fields), parse_page(&fields, state.page_size)) {
-        (Ok(filters), Ok(page_no)) => (filters, page_no),
-        (Err(notice), _) | (_, Err(notice)) => {
-            metrics::page("results", "error");
-            let html = views::document("Search", &view_state, None, views::notice(notice));
-            return page(StatusCode::BAD_REQUEST, html);
-        }
+    let (filters, page_no) = match parse_listing(&fields, state.page_size) {
+        Ok(listing) => listing,
+        Err(notice) => return bad_listing("results", "Search", &view_state, notice),
     };
     view_state.filters = filters.clone();
     if q.is_empty() {
@@ -507,13 +523,9 @@ pub async fn similar(
         return not_found("similar", &view_state);
     };
     let fields = parse_query(raw.as_deref());
-    let (filters, page_no) = match (parse_filters(&fields), parse_page(&fields, state.page_size)) {
-        (Ok(filters), Ok(page_no)) => (filters, page_no),
-        (Err(notice), _) | (_, Err(notice)) => {
-            metrics::page("similar", "error");
-            let html = views::document("More like this", &view_state, None, views::notice(notice));
-            return page(StatusCode::BAD_REQUEST, html);
-        }
+    let (filters, page_no) = match parse_listing(&fields, state.page_size) {
+        Ok(listing) => listing,
+        Err(notice) => return bad_listing("similar", "More like this", &view_state, notice),
     };
     view_state.filters = filters.clone();
     let offset = (page_no - 1) * state.page_size;
