@@ -25,7 +25,7 @@ VENV_STAMP  := $(VENV)/.requirements-$(shell sha256sum model-serving/tools/requi
 VPY         := $(VENV)/bin/python
 
 # Real photos for tests, benchmarks and demos (never committed): shared/ beside the checkout.
-SHARED      ?= $(firstword $(wildcard $(ROOT)/../shared /work/shared))
+SHARED      ?= $(abspath $(firstword $(wildcard $(ROOT)/../shared /work/shared)))
 DATASET_DIR ?= $(SHARED)/datasets/fashion-product-images-small
 export DATASET_DIR
 

@@ -52,8 +52,11 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// A real photo from the dataset, by its `images/<id>.jpg` name.
+/// The photo's canonical path: chromedriver refuses a file upload path with `..` in it.
 pub fn photo(id: &str) -> PathBuf {
-    dataset_dir().join("images").join(format!("{id}.jpg"))
+    let path = dataset_dir().join("images").join(format!("{id}.jpg"));
+    path.canonicalize()
+        .unwrap_or_else(|e| panic!("test photo {}: {e}", path.display()))
 }
 
 pub struct Stack {
