@@ -126,16 +126,35 @@ async fn wait_for_url(client: &Client, wanted: impl Fn(&url::Url) -> bool) {
     }
 }
 
-async fn heading(client: &Client) -> String {
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("main h1"))
-        .await
-        .expect("a heading")
-        .text()
-        .await
-        .expect("text")
+/// Waits until the page's heading satisfies `wanted` and the document has finished loading,
+/// then returns the heading. A click that navigates returns before the new page replaces the
+/// old one, so a heading read too early belongs to the old page (or goes stale under us).
+async fn heading_where(client: &Client, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = match client.find(Locator::Css("main h1")).await {
+            Ok(element) => element.text().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(text) = text.filter(|text| wanted(text)) {
+            let ready = client
+                .execute("return document.readyState;", vec![])
+                .await
+                .expect("readyState");
+            if ready == json!("complete") {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page's heading never became the one wanted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn heading_is(client: &Client, wanted: &str) {
+    heading_where(client, |text| text == wanted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,10 +175,7 @@ async fn a_shopper_searches_uploads_and_filters_in_chromium() {
 
     // The start page, then a text search typed into the box.
     client.goto(&site).await.expect("open the shop");
-    assert_eq!(
-        heading(&client).await,
-        "Find it by describing it, or show us a photo"
-    );
+    heading_is(&client, "Find it by describing it, or show us a photo").await;
     snap(&client, "1-home").await;
     let search_box = client
         .find(Locator::Css("form.search input[name=q]"))
@@ -173,7 +189,7 @@ async fn a_shopper_searches_uploads_and_filters_in_chromium() {
         .click()
         .await
         .expect("submit");
-    assert_eq!(heading(&client).await, "Results for “white tshirt”");
+    heading_is(&client, "Results for “white tshirt”").await;
     let url = client.current_url().await.expect("url");
     assert!(
         url.as_str().contains("q=white+tshirt"),
@@ -196,7 +212,7 @@ async fn a_shopper_searches_uploads_and_filters_in_chromium() {
     file.send_keys(&photo("10003").display().to_string())
         .await
         .expect("choose file");
-    assert_eq!(heading(&client).await, "Items like your photo");
+    heading_is(&client, "Items like your photo").await;
     let results = cards(&client).await;
     assert_eq!(results[0].1, "Nike Women As Nike Eleme White T-Shirt");
     assert!(images_loaded(&client).await);
@@ -208,8 +224,7 @@ async fn a_shopper_searches_uploads_and_filters_in_chromium() {
         .await
         .expect("links");
     more[1].click().await.expect("click more like this");
-    let title = heading(&client).await;
-    assert!(title.starts_with("More like “"), "{title}");
+    heading_where(&client, |title| title.starts_with("More like “")).await;
     assert!(
         client
             .current_url()
@@ -242,6 +257,7 @@ async fn a_shopper_searches_uploads_and_filters_in_chromium() {
         url.query().is_some_and(|q| q.contains("gender=Men"))
     })
     .await;
+    heading_where(&client, |title| title.starts_with("More like “")).await;
     let filtered = cards(&client).await;
     assert!(!filtered.is_empty());
     assert!(
@@ -259,7 +275,7 @@ async fn a_shopper_searches_uploads_and_filters_in_chromium() {
         .click()
         .await
         .expect("open product");
-    assert_eq!(heading(&client).await, caption);
+    heading_is(&client, &caption).await;
     snap(&client, "6-product").await;
     client.back().await.expect("back");
     wait_for_url(&client, |url| url.path().starts_with("/similar/")).await;
