@@ -12,7 +12,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -106,63 +105,28 @@ async fn pipeline() -> anyhow::Result<()> {
     let model_dir = env_path("TEST_MODEL_DIR")?;
     let ort = env_path("ORT_DYLIB_PATH")?;
     let dataset = env_path("DATASET_DIR")?;
-    let encoder = model_serving::ClipEncoder::load(model_serving::EncoderConfig {
-        model_dir,
-        ort_library: ort,
-        threads: 1,
-        batch: model_serving::encoder::default_batch(),
-        max_items_per_request: 64,
-        max_image_pixels: 40_000_000,
-        max_text_chars: 1000,
-    })?;
-    let ms_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ms_addr = ms_listener.local_addr()?;
-    let (ms_stop, ms_stopped) = tokio::sync::oneshot::channel::<()>();
-    let ms_task = tokio::spawn(model_serving::serve(
-        ms_listener,
-        Arc::new(encoder),
+    let model_serving = local_stack::start_model_serving(
+        local_stack::loopback().await?,
+        local_stack::encoder_config(model_dir, ort),
         model_serving::HttpLimits {
             max_body_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),
         },
-        async move {
-            let _ = ms_stopped.await;
-        },
-    ));
+    )
+    .await?;
+    let ms_addr = model_serving.addr;
 
     let data = tempfile::tempdir()?;
     let key = "bench-api-key-0123456789";
     let config = backend::config::BackendConfig {
-        addr: "127.0.0.1:0".parse()?,
-        data_dir: data.path().to_owned(),
-        model_serving_url: format!("http://{ms_addr}"),
-        qdrant_url: None,
-        qdrant_api_key: None,
-        qdrant_collection: "fashion_images".into(),
-        hnsw_ef: 128,
-        exact: false,
         optimize_after_secs: 3600,
-        s3_endpoint: None,
-        s3_public_endpoint: None,
-        s3_embedded_addr: "127.0.0.1:0".parse()?,
-        s3_bucket: "fashion-images".into(),
-        s3_region: "us-east-1".into(),
-        s3_access_key: None,
-        s3_secret_key: None,
-        presign_ttl_secs: 300,
-        api_key: Some(key.to_owned().into()),
-        max_body_bytes: 32 << 20,
         timeout_secs: 30,
         query_cache_entries: 10_000,
+        ..local_stack::backend_config(data.path(), ms_addr, key)
     };
-    let built = backend::build(&config, None).await?;
-    let engine = built.engine.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(backend::serve(listener, built, async move {
-        let _ = stopped.await;
-    }));
+    let backend = local_stack::start_backend(&config, local_stack::loopback().await?).await?;
+    let engine = backend.engine.clone();
+    let addr = backend.addr();
     let client =
         BackendClient::new(format!("http://{addr}"), Duration::from_secs(30))?.with_api_key(key);
     let model = ModelServingClient::new(format!("http://{ms_addr}"), Duration::from_secs(30))?;
@@ -306,10 +270,9 @@ async fn pipeline() -> anyhow::Result<()> {
         e2e50 / (enc50 + idx50)
     );
 
-    let _ = stop.send(());
-    task.await??;
-    let _ = ms_stop.send(());
-    ms_task.await??;
+    drop(engine);
+    backend.stop().await?;
+    model_serving.stop().await?;
     Ok(())
 }
 

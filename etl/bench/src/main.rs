@@ -13,7 +13,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -22,7 +21,7 @@ use backend_api::BackendClient;
 use etl::datasets::DatasetKind;
 use etl::{Clients, LoadOptions};
 use model_serving::batcher::BatchConfig;
-use model_serving::encoder::{ClipEncoder, EncoderConfig};
+use model_serving::encoder::EncoderConfig;
 use model_serving::model::{ModelSpec, VISION_MODEL};
 use model_serving::onnx::{VisionModel, environment};
 use model_serving::preprocess::Preprocessor;
@@ -135,8 +134,6 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 
     // model-serving, in process, batching up to the ETL's batch size.
     let config = EncoderConfig {
-        model_dir: s.model_dir.clone(),
-        ort_library: s.ort.clone(),
         threads: 0,
         batch: BatchConfig {
             max_batch: s.batch,
@@ -144,59 +141,30 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             max_queued: 4 * s.batch,
         },
         max_items_per_request: s.batch,
-        max_image_pixels: 40_000_000,
-        max_text_chars: 1000,
+        ..local_stack::encoder_config(s.model_dir.clone(), s.ort.clone())
     };
-    let encoder = tokio::task::spawn_blocking(move || ClipEncoder::load(config)).await??;
-    let ms_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ms_addr = ms_listener.local_addr()?;
-    let (ms_stop, ms_stopped) = tokio::sync::oneshot::channel::<()>();
-    let ms_task = tokio::spawn(model_serving::serve(
-        ms_listener,
-        Arc::new(encoder),
-        model_serving::HttpLimits {
-            max_body_bytes: 32 << 20,
-            request_timeout: Duration::from_secs(300),
-        },
-        async move {
-            let _ = ms_stopped.await;
-        },
-    ));
+    let limits = model_serving::HttpLimits {
+        max_body_bytes: 32 << 20,
+        request_timeout: Duration::from_secs(300),
+    };
+    let model =
+        local_stack::start_model_serving(local_stack::loopback().await?, config, limits).await?;
+    let ms_addr = model.addr;
 
     // The backend, in process: embedded Qdrant engine and embedded S3 with known keys.
     let data = tempfile::tempdir()?;
-    let s3_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let s3_listener = local_stack::loopback().await?;
     let s3_addr = s3_listener.local_addr()?;
     let config = backend::config::BackendConfig {
-        addr: "127.0.0.1:0".parse()?,
-        data_dir: data.path().to_owned(),
-        model_serving_url: format!("http://{ms_addr}"),
-        qdrant_url: None,
-        qdrant_api_key: None,
-        qdrant_collection: "fashion_images".into(),
-        hnsw_ef: 128,
-        exact: false,
         optimize_after_secs: 3600,
-        s3_endpoint: None,
-        s3_public_endpoint: None,
-        s3_embedded_addr: s3_addr,
-        s3_bucket: "fashion-images".into(),
-        s3_region: "us-east-1".into(),
         s3_access_key: Some(S3_KEY.to_owned().into()),
         s3_secret_key: Some(S3_SECRET.to_owned().into()),
-        presign_ttl_secs: 300,
-        api_key: Some(API_KEY.to_owned().into()),
         max_body_bytes: 64 << 20,
         timeout_secs: 120,
-        query_cache_entries: 1000,
+        ..local_stack::backend_config(data.path(), ms_addr, API_KEY)
     };
-    let built = backend::build(&config, Some(s3_listener)).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let backend_task = tokio::spawn(backend::serve(listener, built, async move {
-        let _ = stopped.await;
-    }));
+    let backend = local_stack::start_backend(&config, s3_listener).await?;
+    let addr = backend.addr();
 
     let clients = Clients {
         backend: BackendClient::new(format!("http://{addr}"), Duration::from_secs(300))?
@@ -245,9 +213,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         );
     }
 
-    let _ = stop.send(());
-    backend_task.await??;
-    let _ = ms_stop.send(());
-    ms_task.await??;
+    backend.stop().await?;
+    model.stop().await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! `kill -9` in the middle of a load.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,30 +18,28 @@ const API_KEY: &str = "etl-test-api-key-0123456789";
 const S3_KEY: &str = "etl-test-access";
 const S3_SECRET: &str = "etl-test-secret-0123456789";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use local_stack::dataset_dir;
 
 fn env_path(var: &str, default: PathBuf) -> PathBuf {
     std::env::var_os(var).map_or(default, PathBuf::from)
-}
-
-fn dataset_dir() -> PathBuf {
-    env_path(
-        "DATASET_DIR",
-        workspace().join("../shared/datasets/fashion-product-images-small"),
-    )
 }
 
 struct Stack {
     model: SocketAddr,
     backend: SocketAddr,
     s3: SocketAddr,
+    servers: (local_stack::Backend, local_stack::Running<()>),
     _data: tempfile::TempDir,
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Stack {
+    /// Drains the backend (flushing the index), then model-serving.
+    async fn stop(self) {
+        let (backend, model) = self.servers;
+        backend.stop().await.expect("backend stops cleanly");
+        model.stop().await.expect("model-serving stops cleanly");
+    }
+
     fn clients(&self) -> Clients {
         Clients {
             backend: BackendClient::new(
@@ -82,78 +80,31 @@ impl Stack {
 }
 
 async fn start_stack() -> Stack {
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
-    let config = model_serving::EncoderConfig {
-        model_dir: env_path("TEST_MODEL_DIR", workspace().join("var/models/tiny")),
-        ort_library: env_path(
-            "ORT_DYLIB_PATH",
-            home.join(".cache/fashion-search/onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
-        ),
-        threads: 1,
-        batch: model_serving::encoder::default_batch(),
-        max_items_per_request: 64,
-        max_image_pixels: 40_000_000,
-        max_text_chars: 1000,
-    };
-    let encoder = tokio::task::spawn_blocking(move || model_serving::ClipEncoder::load(config))
-        .await
-        .expect("join")
-        .expect("model");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let model = listener.local_addr().expect("addr");
-    let (model_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(model_serving::serve(
-        listener,
-        Arc::new(encoder),
-        model_serving::HttpLimits {
-            max_body_bytes: 32 << 20,
-            request_timeout: Duration::from_secs(60),
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let model = local_stack::start_model_serving(
+        local_stack::loopback().await.expect("bind"),
+        local_stack::encoder_config(local_stack::test_model_dir(), local_stack::ort_library()),
+        local_stack::http_limits(),
+    )
+    .await
+    .expect("model-serving");
     let data = tempfile::tempdir().expect("tempdir");
-    let s3_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let s3_listener = local_stack::loopback().await.expect("bind");
     let s3 = s3_listener.local_addr().expect("addr");
     let config = backend::config::BackendConfig {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data.path().to_owned(),
-        model_serving_url: format!("http://{model}"),
-        qdrant_url: None,
-        qdrant_api_key: None,
-        qdrant_collection: "fashion_images".into(),
-        hnsw_ef: 128,
-        exact: false,
-        optimize_after_secs: 1,
-        s3_endpoint: None,
-        s3_public_endpoint: None,
-        s3_embedded_addr: s3,
-        s3_bucket: "fashion-images".into(),
-        s3_region: "us-east-1".into(),
         s3_access_key: Some(S3_KEY.to_owned().into()),
         s3_secret_key: Some(S3_SECRET.to_owned().into()),
-        presign_ttl_secs: 300,
-        api_key: Some(API_KEY.to_owned().into()),
-        max_body_bytes: 32 << 20,
-        timeout_secs: 60,
         query_cache_entries: 100,
+        ..local_stack::backend_config(data.path(), model.addr, API_KEY)
     };
-    let built = backend::build(&config, Some(s3_listener))
+    let backend = local_stack::start_backend(&config, s3_listener)
         .await
         .expect("backend");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let backend = listener.local_addr().expect("addr");
-    let (backend_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(backend::serve(listener, built, async move {
-        let _ = stopped.await;
-    }));
     Stack {
-        model,
-        backend,
+        model: model.addr,
+        backend: backend.addr(),
         s3,
+        servers: (backend, model),
         _data: data,
-        stops: vec![backend_stop, model_stop],
     }
 }
 
@@ -218,7 +169,7 @@ async fn loads_real_photos_then_a_rerun_skips_them() {
         .await
         .expect("search");
     assert!(!hits.hits.is_empty());
-    drop(stack.stops);
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -272,7 +223,7 @@ async fn bad_files_are_skipped_counted_and_explained() {
     assert_eq!(captioned.attributes.caption, "a red scarf");
     assert_eq!(captioned.attributes.colour.as_deref(), Some("Red"));
     assert_eq!(clients.backend.stats().await.expect("stats").total, 6);
-    drop(stack.stops);
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -312,7 +263,7 @@ async fn fashion_mnist_from_the_debian_package() {
         facets.facets["article_type"].len() >= 5,
         "several classes in 50 images"
     );
-    drop(stack.stops);
+    stack.stop().await;
 }
 
 #[tokio::test]
@@ -395,7 +346,7 @@ async fn kill_9_mid_load_then_rerun_completes_without_duplicates() {
             .expect("exists");
         assert_eq!(present.len(), chunk.len(), "nothing missing");
     }
-    drop(stack.stops);
+    stack.stop().await;
 }
 
 /// Debian's Prometheus Pushgateway on a free loopback port; killed when dropped.
@@ -504,7 +455,7 @@ async fn job_metrics_reach_the_pushgateway() {
         .is_some_and(|t| t > 1.7e9)
     );
     assert!(text.contains("# HELP etl_stage_seconds "));
-    drop(stack.stops);
+    stack.stop().await;
 }
 
 /// A stand-in for the dataset's web server: files with `Range` support; the first full GET of
@@ -640,7 +591,7 @@ async fn download_resumes_and_verifies_checksums() {
     .await
     .expect("load");
     assert_eq!(summary.loaded, 10);
-    drop(stack.stops);
+    stack.stop().await;
 }
 
 /// The ETL's trace goes on into model-serving and the backend: their server spans are children of
@@ -690,6 +641,7 @@ fn traces_continue_into_model_serving_and_the_backend() {
                 break;
             }
         }
+        stack.stop().await;
         collected
     });
     let batch = collected

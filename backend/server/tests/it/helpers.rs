@@ -6,28 +6,16 @@ use std::time::Duration;
 
 use backend::config::BackendConfig;
 use backend_api::{BackendClient, ImageAttributes, IngestItem};
-use model_serving::encoder::{EncoderConfig, default_batch};
+use local_stack::Running;
+use model_serving::HttpLimits;
 use model_serving_api::ModelServingClient;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub const API_KEY: &str = "test-api-key-0123456789";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn env_path(var: &str, default: PathBuf) -> PathBuf {
-    std::env::var_os(var).map_or(default, PathBuf::from)
-}
-
 pub fn dataset_dir() -> PathBuf {
-    let dir = env_path(
-        "DATASET_DIR",
-        workspace().join("../shared/datasets/fashion-product-images-small"),
-    );
+    let dir = local_stack::dataset_dir();
     assert!(
         dir.join("styles.csv").is_file(),
         "no dataset at {} (set DATASET_DIR)",
@@ -90,86 +78,26 @@ pub fn point_id(product: &Product) -> Uuid {
     )
 }
 
-pub struct ModelServing {
-    pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl ModelServing {
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-/// Starts model-serving with the tiny model on `addr` (port 0 for any).
-pub async fn start_model_serving(addr: SocketAddr) -> ModelServing {
-    let model_dir = env_path("TEST_MODEL_DIR", workspace().join("var/models/tiny"));
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
-    let ort = env_path(
-        "ORT_DYLIB_PATH",
-        home.join(".cache/fashion-search/onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
-    );
-    let config = EncoderConfig {
-        model_dir,
-        ort_library: ort,
-        threads: 1,
-        batch: default_batch(),
-        max_items_per_request: 64,
-        max_image_pixels: 40_000_000,
-        max_text_chars: 1000,
-    };
-    let encoder = tokio::task::spawn_blocking(move || model_serving::ClipEncoder::load(config))
-        .await
-        .expect("join")
-        .expect("model loads (run `make models`)");
+/// Starts model-serving with the test model on `addr` (port 0 for any).
+pub async fn start_model_serving(addr: SocketAddr) -> Running<()> {
     let listener = TcpListener::bind(addr).await.expect("bind model-serving");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(model_serving::serve(
+    local_stack::start_model_serving(
         listener,
-        Arc::new(encoder),
-        model_serving::HttpLimits {
+        local_stack::encoder_config(local_stack::test_model_dir(), local_stack::ort_library()),
+        HttpLimits {
             max_body_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),
         },
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    ModelServing {
-        addr,
-        shutdown: Some(tx),
-        task,
-    }
+    )
+    .await
+    .expect("model loads (run `make models`)")
 }
 
 pub fn config(data_dir: &Path, model_serving: SocketAddr) -> BackendConfig {
     BackendConfig {
-        addr: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data_dir.to_owned(),
-        model_serving_url: format!("http://{model_serving}"),
-        qdrant_url: None,
-        qdrant_api_key: None,
-        qdrant_collection: "fashion_images".into(),
-        hnsw_ef: 128,
-        exact: false,
-        optimize_after_secs: 1,
-        s3_endpoint: None,
-        s3_public_endpoint: None,
-        s3_embedded_addr: "127.0.0.1:0".parse().expect("addr"),
-        s3_bucket: "fashion-images".into(),
-        s3_region: "us-east-1".into(),
-        s3_access_key: None,
-        s3_secret_key: None,
-        presign_ttl_secs: 300,
-        api_key: Some(API_KEY.to_owned().into()),
         max_body_bytes: 2 << 20,
         timeout_secs: 30,
-        query_cache_entries: 1000,
+        ..local_stack::backend_config(data_dir, model_serving, API_KEY)
     }
 }
 
@@ -178,8 +106,7 @@ pub struct TestBackend {
     pub client: BackendClient,
     pub http: reqwest::Client,
     pub engine: Arc<backend::search::SearchEngine>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    backend: local_stack::Backend,
 }
 
 impl TestBackend {
@@ -188,13 +115,12 @@ impl TestBackend {
     }
 
     /// Graceful stop: drain, flush the index, release the data directory.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let engine = self.engine;
+    pub async fn stop(self) {
+        let Self {
+            engine, backend, ..
+        } = self;
         drop(engine);
-        (&mut self.task).await.expect("join").expect("clean stop");
+        backend.stop().await.expect("clean stop");
     }
 }
 
@@ -208,23 +134,16 @@ pub async fn start_backend_with(
     config: &BackendConfig,
     s3: TcpListener,
 ) -> anyhow::Result<TestBackend> {
-    let built = backend::build(config, Some(s3)).await?;
-    let engine = built.engine.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(backend::serve(listener, built, async move {
-        let _ = rx.await;
-    }));
+    let backend = local_stack::start_backend(config, s3).await?;
+    let addr = backend.addr();
     let client = BackendClient::new(format!("http://{addr}"), Duration::from_secs(30))?
         .with_api_key(API_KEY);
     Ok(TestBackend {
         addr,
         client,
         http: reqwest::Client::new(),
-        engine,
-        shutdown: Some(tx),
-        task,
+        engine: backend.engine.clone(),
+        backend,
     })
 }
 

@@ -299,7 +299,7 @@ async fn ingest_search_presign_filter_delete() {
         "repeated query served from cache"
     );
     backend.stop().await;
-    ms.stop().await;
+    ms.stop().await.expect("model-serving stops cleanly");
 }
 
 #[tokio::test]
@@ -345,7 +345,7 @@ async fn survives_restart_and_owns_its_store() {
         );
     }
     backend.stop().await;
-    ms.stop().await;
+    ms.stop().await.expect("model-serving stops cleanly");
 }
 
 #[tokio::test]
@@ -357,7 +357,7 @@ async fn model_serving_outage_is_503_then_recovers() {
         .await
         .expect("backend");
     ingest(&backend, addr, &products(8)).await;
-    ms.stop().await;
+    ms.stop().await.expect("model-serving stops cleanly");
 
     let response = backend
         .http
@@ -394,7 +394,7 @@ async fn model_serving_outage_is_503_then_recovers() {
         }
     }
     backend.stop().await;
-    ms.stop().await;
+    ms.stop().await.expect("model-serving stops cleanly");
 }
 
 #[tokio::test]
@@ -621,7 +621,7 @@ async fn bad_input_gets_a_clear_4xx() {
         "nothing was written by bad requests"
     );
     backend.stop().await;
-    ms.stop().await;
+    ms.stop().await.expect("model-serving stops cleanly");
 }
 
 #[tokio::test]
@@ -726,7 +726,7 @@ async fn add_image_by_upload_and_by_url_with_a_public_endpoint() {
         .expect("send");
     assert_eq!(error_of(bad).await.1, "invalid_url");
     backend.stop().await;
-    ms.stop().await;
+    ms.stop().await.expect("model-serving stops cleanly");
 }
 
 #[tokio::test]
@@ -799,5 +799,5 @@ async fn object_storage_outage_is_503_then_recovers() {
     );
     backend.stop().await;
     s3.stop().await;
-    ms.stop().await;
+    ms.stop().await.expect("model-serving stops cleanly");
 }

@@ -1,0 +1,214 @@
+//! The search stack in one process, on loopback: model-serving with a model folder of the
+//! caller's choice, and the backend with its embedded Qdrant engine and embedded S3 server.
+//!
+//! Tests and benchmarks all need the same start-up (load the encoder off the async threads, bind,
+//! serve until told to stop) and the same orderly stop; this crate is that code, once.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use backend::config::BackendConfig;
+use backend::search::SearchEngine;
+use model_serving::encoder::{EncoderConfig, default_batch};
+use model_serving::{ClipEncoder, HttpLimits};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Resolves when the server is asked to stop.
+pub type ShutdownSignal = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A server running on a task until [`Running::stop`] (or until this handle is dropped, which
+/// stops it without waiting).
+pub struct Running<T> {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<T>>,
+}
+
+impl<T: Send + 'static> Running<T> {
+    /// Serves `server` (given a shutdown future) on a task.
+    fn spawn<F>(addr: SocketAddr, server: impl FnOnce(ShutdownSignal) -> F) -> Self
+    where
+        F: Future<Output = anyhow::Result<T>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server(Box::pin(async move {
+            let _ = stopped.await;
+        })));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks the server to drain and waits for it; its own error, if it failed.
+    pub async fn stop(mut self) -> anyhow::Result<T> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("server task")?
+    }
+}
+
+impl<T> Running<T> {
+    /// Stops the server without waiting for it (what dropping the handle does too).
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl<T> Drop for Running<T> {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+/// The workspace root (this crate is `backend/local-stack`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn env_path(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map_or(default, PathBuf::from)
+}
+
+/// `TEST_MODEL_DIR`, else the tiny model `make models` generates.
+pub fn test_model_dir() -> PathBuf {
+    env_path("TEST_MODEL_DIR", workspace().join("var/models/tiny"))
+}
+
+/// `ORT_DYLIB_PATH`, else the ONNX Runtime `make` installs under `~/.cache/fashion-search`.
+pub fn ort_library() -> PathBuf {
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    env_path(
+        "ORT_DYLIB_PATH",
+        home.join(".cache/fashion-search/onnxruntime-1.31.1/libonnxruntime.so.1.31.1"),
+    )
+}
+
+/// `DATASET_DIR`, else the development photos in `shared/` beside the checkout.
+pub fn dataset_dir() -> PathBuf {
+    env_path(
+        "DATASET_DIR",
+        workspace().join("../shared/datasets/fashion-product-images-small"),
+    )
+}
+
+/// An encoder for `model_dir` with the service's default batching, one ONNX thread per model.
+pub fn encoder_config(model_dir: PathBuf, ort_library: PathBuf) -> EncoderConfig {
+    EncoderConfig {
+        model_dir,
+        ort_library,
+        threads: 1,
+        batch: default_batch(),
+        max_items_per_request: 64,
+        max_image_pixels: 40_000_000,
+        max_text_chars: 1000,
+    }
+}
+
+/// HTTP limits generous enough for a batch of real photos.
+pub fn http_limits() -> HttpLimits {
+    HttpLimits {
+        max_body_bytes: 32 << 20,
+        request_timeout: Duration::from_secs(60),
+    }
+}
+
+/// Loads the model (on a blocking thread) and serves model-serving on `listener`.
+pub async fn start_model_serving(
+    listener: TcpListener,
+    config: EncoderConfig,
+    limits: HttpLimits,
+) -> anyhow::Result<Running<()>> {
+    let model_dir = config.model_dir.clone();
+    let encoder = tokio::task::spawn_blocking(move || ClipEncoder::load(config))
+        .await
+        .context("model loading task")?
+        .with_context(|| format!("loading the model in {}", model_dir.display()))?;
+    let addr = listener.local_addr()?;
+    Ok(Running::spawn(addr, |shutdown| async move {
+        model_serving::serve(listener, Arc::new(encoder), limits, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    }))
+}
+
+/// A backend configuration for one process: the embedded Qdrant engine in `data_dir`, the
+/// embedded S3 server (on the listener given to [`start_backend`]), writes behind `api_key`.
+pub fn backend_config(data_dir: &Path, model_serving: SocketAddr, api_key: &str) -> BackendConfig {
+    BackendConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data_dir.to_owned(),
+        model_serving_url: format!("http://{model_serving}"),
+        qdrant_url: None,
+        qdrant_api_key: None,
+        qdrant_collection: "fashion_images".into(),
+        hnsw_ef: 128,
+        exact: false,
+        optimize_after_secs: 1,
+        s3_endpoint: None,
+        s3_public_endpoint: None,
+        s3_embedded_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        s3_bucket: "fashion-images".into(),
+        s3_region: "us-east-1".into(),
+        s3_access_key: None,
+        s3_secret_key: None,
+        presign_ttl_secs: 300,
+        api_key: Some(api_key.to_owned().into()),
+        max_body_bytes: 32 << 20,
+        timeout_secs: 60,
+        query_cache_entries: 1000,
+    }
+}
+
+/// A running backend and its search engine (for what a test or benchmark does behind the API).
+pub struct Backend {
+    pub server: Running<()>,
+    pub engine: Arc<SearchEngine>,
+}
+
+impl Backend {
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Graceful stop: drain, flush the index, release the data directory.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let Self { server, engine } = self;
+        drop(engine);
+        server.stop().await
+    }
+}
+
+/// Builds the backend from `config` and serves it on a free loopback port; the embedded S3
+/// server listens on `s3` (bind it first to know its address for the clients).
+pub async fn start_backend(config: &BackendConfig, s3: TcpListener) -> anyhow::Result<Backend> {
+    let built = backend::build(config, Some(s3)).await?;
+    let engine = built.engine.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = Running::spawn(addr, |shutdown| backend::serve(listener, built, shutdown));
+    Ok(Backend { server, engine })
+}
+
+/// A free loopback listener.
+pub async fn loopback() -> anyhow::Result<TcpListener> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?)
+}
