@@ -15,6 +15,9 @@ pub const INDEX_POINTS: &str = "backend_index_points";
 pub const INGESTED_ITEMS_TOTAL: &str = "backend_ingested_items_total";
 pub const INDEX_OPERATION_SECONDS: &str = "backend_index_operation_seconds";
 
+/// The `upstream` label's values.
+pub const UPSTREAMS: [&str; 3] = ["model-serving", "index", "storage"];
+
 pub const ALL: &[&str] = &[
     SEARCH_STAGE_SECONDS,
     SEARCHES_TOTAL,
@@ -63,6 +66,11 @@ pub fn describe() {
         "Time of index operations other than search, by operation (upsert, delete, flush, optimize)."
     );
     breaker_state(false);
+    // Error series exist from the start at 0, so rates and alerts over them are defined before
+    // the first failure.
+    for upstream in UPSTREAMS {
+        metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => upstream).increment(0);
+    }
 }
 
 pub fn stage(stage: &'static str, elapsed: Duration) {

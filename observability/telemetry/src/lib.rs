@@ -105,6 +105,15 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
     init_with(service, TelemetryConfig::from_env())
 }
 
+/// Warnings of the embedded Qdrant engine (qdrant-edge) about server-only set-up it has no API
+/// for: "Feature flags not initialized!" on every segment it opens, and "MULTI_MMAP_SUPPORT_CHECK_RESULT
+/// should be initialized" once per process (Qdrant's `main` runs that check; the embedded engine
+/// cannot, the cell is private). Errors from those modules still pass.
+const QUIETED: [&str; 2] = [
+    "qdrant_edge::common::flags=error",
+    "qdrant_edge::common::mmap::ops=error",
+];
+
 pub fn init_with(
     service: &'static str,
     config: TelemetryConfig,
@@ -133,13 +142,13 @@ pub fn init_with(
     opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(service);
 
-    let filter = EnvFilter::try_new(&config.filter)
-        .map_err(|e| TelemetryError::Filter(e.to_string()))?
-        // qdrant-edge warns "Feature flags not initialized!" on every segment it opens; the
-        // flags are a server concept with no API in the embedded engine.
-        .add_directive("qdrant_edge::common::flags=error".parse().map_err(
+    let mut filter =
+        EnvFilter::try_new(&config.filter).map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    for directive in QUIETED {
+        filter = filter.add_directive(directive.parse().map_err(
             |e: tracing_subscriber::filter::ParseError| TelemetryError::Filter(e.to_string()),
         )?);
+    }
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_error_records_to_exceptions(true);

@@ -88,7 +88,8 @@ async fn ingest_search_presign_filter_delete() {
         reqwest::get(&other_key).await.expect("GET").status(),
         StatusCode::FORBIDDEN
     );
-    let short = aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(1))
+    // Signatures count whole seconds: 3 s leaves a busy machine time for the first GET.
+    let short = aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3))
         .expect("config");
     let expiring = backend
         .engine
@@ -100,7 +101,7 @@ async fn ingest_search_presign_filter_delete() {
         reqwest::get(&expiring).await.expect("GET").status(),
         StatusCode::OK
     );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     assert_eq!(
         reqwest::get(&expiring).await.expect("GET").status(),
         StatusCode::FORBIDDEN
@@ -292,6 +293,14 @@ async fn ingest_search_presign_filter_delete() {
                 "backend_search_stage_seconds_count{{stage=\"{stage}\"}}"
             )),
             "{stage}"
+        );
+    }
+    for upstream in backend::metrics::UPSTREAMS {
+        assert!(
+            metrics.contains(&format!(
+                "backend_upstream_errors_total{{upstream=\"{upstream}\"}}"
+            )),
+            "error series for {upstream} exists before any error"
         );
     }
     assert!(
