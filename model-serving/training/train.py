@@ -290,7 +290,7 @@ def main() -> None:
     ap.add_argument("--init-out", type=Path, default=None, help="also export the untrained (seeded, random) model here")
     ap.add_argument("--name", default="fashion-clip-mini")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/fashion-search/training")
-    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
