@@ -74,7 +74,19 @@ pub fn describe() {
         Unit::Count,
         "Requests refused or failed, by modality and error kind."
     );
+    // The service's own faults exist at 0 from the start, so error rates and alerts over them are
+    // defined before the first one (input errors appear when they first happen).
+    for modality in MODALITIES {
+        for kind in FAULT_KINDS {
+            metrics::counter!(ERRORS_TOTAL, "modality" => modality, "kind" => kind).increment(0);
+        }
+    }
 }
+
+/// The `modality` label's values.
+pub const MODALITIES: [&str; 2] = ["text", "image"];
+/// Error kinds that are the service's fault (503/500), not the caller's.
+pub const FAULT_KINDS: [&str; 3] = ["overloaded", "stopped", "inference"];
 
 pub fn decode(elapsed: Duration) {
     metrics::histogram!(DECODE_SECONDS, "modality" => "image").record(elapsed.as_secs_f64());

@@ -389,6 +389,21 @@ async fn concurrent_requests_are_batched_and_metrics_declared() {
         16.0
     );
     assert!(text.contains(r#"http_requests_total{service="model-serving",method="POST",route="/encode_image",status="2xx"} 16"#));
+    // Fault series exist at 0 before any fault; the empty text above counted as an input error.
+    for modality in model_serving::metrics::MODALITIES {
+        for kind in model_serving::metrics::FAULT_KINDS {
+            assert_eq!(
+                value(&format!(
+                    "model_serving_errors_total{{modality=\"{modality}\",kind=\"{kind}\"}}"
+                )),
+                0.0
+            );
+        }
+    }
+    assert_eq!(
+        value(r#"model_serving_errors_total{modality="text",kind="empty_text"}"#),
+        1.0
+    );
 }
 
 #[tokio::test]
