@@ -21,7 +21,6 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use telemetry::{PrometheusHandle, Readiness};
 use utoipa::OpenApi;
-use utoipa_scalar::Servable as _;
 use uuid::Uuid;
 
 use crate::encoder::EncoderError;
@@ -88,7 +87,11 @@ pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) 
         .with_state(state);
     Router::new()
         .merge(api)
-        .merge(utoipa_scalar::Scalar::with_url("/docs", ApiDoc::openapi()))
+        // Swagger UI from the crate's vendored copy: the docs work on machines with no CDN access.
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+        )
         .merge(telemetry::ops_router(metrics, readiness))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(body_limit))

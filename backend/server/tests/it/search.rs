@@ -623,7 +623,29 @@ async fn bad_input_gets_a_clear_4xx() {
         .await
         .expect("json");
     assert!(spec["paths"]["/v1/search"].is_object());
-    assert_eq!(get("/docs").await.expect("docs").status(), StatusCode::OK);
+    // The docs page and everything it loads come from the backend itself (no CDN), and it
+    // shows this service's OpenAPI document.
+    let docs = get("/docs").await.expect("docs");
+    assert_eq!(docs.status(), StatusCode::OK);
+    let html = docs.text().await.expect("html");
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(
+        !html.contains("://"),
+        "the docs page loads nothing from elsewhere:\n{html}"
+    );
+    for asset in [
+        "swagger-ui-bundle.js",
+        "swagger-ui.css",
+        "swagger-initializer.js",
+    ] {
+        let response = get(&format!("/docs/{asset}")).await.expect("asset");
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let text = response.text().await.expect("text");
+        assert!(text.len() > 100, "{asset} is empty");
+        if asset == "swagger-initializer.js" {
+            assert!(text.contains("/openapi.json"), "{text}");
+        }
+    }
     assert_eq!(
         backend.client.stats().await.expect("stats").total,
         6,
