@@ -79,6 +79,7 @@ where
 }
 
 async fn render_metrics(State(state): State<OpsState>) -> Response {
+    crate::metrics::collect_process();
     (
         [(
             header::CONTENT_TYPE,

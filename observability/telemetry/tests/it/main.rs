@@ -180,5 +180,22 @@ fn declared_metrics_appear_after_a_request() {
         assert!(line(r#"route="unmatched",status="4xx""#).is_some());
         assert!(!text.contains("/items/1"));
         assert!(line(r#"http_request_duration_seconds_bucket{service="metrics-it",method="GET",route="/items/{id}",status="2xx",le="0.005"}"#).is_some());
+
+        // Process metrics, read from /proc at the scrape: this test's own memory and CPU.
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+        };
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter"));
+        assert!(text.contains("# HELP process_resident_memory_bytes "));
+        let rss = value("process_resident_memory_bytes");
+        assert!(rss > 1e6 && rss < 1e11, "resident memory {rss} bytes");
+        // A counter, so whole seconds (metrics-rs counters are integers): present, maybe still 0.
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_threads") >= 2.0);
     });
 }
