@@ -86,14 +86,7 @@ fn payload(key: &str, i: usize) -> StoredPayload {
 }
 
 fn main() -> anyhow::Result<()> {
-    let _telemetry = telemetry::init_with(
-        "backend-bench",
-        telemetry::TelemetryConfig {
-            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            json: true,
-            otlp_endpoint: None,
-        },
-    )?;
+    let _telemetry = telemetry::init_with("backend-bench", telemetry::TelemetryConfig::quiet())?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         pipeline().await?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use backend::config::BackendConfig;
 use backend::search::SearchEngine;
-use model_serving::encoder::{EncoderConfig, default_batch};
+use model_serving::encoder::EncoderConfig;
 use model_serving::{ClipEncoder, HttpLimits};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -106,16 +106,11 @@ pub fn dataset_dir() -> PathBuf {
     )
 }
 
-/// An encoder for `model_dir` with the service's default batching, one ONNX thread per model.
+/// The service's defaults for `model_dir`, with one ONNX thread per model (tests share 2 cores).
 pub fn encoder_config(model_dir: PathBuf, ort_library: PathBuf) -> EncoderConfig {
     EncoderConfig {
-        model_dir,
-        ort_library,
         threads: 1,
-        batch: default_batch(),
-        max_items_per_request: 64,
-        max_image_pixels: 40_000_000,
-        max_text_chars: 1000,
+        ..EncoderConfig::new(model_dir, ort_library)
     }
 }
 

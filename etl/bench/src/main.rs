@@ -54,14 +54,7 @@ struct Settings {
 }
 
 fn main() -> anyhow::Result<()> {
-    let _telemetry = telemetry::init_with(
-        "etl-bench",
-        telemetry::TelemetryConfig {
-            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            json: true,
-            otlp_endpoint: None,
-        },
-    )?;
+    let _telemetry = telemetry::init_with("etl-bench", telemetry::TelemetryConfig::quiet())?;
     let settings = Settings {
         model_dir: env_path("BENCH_MODEL_DIR")?,
         ort: env_path("ORT_DYLIB_PATH")?,
@@ -133,15 +126,15 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     );
 
     // model-serving, in process, batching up to the ETL's batch size.
+    let defaults = EncoderConfig::new(s.model_dir.clone(), s.ort.clone());
     let config = EncoderConfig {
-        threads: 0,
         batch: BatchConfig {
             max_batch: s.batch,
-            max_wait: Duration::from_millis(5),
             max_queued: 4 * s.batch,
+            ..defaults.batch
         },
         max_items_per_request: s.batch,
-        ..local_stack::encoder_config(s.model_dir.clone(), s.ort.clone())
+        ..defaults
     };
     let limits = model_serving::HttpLimits {
         max_body_bytes: 32 << 20,

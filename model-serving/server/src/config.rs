@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::api::HttpLimits;
 use crate::batcher::BatchConfig;
-use crate::encoder::EncoderConfig;
+use crate::encoder::{self, EncoderConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -22,16 +22,16 @@ pub struct ServeConfig {
     #[arg(long, env = "MODEL_SERVING_ADDR", default_value = "127.0.0.1:8001")]
     pub addr: SocketAddr,
     /// Most items in one ONNX Runtime run; 1 disables dynamic batching.
-    #[arg(long, env = "MODEL_SERVING_MAX_BATCH", default_value_t = 32)]
+    #[arg(long, env = "MODEL_SERVING_MAX_BATCH", default_value_t = encoder::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
     /// Longest a request waits for others to share its batch.
-    #[arg(long, env = "MODEL_SERVING_MAX_WAIT_MS", default_value_t = 5)]
+    #[arg(long, env = "MODEL_SERVING_MAX_WAIT_MS", default_value_t = encoder::DEFAULT_MAX_WAIT_MS)]
     pub max_wait_ms: u64,
     /// Items admitted to each queue before requests are refused with 503.
-    #[arg(long, env = "MODEL_SERVING_QUEUE_ITEMS", default_value_t = 256)]
+    #[arg(long, env = "MODEL_SERVING_QUEUE_ITEMS", default_value_t = encoder::DEFAULT_QUEUE_ITEMS)]
     pub queue_items: usize,
     /// Most texts or images in one request.
-    #[arg(long, env = "MODEL_SERVING_MAX_ITEMS", default_value_t = 64)]
+    #[arg(long, env = "MODEL_SERVING_MAX_ITEMS", default_value_t = encoder::DEFAULT_MAX_ITEMS)]
     pub max_items: usize,
     #[arg(long, env = "MODEL_SERVING_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -39,10 +39,10 @@ pub struct ServeConfig {
     #[arg(
         long,
         env = "MODEL_SERVING_MAX_IMAGE_PIXELS",
-        default_value_t = 40_000_000
+        default_value_t = encoder::DEFAULT_MAX_IMAGE_PIXELS
     )]
     pub max_image_pixels: u64,
-    #[arg(long, env = "MODEL_SERVING_MAX_TEXT_CHARS", default_value_t = 1000)]
+    #[arg(long, env = "MODEL_SERVING_MAX_TEXT_CHARS", default_value_t = encoder::DEFAULT_MAX_TEXT_CHARS)]
     pub max_text_chars: usize,
     /// ONNX Runtime intra-op threads per model; 0 = all cores.
     #[arg(long, env = "MODEL_SERVING_THREADS", default_value_t = 0)]

@@ -28,6 +28,22 @@ pub struct EncoderConfig {
     pub max_text_chars: usize,
 }
 
+impl EncoderConfig {
+    /// The service's defaults for a model folder: default batching and limits, ONNX Runtime
+    /// choosing its thread count. Override fields with struct update syntax.
+    pub fn new(model_dir: PathBuf, ort_library: PathBuf) -> Self {
+        Self {
+            model_dir,
+            ort_library,
+            threads: 0,
+            batch: default_batch(),
+            max_items_per_request: DEFAULT_MAX_ITEMS,
+            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            max_text_chars: DEFAULT_MAX_TEXT_CHARS,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(transparent)]
@@ -337,11 +353,19 @@ fn check_dim(tower: &str, rows: &[Vec<f32>], dim: usize) -> Result<(), LoadError
     }
 }
 
-/// Default limits, also used by tests.
+// The service's defaults: the `serve` flags' defaults and [`EncoderConfig::new`]'s.
+pub const DEFAULT_MAX_BATCH: usize = 32;
+pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
+pub const DEFAULT_QUEUE_ITEMS: usize = 256;
+pub const DEFAULT_MAX_ITEMS: usize = 64;
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
+pub const DEFAULT_MAX_TEXT_CHARS: usize = 1000;
+
+/// The default dynamic batching.
 pub fn default_batch() -> BatchConfig {
     BatchConfig {
-        max_batch: 32,
-        max_wait: Duration::from_millis(5),
-        max_queued: 256,
+        max_batch: DEFAULT_MAX_BATCH,
+        max_wait: Duration::from_millis(DEFAULT_MAX_WAIT_MS),
+        max_queued: DEFAULT_QUEUE_ITEMS,
     }
 }

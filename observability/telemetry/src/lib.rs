@@ -100,6 +100,21 @@ impl TelemetryConfig {
     }
 }
 
+impl TelemetryConfig {
+    /// For benchmarks and other tools whose output is their report: JSON logs at `RUST_LOG`
+    /// (default `warn`, so nothing interleaves with the figures), no trace export.
+    pub fn quiet() -> Self {
+        Self {
+            filter: std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "warn".to_owned()),
+            json: true,
+            otlp_endpoint: None,
+        }
+    }
+}
+
 /// Installs logging, tracing and metrics for this process, configured from the environment.
 pub fn init(service: &'static str) -> Result<TelemetryGuard, TelemetryError> {
     init_with(service, TelemetryConfig::from_env())

@@ -44,14 +44,8 @@ fn env_path(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let _telemetry = telemetry::init_with(
-        "model-serving-bench",
-        telemetry::TelemetryConfig {
-            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            json: true,
-            otlp_endpoint: None,
-        },
-    )?;
+    let _telemetry =
+        telemetry::init_with("model-serving-bench", telemetry::TelemetryConfig::quiet())?;
     let dataset = env_path("DATASET_DIR")?;
     let mut photos: Vec<PathBuf> = std::fs::read_dir(dataset.join("images"))
         .with_context(|| format!("{}/images", dataset.display()))?
@@ -119,18 +113,13 @@ struct Service {
 }
 
 async fn start_service(settings: &Settings, max_batch: usize) -> anyhow::Result<Service> {
+    let defaults = EncoderConfig::new(settings.model_dir.clone(), settings.ort.clone());
     let config = EncoderConfig {
-        model_dir: settings.model_dir.clone(),
-        ort_library: settings.ort.clone(),
-        threads: 0,
         batch: BatchConfig {
             max_batch,
-            max_wait: Duration::from_millis(5),
-            max_queued: 256,
+            ..defaults.batch
         },
-        max_items_per_request: 64,
-        max_image_pixels: 40_000_000,
-        max_text_chars: 1000,
+        ..defaults
     };
     let encoder = tokio::task::spawn_blocking(move || ClipEncoder::load(config)).await??;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

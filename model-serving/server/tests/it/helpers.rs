@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use model_serving::ClipEncoder;
 use model_serving::api::HttpLimits;
-use model_serving::encoder::{EncoderConfig, default_batch};
+use model_serving::encoder::EncoderConfig;
 use model_serving_api::ModelServingClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -91,15 +91,11 @@ pub fn sample_photos(n: usize) -> Vec<PathBuf> {
     photos
 }
 
+/// The service's defaults for the test model, with one ONNX thread per model.
 pub fn encoder_config() -> EncoderConfig {
     EncoderConfig {
-        model_dir: model_dir(),
-        ort_library: ort_library(),
         threads: 1,
-        batch: default_batch(),
-        max_items_per_request: 64,
-        max_image_pixels: 40_000_000,
-        max_text_chars: 1000,
+        ..EncoderConfig::new(model_dir(), ort_library())
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use model_serving::encoder::{EncoderConfig, default_batch};
+use model_serving::encoder::EncoderConfig;
 
 use crate::helpers::*;
 
@@ -74,12 +74,7 @@ fn split_rule_matches_training() {
 async fn trained_model_ranks_obvious_queries_on_held_out_photos() {
     let config = EncoderConfig {
         model_dir: trained_model_dir(),
-        ort_library: ort_library(),
-        threads: 1,
-        batch: default_batch(),
-        max_items_per_request: 64,
-        max_image_pixels: 40_000_000,
-        max_text_chars: 1000,
+        ..encoder_config()
     };
     let app = spawn_app_with(config, limits()).await;
     let info = app.client.model_info().await.expect("model info");
