@@ -182,7 +182,6 @@ impl From<SearchError> for ApiError {
                 message: format!("vector has {got} dimensions; the index holds {expected}"),
             },
             SearchError::Index(IndexError::Unavailable(message)) => {
-                crate::metrics::upstream_error("index");
                 tracing::warn!(%message, "index unavailable");
                 Self::Unavailable {
                     code: "index_unavailable",

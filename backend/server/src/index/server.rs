@@ -26,7 +26,10 @@ pub struct QdrantServerIndex {
     dim: RwLock<Option<usize>>,
 }
 
+/// A failed call to the Qdrant server: counted as an upstream error where it happens (the
+/// embedded engine is in process, not an upstream).
 fn unavailable(e: qdrant_client::QdrantError) -> IndexError {
+    crate::metrics::upstream_error("index");
     IndexError::Unavailable(e.to_string())
 }
 
