@@ -6,18 +6,25 @@
 //! - [`http::track_requests`]: the axum middleware that gives every request a span and metrics.
 //! - [`ops_router`]: `/metrics`, `/health/live`, `/health/ready`.
 //! - [`propagation::inject`]: puts `traceparent` on outgoing reqwest calls.
+//! - [`edge`]: timeouts, load shedding and a serve loop with a header deadline, for every
+//!   service; [`rate_limit`]: per-client and per-key rate limits.
+//! - [`ops::Readiness::watch`]: readiness kept current by periodic dependency probes.
 
 mod logs;
 pub mod metrics;
 
 pub mod client;
+pub mod edge;
 pub mod http;
 pub mod ops;
 pub mod propagation;
+pub mod rate_limit;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use opentelemetry::trace::TracerProvider as _;
@@ -226,10 +233,38 @@ pub fn metrics_handle() -> Result<PrometheusHandle, TelemetryError> {
     if PROMETHEUS.set(handle.clone()).is_ok() {
         ::metrics::set_global_recorder(recorder)
             .map_err(|e| TelemetryError::Metrics(e.to_string()))?;
+        spawn_upkeep(handle.clone())?;
         return Ok(handle);
     }
     PROMETHEUS
         .get()
         .cloned()
         .ok_or_else(|| TelemetryError::Metrics("recorder not installed".into()))
+}
+
+/// How often the recorder's upkeep runs. `build_recorder` (unlike the exporter's own HTTP
+/// listener) starts none: without it, histogram samples pile up between scrapes, without bound
+/// when nothing scrapes.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static UPKEEP_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the upkeep has run in this process.
+pub fn upkeep_runs() -> u64 {
+    UPKEEP_RUNS.load(Ordering::Relaxed)
+}
+
+/// A plain thread, so the upkeep runs whether or not (and whichever) async runtime is up.
+fn spawn_upkeep(handle: PrometheusHandle) -> Result<(), TelemetryError> {
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+                UPKEEP_RUNS.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .map(drop)
+        .map_err(|e| TelemetryError::Metrics(format!("cannot start the upkeep thread: {e}")))
 }

@@ -3,6 +3,8 @@
 //!
 //! Each test installs process-wide telemetry, so each runs in its own process (cargo nextest).
 
+mod edge;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
