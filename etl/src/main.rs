@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 region: s.s3_region.clone(),
                 bucket: s.s3_bucket.clone(),
                 access_key: secret(&s.s3_access_key, "S3_ACCESS_KEY")?,
-                secret_key: secret(&s.s3_secret_key, "S3_SECRET_KEY")?,
+                secret_key: secret(&s.s3_secret_key, "S3_SECRET_KEY")?.into(),
                 presign_ttl: Duration::from_secs(60),
             })?;
             let clients = Clients {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -174,12 +175,13 @@ pub struct ErrorDetail {
 /// Every client call fails with the shared error of the services' JSON calls.
 pub use telemetry::client::CallError as ClientError;
 
-/// A typed client for the backend. Cheap to clone; connections are pooled.
+/// A typed client for the backend. Cheap to clone; connections are pooled. Its `Debug` output
+/// masks the API key.
 #[derive(Debug, Clone)]
 pub struct BackendClient {
     base: String,
     http: reqwest::Client,
-    api_key: Option<String>,
+    api_key: Option<SecretString>,
 }
 
 impl BackendClient {
@@ -199,7 +201,7 @@ impl BackendClient {
 
     /// The key sent as `x-api-key` on writes.
     pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+        self.api_key = Some(SecretString::from(key.into()));
         self
     }
 
@@ -209,7 +211,7 @@ impl BackendClient {
 
     fn write(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.api_key {
-            Some(key) => request.header("x-api-key", key),
+            Some(key) => request.header("x-api-key", key.expose_secret()),
             None => request,
         }
     }
@@ -315,5 +317,20 @@ impl BackendClient {
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         telemetry::client::send_json(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_masks_the_api_key() {
+        let client = BackendClient::new("http://127.0.0.1:1", Duration::from_secs(1))
+            .expect("client")
+            .with_api_key("very-secret-key-0123456789");
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("very-secret"), "{debug}");
+        assert!(debug.contains("REDACTED"), "{debug}");
     }
 }

@@ -166,6 +166,7 @@ pub fn backend_config(data_dir: &Path, model_serving: SocketAddr, api_key: &str)
         max_body_bytes: 32 << 20,
         timeout_secs: 60,
         query_cache_entries: 1000,
+        fetch_allow: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
 use backend_api::{
     ErrorBody, ErrorDetail, ExistsRequest, ExistsResponse, FacetsResponse, ImageAttributes,
@@ -24,6 +24,7 @@ use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::encoder::EncoderError;
+use crate::fetch::{FetchError, ImageFetcher};
 use crate::index::IndexError;
 use crate::search::{SearchEngine, SearchError};
 use crate::storage::StorageError;
@@ -35,7 +36,8 @@ pub struct AppState {
     pub engine: Arc<SearchEngine>,
     pub api_key: Option<Arc<SecretString>>,
     pub timeout: Duration,
-    pub http: reqwest::Client,
+    /// Add-by-URL downloads, under the rules of [`crate::fetch`].
+    pub fetcher: Arc<ImageFetcher>,
     pub max_body_bytes: usize,
 }
 
@@ -72,14 +74,26 @@ impl utoipa::Modify for ApiKeyScheme {
 pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) -> Router {
     let body_limit = state.max_body_bytes;
     let timeout = state.timeout;
+    // Writes check the key before anything reads the body (a 32 MiB batch is not parsed for
+    // an anonymous caller).
+    let writer = middleware::from_fn_with_state(state.clone(), require_write_key);
     let api = Router::new()
         .route("/search-image", post(search_reference))
         .route("/v1/search", get(search_text))
         .route("/v1/search/image", post(search_image))
-        .route("/v1/images", get(list_images).post(add_image))
-        .route("/v1/images:batch", post(ingest_batch))
+        .route(
+            "/v1/images",
+            get(list_images).merge(post(add_image).route_layer(writer.clone())),
+        )
+        .route(
+            "/v1/images:batch",
+            post(ingest_batch).route_layer(writer.clone()),
+        )
         .route("/v1/images:exists", post(exists))
-        .route("/v1/images/{id}", get(get_image).delete(delete_image))
+        .route(
+            "/v1/images/{id}",
+            get(get_image).merge(delete(delete_image).route_layer(writer)),
+        )
         .route("/v1/images/{id}/similar", get(similar))
         .route("/v1/stats", get(stats))
         .route("/v1/facets", get(facets))
@@ -168,6 +182,11 @@ impl From<SearchError> for ApiError {
                     retry_after: retry_after.as_secs().max(1),
                 }
             }
+            SearchError::Encoder(EncoderError::Busy { retry_after }) => Self::Unavailable {
+                code: "model_overloaded",
+                message: "the model service is at capacity; retry after the delay given".into(),
+                retry_after: retry_after.as_secs().max(1),
+            },
             SearchError::Encoder(EncoderError::Rejected {
                 status,
                 code,
@@ -313,6 +332,19 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
             code: "invalid_multipart",
             message: e.body_text(),
         }
+    }
+}
+
+/// Layer of the write routes: the key is checked before the handler, and so before the body is
+/// read.
+async fn require_write_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    match authorize(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
     }
 }
 
@@ -492,10 +524,8 @@ async fn get_image(
     responses((status = 200), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_image(
     State(state): State<AppState>,
-    headers: HeaderMap,
     id: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers)?;
     let id = path_id(id)?;
     state.engine.delete(id).await?;
     Ok(Json(serde_json::json!({ "deleted": id })))
@@ -531,10 +561,8 @@ async fn facets(State(state): State<AppState>) -> Result<Json<FacetsResponse>, A
     responses((status = 200, body = IngestBatchResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn ingest_batch(
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Result<Json<IngestBatchRequest>, JsonRejection>,
 ) -> Result<Json<IngestBatchResponse>, ApiError> {
-    authorize(&state, &headers)?;
     let Json(body) = body.map_err(json_error)?;
     let upserted = state.engine.ingest(body.items).await?;
     Ok(Json(IngestBatchResponse { upserted }))
@@ -570,7 +598,6 @@ async fn add_image(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<ImageItem>, ApiError> {
-    authorize(&state, request.headers())?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -628,50 +655,36 @@ async fn add_image(
         let Json(body) = Json::<AddImageUrl>::from_request(request, &state)
             .await
             .map_err(json_error)?;
-        let bytes = fetch_image(&state, &body.url).await?;
+        let bytes = state
+            .fetcher
+            .fetch(&body.url)
+            .await
+            .map_err(|e| fetch_error(&state.fetcher, e))?;
         (bytes, body.attributes, body.id)
     };
     Ok(Json(state.engine.add_image(bytes, attributes, id).await?))
 }
 
-/// Downloads an image by URL: http(s) only, bounded in size and time.
-async fn fetch_image(state: &AppState, url: &str) -> Result<Vec<u8>, ApiError> {
-    let bad = |message: String| ApiError::BadRequest {
-        code: "invalid_url",
-        message,
-    };
-    let parsed = reqwest::Url::parse(url).map_err(|e| bad(format!("invalid url: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(bad("only http and https URLs can be fetched".into()));
-    }
-    let response = state
-        .http
-        .get(parsed)
-        .send()
-        .await
-        .map_err(|e| bad(format!("cannot fetch the image: {e}")))?;
-    if !response.status().is_success() {
-        return Err(bad(format!(
-            "fetching the image answered {}",
-            response.status()
-        )));
-    }
-    let too_large = || ApiError::PayloadTooLarge("the image is larger than the body limit".into());
-    if response
-        .content_length()
-        .is_some_and(|n| n as usize > state.max_body_bytes)
-    {
-        return Err(too_large());
-    }
-    // Read in chunks and stop at the limit: a server may send no length, or lie about it.
-    let mut bytes = Vec::new();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
-        let chunk = chunk.map_err(|e| bad(format!("cannot read the image: {e}")))?;
-        if bytes.len() + chunk.len() > state.max_body_bytes {
-            return Err(too_large());
+/// A fetch error as the caller sees it: what is wrong with the URL itself, or else one
+/// message for every refused or failed fetch, so the answers cannot map the inside network (the
+/// reason goes to the log).
+fn fetch_error(fetcher: &ImageFetcher, error: FetchError) -> ApiError {
+    match error {
+        FetchError::InvalidUrl(message) => ApiError::BadRequest {
+            code: "invalid_url",
+            message,
+        },
+        error => {
+            tracing::info!(reason = %error, "image url refused or not fetched");
+            let settings = fetcher.settings();
+            ApiError::BadRequest {
+                code: "fetch_failed",
+                message: format!(
+                    "the image could not be fetched from that URL (public http(s) addresses only, at most {} bytes, within {} s)",
+                    settings.max_bytes,
+                    settings.total_timeout.as_secs()
+                ),
+            }
         }
-        bytes.extend_from_slice(&chunk);
     }
-    Ok(bytes)
 }

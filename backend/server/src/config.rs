@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::fetch::{AllowList, FetchSettings};
+
 #[derive(Debug, Clone, Args)]
 pub struct BackendConfig {
     #[arg(long, env = "BACKEND_ADDR", default_value = "127.0.0.1:8000")]
@@ -69,6 +71,10 @@ pub struct BackendConfig {
     /// Query embeddings kept in the cache.
     #[arg(long, env = "QUERY_CACHE_ENTRIES", default_value_t = 10_000)]
     pub query_cache_entries: u64,
+    /// Inside addresses add-by-URL may reach anyway: comma-separated CIDR blocks, addresses or
+    /// address:port (`10.0.0.0/8,127.0.0.1:8080`). Empty: public addresses only.
+    #[arg(long, env = "BACKEND_FETCH_ALLOW", default_value = "")]
+    pub fetch_allow: AllowList,
 }
 
 impl BackendConfig {
@@ -96,5 +102,80 @@ impl BackendConfig {
 
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs.max(1))
+    }
+
+    /// Add-by-URL: the body limit, 3 s to connect, 10 s (or less, within the request timeout)
+    /// for the whole fetch.
+    pub fn fetch_settings(&self) -> FetchSettings {
+        FetchSettings {
+            allow: self.fetch_allow.clone(),
+            max_bytes: self.max_body_bytes,
+            connect_timeout: Duration::from_secs(3),
+            total_timeout: self.timeout().min(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::storage::StorageSettings;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: BackendConfig,
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let cli = Cli::try_parse_from([
+            "backend",
+            "--api-key",
+            "api-key-secret-0123456789",
+            "--s3-access-key",
+            "access-id",
+            "--s3-secret-key",
+            "s3-secret-0123456789",
+            "--qdrant-api-key",
+            "qdrant-secret-0123456789",
+        ])
+        .expect("parses");
+        let debug = format!("{:?}", cli.config);
+        for secret in ["api-key-secret", "s3-secret", "qdrant-secret"] {
+            assert!(!debug.contains(secret), "{secret} shows in {debug}");
+        }
+        let storage = StorageSettings {
+            endpoint: "http://127.0.0.1:9000".into(),
+            public_endpoint: "http://127.0.0.1:9000".into(),
+            region: "us-east-1".into(),
+            bucket: "b".into(),
+            access_key: "access-id".into(),
+            secret_key: "s3-secret-0123456789".into(),
+            presign_ttl: Duration::from_secs(60),
+        };
+        let debug = format!("{storage:?}");
+        assert!(!debug.contains("s3-secret"), "{debug}");
+        assert!(debug.contains("REDACTED"), "{debug}");
+    }
+
+    #[test]
+    fn the_fetch_allowlist_is_empty_by_default_and_parsed_when_set() {
+        let cli = Cli::try_parse_from(["backend"]).expect("parses");
+        if std::env::var_os("BACKEND_FETCH_ALLOW").is_none() {
+            assert!(cli.config.fetch_allow.0.is_empty());
+        }
+        let cli = Cli::try_parse_from(["backend", "--fetch-allow", "10.0.0.0/8, 127.0.0.1:8080"])
+            .expect("parses");
+        assert_eq!(cli.config.fetch_allow.0.len(), 2);
+        assert!(
+            Cli::try_parse_from(["backend", "--fetch-allow", "intranet.local"]).is_err(),
+            "host names are not rules"
+        );
+        let settings = cli.config.fetch_settings();
+        assert_eq!(settings.max_bytes, cli.config.max_body_bytes);
+        assert!(settings.total_timeout <= cli.config.timeout());
     }
 }

@@ -12,12 +12,15 @@ use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
-    /// Model-serving is down, overloaded or the breaker is open; try again later.
+    /// Model-serving is down, failing or the breaker is open; try again later.
     #[error("the model service is unavailable: {message}")]
     Unavailable {
         message: String,
         retry_after: Duration,
     },
+    /// Model-serving answered that it is at capacity (or stopping) and said when to come back.
+    #[error("the model service is busy; retry after {retry_after:?}")]
+    Busy { retry_after: Duration },
     /// Model-serving refused the input (e.g. not an image).
     #[error("{message}")]
     Rejected {
@@ -26,6 +29,9 @@ pub enum EncoderError {
         message: String,
     },
 }
+
+/// The longest `Retry-After` of model-serving passed on to our callers.
+pub const MAX_BUSY_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct EncoderSettings {
@@ -48,8 +54,9 @@ impl Default for EncoderSettings {
     }
 }
 
-/// Consecutive-failure circuit breaker: after `threshold` failures it opens for `open_for`;
-/// then one trial call is let through (half-open), and a success closes it.
+/// Consecutive-fault circuit breaker: after `threshold` faults it opens for `open_for`; then it
+/// lets exactly one trial call through (half-open): its success closes the breaker, its fault
+/// re-opens it, and everyone else is turned away until the trial has its answer.
 #[derive(Debug)]
 struct Breaker {
     threshold: u32,
@@ -57,48 +64,178 @@ struct Breaker {
     state: Mutex<BreakerState>,
 }
 
-#[derive(Debug, Default)]
-struct BreakerState {
-    failures: u32,
-    open_until: Option<Instant>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BreakerState {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { trial_out: bool },
+}
+
+/// What callers turned away during a half-open trial are told to wait.
+const TRIAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Leave to make one call. A permit dropped without a verdict (its caller was cancelled, or the
+/// answer said nothing about model-serving's health) gives a half-open trial slot back.
+#[must_use]
+struct Permit<'a> {
+    breaker: &'a Breaker,
+    trial: bool,
 }
 
 impl Breaker {
-    /// `Err(remaining)` while open.
-    fn check(&self) -> Result<(), Duration> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.open_until {
-            Some(until) if Instant::now() < until => Err(until - Instant::now()),
-            Some(_) => {
-                // Half-open: let this call through; a failure re-opens at once.
-                state.open_until = None;
-                state.failures = self.threshold.saturating_sub(1);
-                Ok(())
+    fn new(threshold: u32, open_for: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            open_for,
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A permit, or `Err(wait)` while open or while another caller's trial is out.
+    fn admit(&self) -> Result<Permit<'_>, Duration> {
+        let mut state = self.lock();
+        match *state {
+            BreakerState::Closed { .. } => Ok(Permit {
+                breaker: self,
+                trial: false,
+            }),
+            BreakerState::Open { until } => {
+                let now = Instant::now();
+                if now < until {
+                    return Err(until - now);
+                }
+                *state = BreakerState::HalfOpen { trial_out: true };
+                Ok(Permit {
+                    breaker: self,
+                    trial: true,
+                })
             }
-            None => Ok(()),
+            BreakerState::HalfOpen { trial_out: true } => Err(TRIAL_WAIT),
+            BreakerState::HalfOpen { trial_out: false } => {
+                *state = BreakerState::HalfOpen { trial_out: true };
+                Ok(Permit {
+                    breaker: self,
+                    trial: true,
+                })
+            }
         }
     }
 
-    fn success(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.failures > 0 || state.open_until.is_some() {
+    fn is_open(&self) -> bool {
+        !matches!(*self.lock(), BreakerState::Closed { .. })
+    }
+}
+
+impl Permit<'_> {
+    /// Model-serving answered (a result, or a refusal of the input): it is alive.
+    fn success(self) {
+        let mut state = self.breaker.lock();
+        if matches!(
+            *state,
+            BreakerState::Open { .. } | BreakerState::HalfOpen { .. }
+        ) {
             metrics::breaker_state(false);
+            tracing::info!("model-serving circuit breaker closed");
         }
-        *state = BreakerState::default();
+        *state = BreakerState::Closed { failures: 0 };
+        drop(state);
+        std::mem::forget(self);
     }
 
-    fn failure(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.failures += 1;
-        if state.failures >= self.threshold && state.open_until.is_none() {
-            state.open_until = Some(Instant::now() + self.open_for);
+    /// A fault of model-serving (unreachable, timed out, failed).
+    fn failure(self) {
+        let breaker = self.breaker;
+        let mut state = breaker.lock();
+        let open = match *state {
+            BreakerState::Closed { failures } => {
+                let failures = failures.saturating_add(1);
+                *state = BreakerState::Closed { failures };
+                failures >= breaker.threshold
+            }
+            // The trial failed: open again at once.
+            BreakerState::HalfOpen { .. } if self.trial => true,
+            // A call let through before the breaker opened, failing late: already counted.
+            BreakerState::HalfOpen { .. } | BreakerState::Open { .. } => false,
+        };
+        if open {
+            *state = BreakerState::Open {
+                until: Instant::now() + breaker.open_for,
+            };
             metrics::breaker_state(true);
             tracing::warn!(
-                failures = state.failures,
-                open_for_ms = self.open_for.as_millis() as u64,
+                open_for_ms = breaker.open_for.as_millis() as u64,
                 "model-serving circuit breaker opened"
             );
         }
+        drop(state);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.trial {
+            let mut state = self.breaker.lock();
+            if *state == (BreakerState::HalfOpen { trial_out: true }) {
+                *state = BreakerState::HalfOpen { trial_out: false };
+            }
+        }
+    }
+}
+
+/// How one failed call counts, with what is kept of it.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// Model-serving refused the input (4xx): it is healthy; never a breaker failure.
+    Input {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Model-serving answered "at capacity" or "stopping" with a Retry-After: alive, but busy.
+    Busy {
+        retry_after: Duration,
+        cause: String,
+    },
+    /// A fault of model-serving; `retry` when the same call may well succeed at once.
+    Fault { retry: bool, cause: String },
+}
+
+fn verdict(error: ClientError) -> Verdict {
+    let cause = error.to_string();
+    match error {
+        ClientError::Rejected {
+            status,
+            code,
+            message,
+        } => Verdict::Input {
+            status,
+            code,
+            message,
+        },
+        // Model-serving's own 503s (overloaded, stopping) always carry Retry-After; a gateway's
+        // 502/504 or a bare 503 does not.
+        ClientError::Unavailable {
+            retry_after: Some(retry_after),
+            ..
+        } => Verdict::Busy { retry_after, cause },
+        ClientError::Unavailable {
+            retry_after: None, ..
+        } => Verdict::Fault { retry: true, cause },
+        // A timeout is not retried: the request may still be running there, and sending it again
+        // would add load exactly when the service is slow.
+        ClientError::Transport(e) => Verdict::Fault {
+            retry: !e.is_timeout(),
+            cause,
+        },
+        ClientError::Server { .. } | ClientError::Decode(_) => Verdict::Fault {
+            retry: false,
+            cause,
+        },
     }
 }
 
@@ -124,11 +261,7 @@ impl QueryEncoder {
             .max_capacity(settings.cache_entries)
             .build();
         Self {
-            breaker: Breaker {
-                threshold: settings.breaker_failures.max(1),
-                open_for: settings.breaker_open_for,
-                state: Mutex::new(BreakerState::default()),
-            },
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
             client,
             settings,
             cache,
@@ -183,67 +316,83 @@ impl QueryEncoder {
         Ok(response.embeddings)
     }
 
-    /// Runs `call` with retries (transient errors only) behind the circuit breaker.
+    /// Whether the circuit breaker is open or half-open (model-serving failing).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Runs `call` behind the circuit breaker, retrying faults that may pass at once.
+    ///
+    /// Only faults of model-serving count toward the breaker. A refused input (4xx) proves the
+    /// service healthy, so one client's bad images can never open it for everyone. An
+    /// "overloaded" 503 is neither: the service is alive and answers such refusals in
+    /// microseconds, so there is nothing for the breaker to save callers from, and opening it
+    /// would turn one client's flood into an outage for all. It is not retried here either
+    /// (retries would add load at the worst moment): the caller gets 503 with model-serving's
+    /// Retry-After, capped at [`MAX_BUSY_RETRY_AFTER`].
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, EncoderError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
+        let attempts = self.settings.attempts.max(1);
         let mut delay = self.settings.backoff;
         let mut last = None;
-        for attempt in 1..=self.settings.attempts.max(1) {
-            if let Err(remaining) = self.breaker.check() {
-                return Err(EncoderError::Unavailable {
-                    message: "model service failing; circuit breaker open".into(),
-                    retry_after: remaining.max(Duration::from_secs(1)),
-                });
-            }
-            match call().await {
+        for attempt in 1..=attempts {
+            let permit = match self.breaker.admit() {
+                Ok(permit) => permit,
+                Err(remaining) => {
+                    return Err(EncoderError::Unavailable {
+                        message: "model service failing; circuit breaker open".into(),
+                        retry_after: remaining.max(Duration::from_secs(1)),
+                    });
+                }
+            };
+            let error = match call().await {
                 Ok(value) => {
-                    self.breaker.success();
+                    permit.success();
                     return Ok(value);
                 }
-                Err(ClientError::Rejected {
+                Err(error) => error,
+            };
+            match verdict(error) {
+                Verdict::Input {
                     status,
                     code,
                     message,
-                }) => {
-                    // The service answered; it is healthy.
-                    self.breaker.success();
+                } => {
+                    permit.success();
                     return Err(EncoderError::Rejected {
                         status,
                         code,
                         message,
                     });
                 }
-                Err(error) => {
-                    self.breaker.failure();
+                Verdict::Busy { retry_after, cause } => {
+                    drop(permit);
                     metrics::upstream_error("model-serving");
-                    let transient = error.is_transient();
-                    tracing::warn!(attempt, %error, transient, "model-serving call failed");
-                    let retry_after = match &error {
-                        ClientError::Unavailable {
-                            retry_after: Some(d),
-                            ..
-                        } => *d,
-                        _ => Duration::from_secs(1),
-                    };
-                    last = Some((error.to_string(), retry_after));
-                    if !transient {
+                    tracing::info!(%cause, "model-serving busy; passing its retry-after on");
+                    return Err(EncoderError::Busy {
+                        retry_after: retry_after
+                            .clamp(Duration::from_secs(1), MAX_BUSY_RETRY_AFTER),
+                    });
+                }
+                Verdict::Fault { retry, cause } => {
+                    permit.failure();
+                    metrics::upstream_error("model-serving");
+                    tracing::warn!(attempt, %cause, retry, "model-serving call failed");
+                    last = Some(cause);
+                    if !retry || attempt == attempts {
                         break;
                     }
-                    if attempt < self.settings.attempts {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
-                    }
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2);
                 }
             }
         }
-        let (message, retry_after) =
-            last.unwrap_or_else(|| ("no attempt made".into(), Duration::from_secs(1)));
         Err(EncoderError::Unavailable {
-            message,
-            retry_after,
+            message: last.unwrap_or_else(|| "no attempt made".into()),
+            retry_after: Duration::from_secs(1),
         })
     }
 }
@@ -259,6 +408,9 @@ fn first_row(rows: Vec<Vec<f32>>) -> Result<Vec<f32>, EncoderError> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -277,26 +429,225 @@ mod tests {
         );
     }
 
+    fn breaker(threshold: u32, open_for_ms: u64) -> Breaker {
+        Breaker::new(threshold, Duration::from_millis(open_for_ms))
+    }
+
     #[test]
-    fn breaker_opens_after_failures_and_half_opens() {
-        let breaker = Breaker {
-            threshold: 2,
-            open_for: Duration::from_millis(50),
-            state: Mutex::new(BreakerState::default()),
+    fn breaker_opens_after_faults_and_half_opens_for_exactly_one_trial() {
+        let breaker = breaker(2, 50);
+        breaker.admit().expect("closed").failure();
+        breaker.admit().expect("still closed").failure();
+        assert!(breaker.admit().is_err(), "open after 2 faults");
+        std::thread::sleep(Duration::from_millis(60));
+        let trial = breaker.admit().expect("half-open: one trial");
+        assert!(trial.trial);
+        for _ in 0..5 {
+            assert_eq!(
+                breaker.admit().err(),
+                Some(TRIAL_WAIT),
+                "only one trial while it is out"
+            );
+        }
+        trial.failure();
+        assert!(breaker.admit().is_err(), "a failed trial re-opens at once");
+        std::thread::sleep(Duration::from_millis(60));
+        breaker.admit().expect("trial").success();
+        assert!(!breaker.is_open());
+        let first = breaker.admit().expect("closed");
+        let second = breaker.admit().expect("closed: everyone passes");
+        first.failure();
+        second.success();
+        breaker.admit().expect("closed").failure();
+        assert!(breaker.admit().is_ok(), "a success resets the count");
+    }
+
+    #[test]
+    fn a_trial_without_a_verdict_gives_its_slot_back() {
+        let breaker = breaker(1, 10);
+        breaker.admit().expect("closed").failure();
+        std::thread::sleep(Duration::from_millis(20));
+        let trial = breaker.admit().expect("trial");
+        assert!(breaker.admit().is_err());
+        drop(trial); // cancelled, or a busy answer
+        let trial = breaker.admit().expect("the next caller gets the trial");
+        assert!(breaker.admit().is_err());
+        trial.success();
+        assert!(breaker.admit().is_ok());
+    }
+
+    fn encoder(attempts: u32, threshold: u32) -> QueryEncoder {
+        // Never contacted: these tests hand `call` their own futures.
+        let client =
+            ModelServingClient::new("http://127.0.0.1:9", Duration::from_secs(1)).expect("client");
+        QueryEncoder::new(
+            client,
+            EncoderSettings {
+                attempts,
+                backoff: Duration::from_millis(1),
+                breaker_failures: threshold,
+                breaker_open_for: Duration::from_millis(100),
+                cache_entries: 10,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn refused_inputs_never_open_the_breaker() {
+        let encoder = encoder(3, 2);
+        let calls = AtomicUsize::new(0);
+        for _ in 0..20 {
+            let result: Result<(), _> = encoder
+                .call(|| async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(ClientError::Rejected {
+                        status: 400,
+                        code: "invalid_image".into(),
+                        message: "not an image".into(),
+                    })
+                })
+                .await;
+            assert!(matches!(
+                result,
+                Err(EncoderError::Rejected { status: 400, .. })
+            ));
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            20,
+            "input errors are not retried"
+        );
+        assert!(!encoder.breaker_open());
+    }
+
+    #[tokio::test]
+    async fn faults_open_the_breaker_and_a_refused_input_closes_it_from_half_open() {
+        let encoder = encoder(3, 2);
+        let calls = AtomicUsize::new(0);
+        let fail = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(ClientError::Server {
+                status: 500,
+                message: "inference failed".into(),
+            })
         };
-        assert!(breaker.check().is_ok());
-        breaker.failure();
-        assert!(breaker.check().is_ok());
-        breaker.failure();
-        assert!(breaker.check().is_err(), "open after 2 failures");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(breaker.check().is_ok(), "half-open trial");
-        breaker.failure();
-        assert!(breaker.check().is_err(), "a failed trial re-opens");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(breaker.check().is_ok());
-        breaker.success();
-        breaker.failure();
-        assert!(breaker.check().is_ok(), "closed after success");
+        assert!(matches!(
+            encoder.call(fail).await,
+            Err(EncoderError::Unavailable { .. })
+        ));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a 500 is not retried");
+        assert!(!encoder.breaker_open());
+        let _ = encoder.call(fail).await;
+        assert!(encoder.breaker_open(), "two faults open it");
+        let _ = encoder.call(fail).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "open: no call made");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let result: Result<(), _> = encoder
+            .call(|| async {
+                Err(ClientError::Rejected {
+                    status: 413,
+                    code: "image_too_large".into(),
+                    message: "too many pixels".into(),
+                })
+            })
+            .await;
+        assert!(matches!(result, Err(EncoderError::Rejected { .. })));
+        assert!(!encoder.breaker_open(), "the service answered: closed");
+    }
+
+    #[tokio::test]
+    async fn busy_answers_are_passed_on_not_retried_and_not_counted() {
+        let encoder = encoder(3, 1);
+        let calls = AtomicUsize::new(0);
+        for _ in 0..10 {
+            let result: Result<(), _> = encoder
+                .call(|| async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(ClientError::Unavailable {
+                        message: "the encoder is at capacity".into(),
+                        retry_after: Some(Duration::from_secs(3600)),
+                    })
+                })
+                .await;
+            match result {
+                Err(EncoderError::Busy { retry_after }) => {
+                    assert_eq!(retry_after, MAX_BUSY_RETRY_AFTER, "capped")
+                }
+                other => panic!("expected busy, got {other:?}"),
+            }
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 10, "never retried");
+        assert!(!encoder.breaker_open(), "busy is not a fault");
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_send_one_trial_when_half_open() {
+        let encoder = Arc::new(encoder(1, 1));
+        let _ = encoder
+            .call(|| async {
+                Err::<(), _>(ClientError::Server {
+                    status: 500,
+                    message: "down".into(),
+                })
+            })
+            .await;
+        assert!(encoder.breaker_open());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (encoder, calls) = (encoder.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                encoder
+                    .call(|| async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        let mut passed = 0;
+        for task in tasks {
+            if task.await.expect("task").is_ok() {
+                passed += 1;
+            }
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "exactly one trial");
+        assert_eq!(passed, 1);
+        assert!(!encoder.breaker_open(), "the trial succeeded");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_model_service_is_retried_then_opens_the_breaker() {
+        // A loopback port with nothing listening: connection refused, a real transport fault.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let client =
+            ModelServingClient::new(format!("http://127.0.0.1:{port}"), Duration::from_secs(2))
+                .expect("client");
+        let encoder = QueryEncoder::new(
+            client,
+            EncoderSettings {
+                attempts: 3,
+                backoff: Duration::from_millis(1),
+                breaker_failures: 3,
+                breaker_open_for: Duration::from_secs(60),
+                cache_entries: 10,
+            },
+        );
+        let first = encoder.embed_images(vec![vec![1, 2, 3]]).await;
+        assert!(
+            matches!(&first, Err(EncoderError::Unavailable { message, .. }) if !message.contains("breaker")),
+            "{first:?}"
+        );
+        assert!(encoder.breaker_open(), "3 attempts, 3 faults");
+        let second = encoder.embed_images(vec![vec![1, 2, 3]]).await;
+        assert!(
+            matches!(&second, Err(EncoderError::Unavailable { message, .. }) if message.contains("breaker")),
+            "{second:?}"
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod embedded_s3;
 pub mod encoder;
+pub mod fetch;
 pub mod index;
 pub mod metrics;
 pub mod search;
@@ -128,7 +129,7 @@ pub async fn build(
         region: config.s3_region.clone(),
         bucket: config.s3_bucket.clone(),
         access_key: access,
-        secret_key: secret,
+        secret_key: secret.into(),
         presign_ttl: Duration::from_secs(config.presign_ttl_secs),
     })?;
     store.ensure_bucket().await.context("S3 bucket")?;
@@ -171,10 +172,7 @@ pub async fn build(
         engine: engine.clone(),
         api_key: config.api_key.clone().map(Arc::new),
         timeout: config.timeout(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .context("http client")?,
+        fetcher: Arc::new(fetch::ImageFetcher::new(config.fetch_settings())),
         max_body_bytes: config.max_body_bytes,
     };
     tracing::info!(

@@ -27,6 +27,8 @@ pub const MAX_K: usize = 100;
 pub const MAX_DEPTH: usize = 1000;
 pub const MAX_BATCH: usize = 1000;
 pub const MAX_QUERY_CHARS: usize = 500;
+/// Stripes of the per-object lock: adds and deletes of the same object key are serialised.
+const OBJECT_LOCK_STRIPES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -54,6 +56,18 @@ pub struct SearchEngine {
     optimize: Arc<OptimizeScheduler>,
     /// Known values of each filter field, refreshed after writes.
     facets: tokio::sync::RwLock<Option<BTreeMap<String, Vec<FacetValue>>>>,
+    /// Objects are content-addressed and shared by every point with the same bytes. A delete
+    /// ("no point refers to it any more, remove it") racing an add of the same bytes ("store it,
+    /// index a point") could remove an object the new point uses; both hold the key's stripe.
+    object_locks: Box<[tokio::sync::Mutex<()>]>,
+}
+
+/// Which lock stripe guards `key` (std's default hasher is fixed within a process).
+fn object_stripe(key: &str) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % OBJECT_LOCK_STRIPES as u64) as usize
 }
 
 fn now_rfc3339() -> String {
@@ -107,6 +121,9 @@ impl SearchEngine {
             encoder,
             optimize: optimize.clone(),
             facets: tokio::sync::RwLock::new(None),
+            object_locks: (0..OBJECT_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         });
         // The optimizer holds only a weak handle: it ends when the engine is dropped.
         let weak = Arc::downgrade(&engine);
@@ -153,6 +170,21 @@ impl SearchEngine {
         self.optimize.notify.notify_one();
     }
 
+    /// Holds the lock stripes of `keys`, taken in stripe order so two writers cannot deadlock.
+    async fn lock_objects<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.into_iter().map(object_stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.object_locks[stripe].lock().await);
+        }
+        guards
+    }
+
     /// Checks paging and filters; unknown filter values are refused (they would match nothing).
     async fn plan(&self, params: &SearchParams) -> Result<(usize, usize, Filter), SearchError> {
         let k = params.k.unwrap_or(DEFAULT_K);
@@ -162,7 +194,7 @@ impl SearchEngine {
                 "k must be between 1 and {MAX_K}"
             )));
         }
-        if k + offset > MAX_DEPTH {
+        if k.checked_add(offset).is_none_or(|depth| depth > MAX_DEPTH) {
             return Err(SearchError::Invalid(format!(
                 "k + offset must be at most {MAX_DEPTH}"
             )));
@@ -356,10 +388,11 @@ impl SearchEngine {
             .into_iter()
             .next()
             .ok_or(SearchError::NotFound(id))?;
+        let key = record.payload.s3_key;
+        let guard = self.lock_objects([key.as_str()]).await;
         let started = Instant::now();
         self.index.delete(&[id]).await?;
         metrics::index_operation("delete", started.elapsed());
-        let key = record.payload.s3_key;
         let shared = self
             .index
             .count(&Filter {
@@ -369,6 +402,7 @@ impl SearchEngine {
         if shared == 0 {
             self.store.delete(&key).await?;
         }
+        drop(guard);
         self.after_write().await;
         tracing::info!(%id, s3_key = %key, object_deleted = shared == 0, "image deleted");
         Ok(())
@@ -383,6 +417,14 @@ impl SearchEngine {
         if !(1..=MAX_K).contains(&limit) {
             return Err(SearchError::Invalid(format!(
                 "limit must be between 1 and {MAX_K}"
+            )));
+        }
+        if offset
+            .checked_add(limit)
+            .is_none_or(|depth| depth > MAX_DEPTH)
+        {
+            return Err(SearchError::Invalid(format!(
+                "limit + offset must be at most {MAX_DEPTH}"
             )));
         }
         let filter_params = SearchParams {
@@ -467,6 +509,18 @@ impl SearchEngine {
     /// Idempotent upsert of ready-made vectors (the ETL's path).
     #[tracing::instrument(skip_all, fields(items = items.len()))]
     pub async fn ingest(&self, items: Vec<IngestItem>) -> Result<usize, SearchError> {
+        let points = self.points(items)?;
+        let guards = self
+            .lock_objects(points.iter().map(|p| p.payload.s3_key.as_str()))
+            .await;
+        let n = self.upsert(points).await?;
+        drop(guards);
+        self.after_write().await;
+        Ok(n)
+    }
+
+    /// Checks ingest items and makes them points.
+    fn points(&self, items: Vec<IngestItem>) -> Result<Vec<Point>, SearchError> {
         if items.is_empty() {
             return Err(SearchError::Invalid("no items".into()));
         }
@@ -508,12 +562,15 @@ impl SearchEngine {
                 },
             });
         }
+        Ok(points)
+    }
+
+    async fn upsert(&self, points: Vec<Point>) -> Result<usize, SearchError> {
         let n = points.len();
         let started = Instant::now();
         self.index.upsert(points).await?;
         metrics::index_operation("upsert", started.elapsed());
         metrics::ingested(n);
-        self.after_write().await;
         Ok(n)
     }
 
@@ -545,14 +602,17 @@ impl SearchEngine {
                 format!("{}/{key}", attributes.dataset).as_bytes(),
             )
         });
-        self.store.put(&key, bytes, content_type).await?;
-        self.ingest(vec![IngestItem {
+        let points = self.points(vec![IngestItem {
             id,
             vector,
-            s3_key: key,
+            s3_key: key.clone(),
             attributes,
-        }])
-        .await?;
+        }])?;
+        let guard = self.lock_objects([key.as_str()]).await;
+        self.store.put(&key, bytes, content_type).await?;
+        self.upsert(points).await?;
+        drop(guard);
+        self.after_write().await;
         self.get(id).await
     }
 

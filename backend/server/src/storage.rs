@@ -12,6 +12,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::head_bucket::HeadBucketError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::metrics;
 
@@ -31,8 +32,9 @@ pub struct StorageSettings {
     pub public_endpoint: String,
     pub region: String,
     pub bucket: String,
+    /// Not secret: it is part of every pre-signed URL.
     pub access_key: String,
-    pub secret_key: String,
+    pub secret_key: SecretString,
     pub presign_ttl: Duration,
 }
 
@@ -53,7 +55,7 @@ fn client(endpoint: &str, s: &StorageSettings) -> Client {
         .force_path_style(true)
         .credentials_provider(Credentials::new(
             s.access_key.clone(),
-            s.secret_key.clone(),
+            s.secret_key.expose_secret().to_owned(),
             None,
             None,
             "static",

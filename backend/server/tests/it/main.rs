@@ -3,5 +3,6 @@
 //! fed with real photos. Each test runs in its own process under cargo nextest.
 
 mod helpers;
+mod hostile;
 mod qdrant_server;
 mod search;

@@ -666,6 +666,11 @@ async fn add_image_by_upload_and_by_url_with_a_public_endpoint() {
         .expect("bind");
     let port = s3.local_addr().expect("addr").port();
     cfg.s3_public_endpoint = Some(format!("http://localhost:{port}"));
+    // Fetching by URL from loopback is refused unless allowlisted; "localhost" may resolve to
+    // both loopback addresses, and every address of a name must be allowed.
+    cfg.fetch_allow = format!("127.0.0.1:{port},[::1]:{port}")
+        .parse()
+        .expect("allowlist");
     let backend = start_backend_with(&cfg, s3).await.expect("backend");
     let product = &products(3)[2];
     let photo = std::fs::read(&product.photo).expect("photo");
