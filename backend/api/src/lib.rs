@@ -73,8 +73,12 @@ pub struct SearchResponse {
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// Results per page (1..=100, default 20).
+    #[param(minimum = 1, maximum = 100)]
+    #[schema(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
     /// Results to skip (default 0; k + offset at most 1000).
+    #[param(minimum = 0, maximum = 999)]
+    #[schema(minimum = 0, maximum = 999)]
     pub offset: Option<usize>,
     pub gender: Option<String>,
     pub category: Option<String>,
@@ -82,6 +86,8 @@ pub struct SearchParams {
     pub colour: Option<String>,
     pub dataset: Option<String>,
     /// Hide hits scoring below this (-1..=1).
+    #[param(minimum = -1.0, maximum = 1.0)]
+    #[schema(minimum = -1.0, maximum = 1.0)]
     pub min_score: Option<f32>,
 }
 
@@ -89,15 +95,21 @@ pub struct SearchParams {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TextQuery {
-    /// What the shopper typed, e.g. "red summer dress".
+    /// What the shopper typed, e.g. "red summer dress": required, not blank, at most 500
+    /// characters.
+    #[param(required = true, min_length = 1, max_length = 500, pattern = r"\S")]
     pub q: Option<String>,
 }
 
 /// `POST /search-image` (reference-design compatible) JSON form.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TextSearchRequest {
+    /// Not blank, at most 500 characters.
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub text: String,
+    /// Results (1..=100, default 20).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub k: Option<usize>,
 }
 
@@ -113,7 +125,14 @@ pub struct IngestItem {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IngestBatchRequest {
+    #[schema(min_items = 1, max_items = 1000)]
     pub items: Vec<IngestItem>,
+}
+
+/// `DELETE /v1/images/{id}`: the id that was removed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct DeleteResponse {
+    pub deleted: Uuid,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -124,6 +143,7 @@ pub struct IngestBatchResponse {
 /// Which of the given ids are already indexed (lets the ETL skip work cheaply).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExistsRequest {
+    #[schema(max_items = 1000)]
     pub ids: Vec<Uuid>,
 }
 

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
 use backend_api::{
-    ErrorBody, ErrorDetail, ExistsRequest, ExistsResponse, FacetsResponse, ImageAttributes,
-    ImageItem, IngestBatchRequest, IngestBatchResponse, ListResponse, SearchParams, SearchResponse,
-    StatsResponse, TextSearchRequest,
+    DeleteResponse, ErrorBody, ErrorDetail, ExistsRequest, ExistsResponse, FacetsResponse,
+    ImageAttributes, ImageItem, IngestBatchRequest, IngestBatchResponse, ListResponse,
+    SearchParams, SearchResponse, StatsResponse, TextSearchRequest,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -52,7 +52,7 @@ pub struct AppState {
         SearchResponse, backend_api::SearchHit, ImageItem, ImageAttributes, ListResponse,
         StatsResponse, FacetsResponse, backend_api::FacetValue, IngestBatchRequest,
         backend_api::IngestItem, IngestBatchResponse, ExistsRequest, ExistsResponse, ErrorBody,
-        ErrorDetail, TextSearchRequest, AddImageUrl
+        ErrorDetail, TextSearchRequest, AddImageUrl, DeleteResponse
     )),
     modifiers(&ApiKeyScheme)
 )]
@@ -411,7 +411,14 @@ impl FilterQuery {
 
 /// Text search with the model's prompt template.
 #[utoipa::path(get, path = "/v1/search", params(backend_api::TextQuery, SearchParams),
-    responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn search_text(
     State(state): State<AppState>,
     query: Result<Query<TextSearchQuery>, QueryRejection>,
@@ -446,7 +453,17 @@ async fn first_file(mut multipart: Multipart) -> Result<Vec<u8>, ApiError> {
 /// Image search: a multipart upload (field `file`), same filters as text search.
 #[utoipa::path(post, path = "/v1/search/image", params(SearchParams),
     request_body(content_type = "multipart/form-data", description = "field `file`: the query image"),
-    responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        (status = 413, description = "body or image too large", body = ErrorBody),
+        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn search_image(
     State(state): State<AppState>,
     query: Result<Query<FilterQuery>, QueryRejection>,
@@ -461,8 +478,18 @@ async fn search_image(
 }
 
 /// The reference design's endpoint: JSON `{"text": ..., "k": ...}` or a multipart image.
-#[utoipa::path(post, path = "/search-image", request_body = TextSearchRequest,
-    responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(post, path = "/search-image", request_body(content = TextSearchRequest, description = "JSON `{\"text\", \"k\"}`, or a multipart image in field `file`"),
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        (status = 413, description = "body or image too large", body = ErrorBody),
+        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn search_reference(
     State(state): State<AppState>,
     request: Request,
@@ -500,7 +527,15 @@ async fn search_reference(
 
 /// More like this: the images nearest to an indexed one.
 #[utoipa::path(get, path = "/v1/images/{id}/similar", params(("id" = Uuid, Path,), SearchParams),
-    responses((status = 200, body = SearchResponse), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 404, description = "no such image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn similar(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, PathRejection>,
@@ -512,7 +547,14 @@ async fn similar(
 }
 
 #[utoipa::path(get, path = "/v1/images/{id}", params(("id" = Uuid, Path,)),
-    responses((status = 200, body = ImageItem), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = ImageItem),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 404, description = "no such image", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn get_image(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, PathRejection>,
@@ -521,19 +563,53 @@ async fn get_image(
 }
 
 #[utoipa::path(delete, path = "/v1/images/{id}", params(("id" = Uuid, Path,)), security(("api_key" = [])),
-    responses((status = 200), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = DeleteResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "x-api-key missing or wrong", body = ErrorBody),
+        (status = 403, description = "writes disabled (no API_KEY configured)", body = ErrorBody),
+        (status = 404, description = "no such image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn delete_image(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, PathRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeleteResponse>, ApiError> {
     let id = path_id(id)?;
     state.engine.delete(id).await?;
-    Ok(Json(serde_json::json!({ "deleted": id })))
+    Ok(Json(DeleteResponse { deleted: id }))
+}
+
+/// `GET /v1/images` parameters as documented (the handler reads them through [`FilterQuery`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documentation only
+struct ListParams {
+    /// Items per page (1..=100, default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+    /// Items to skip (default 0; limit + offset at most 1000).
+    #[param(minimum = 0, maximum = 999)]
+    offset: Option<usize>,
+    gender: Option<String>,
+    category: Option<String>,
+    article_type: Option<String>,
+    colour: Option<String>,
+    dataset: Option<String>,
 }
 
 /// Indexed images in a stable order, filtered.
-#[utoipa::path(get, path = "/v1/images", params(SearchParams, ("limit" = Option<usize>, Query,)),
-    responses((status = 200, body = ListResponse), (status = 400, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/images", params(ListParams),
+    responses(
+        (status = 200, body = ListResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn list_images(
     State(state): State<AppState>,
     query: Result<Query<FilterQuery>, QueryRejection>,
@@ -546,19 +622,43 @@ async fn list_images(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/stats", responses((status = 200, body = StatsResponse)))]
+#[utoipa::path(get, path = "/v1/stats",
+    responses(
+        (status = 200, body = StatsResponse),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
     Ok(Json(state.engine.stats().await?))
 }
 
-#[utoipa::path(get, path = "/v1/facets", responses((status = 200, body = FacetsResponse)))]
+#[utoipa::path(get, path = "/v1/facets",
+    responses(
+        (status = 200, body = FacetsResponse),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn facets(State(state): State<AppState>) -> Result<Json<FacetsResponse>, ApiError> {
     Ok(Json(state.engine.facets().await?))
 }
 
 /// The ETL's path: idempotent upsert of vectors with payloads.
 #[utoipa::path(post, path = "/v1/images:batch", request_body = IngestBatchRequest, security(("api_key" = [])),
-    responses((status = 200, body = IngestBatchResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses(
+        (status = 200, body = IngestBatchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "x-api-key missing or wrong", body = ErrorBody),
+        (status = 403, description = "writes disabled (no API_KEY configured)", body = ErrorBody),
+        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        (status = 413, description = "body or image too large", body = ErrorBody),
+        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn ingest_batch(
     State(state): State<AppState>,
     body: Result<Json<IngestBatchRequest>, JsonRejection>,
@@ -569,7 +669,16 @@ async fn ingest_batch(
 }
 
 #[utoipa::path(post, path = "/v1/images:exists", request_body = ExistsRequest,
-    responses((status = 200, body = ExistsResponse)))]
+    responses(
+        (status = 200, body = ExistsResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        (status = 413, description = "body or image too large", body = ErrorBody),
+        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn exists(
     State(state): State<AppState>,
     body: Result<Json<ExistsRequest>, JsonRejection>,
@@ -584,6 +693,8 @@ async fn exists(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddImageUrl {
+    /// An http(s) URL on a public address (see `BACKEND_FETCH_ALLOW`).
+    #[schema(min_length = 1)]
     pub url: String,
     #[serde(default)]
     pub id: Option<Uuid>,
@@ -592,8 +703,20 @@ pub struct AddImageUrl {
 }
 
 /// Adds one image, by multipart upload (`file` plus attribute fields) or JSON with a URL.
-#[utoipa::path(post, path = "/v1/images", request_body = AddImageUrl, security(("api_key" = [])),
-    responses((status = 200, body = ImageItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 415, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/images", request_body(content = AddImageUrl, description = "JSON with a URL to fetch, or multipart: field `file` plus attribute fields"), security(("api_key" = [])),
+    responses(
+        (status = 200, body = ImageItem),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "x-api-key missing or wrong", body = ErrorBody),
+        (status = 403, description = "writes disabled (no API_KEY configured)", body = ErrorBody),
+        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        (status = 413, description = "body or image too large", body = ErrorBody),
+        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
 async fn add_image(
     State(state): State<AppState>,
     request: Request,
@@ -686,5 +809,85 @@ fn fetch_error(fetcher: &ImageFetcher, error: FetchError) -> ApiError {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounds and error statuses the handlers enforce are in the document.
+    #[test]
+    fn the_openapi_document_states_bounds_and_errors() {
+        let spec = serde_json::to_value(ApiDoc::openapi()).expect("spec");
+        let param = |path: &str, method: &str, name: &str| {
+            spec["paths"][path][method]["parameters"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .cloned()
+                .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
+        };
+        let k = param("/v1/search", "get", "k");
+        assert_eq!(
+            (
+                k["schema"]["minimum"].as_f64(),
+                k["schema"]["maximum"].as_f64()
+            ),
+            (Some(1.0), Some(100.0)),
+            "{k}"
+        );
+        let offset = param("/v1/images/{id}/similar", "get", "offset");
+        assert_eq!(
+            offset["schema"]["maximum"].as_f64(),
+            Some(999.0),
+            "{offset}"
+        );
+        let q = param("/v1/search", "get", "q");
+        assert_eq!(q["required"], true, "{q}");
+        assert_eq!(q["schema"]["minLength"], 1, "{q}");
+        assert_eq!(q["schema"]["maxLength"], 500, "{q}");
+        let limit = param("/v1/images", "get", "limit");
+        assert_eq!(limit["schema"]["maximum"].as_f64(), Some(100.0), "{limit}");
+        let statuses = |path: &str, method: &str| -> Vec<String> {
+            spec["paths"][path][method]["responses"]
+                .as_object()
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        for (path, method, expected) in [
+            ("/v1/search", "get", &["200", "400", "429", "503"][..]),
+            ("/v1/images/{id}", "get", &["200", "400", "404", "503"]),
+            ("/v1/images/{id}/similar", "get", &["200", "400", "404"]),
+            (
+                "/v1/images/{id}",
+                "delete",
+                &["200", "400", "401", "403", "404"],
+            ),
+            (
+                "/v1/images:batch",
+                "post",
+                &["200", "400", "401", "403", "413", "415"],
+            ),
+            (
+                "/v1/images",
+                "post",
+                &["200", "400", "401", "413", "415", "429", "503"],
+            ),
+            (
+                "/v1/search/image",
+                "post",
+                &["200", "400", "408", "413", "415", "503"],
+            ),
+        ] {
+            let got = statuses(path, method);
+            for status in expected {
+                assert!(
+                    got.iter().any(|s| s == status),
+                    "{method} {path} does not document {status}: {got:?}"
+                );
+            }
+        }
+        let retry = &spec["paths"]["/v1/search"]["get"]["responses"]["503"]["headers"];
+        assert!(retry["Retry-After"].is_object(), "{retry}");
     }
 }
