@@ -200,6 +200,7 @@ bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json
 # Parts kept beside what they build: the telemetry stack and model training.
 -include observability/observability.mk
 -include model-serving/training/training.mk
+-include model-serving/fuzz/fuzz.mk
 
 .PHONY: clean
 clean: ## remove build output and generated models (keeps the download cache)
