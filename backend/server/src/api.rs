@@ -150,6 +150,10 @@ pub enum ApiError {
     NotFound(String),
     PayloadTooLarge(String),
     Unsupported(String),
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
     Upstream {
         status: StatusCode,
         code: String,
@@ -171,6 +175,10 @@ impl From<SearchError> for ApiError {
                 message,
             },
             SearchError::NotFound(id) => Self::NotFound(format!("no image with id {id}")),
+            SearchError::ObjectGone(key) => Self::Conflict {
+                code: "object_missing",
+                message: format!("object {key} was deleted meanwhile; store it again, then retry"),
+            },
             SearchError::Encoder(EncoderError::Unavailable {
                 message,
                 retry_after,
@@ -253,6 +261,9 @@ impl IntoResponse for ApiError {
                 message,
                 None,
             ),
+            Self::Conflict { code, message } => {
+                (StatusCode::CONFLICT, code.to_owned(), message, None)
+            }
             Self::Unsupported(message) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type".into(),
@@ -652,6 +663,7 @@ async fn facets(State(state): State<AppState>) -> Result<Json<FacetsResponse>, A
         (status = 401, description = "x-api-key missing or wrong", body = ErrorBody),
         (status = 403, description = "writes disabled (no API_KEY configured)", body = ErrorBody),
         (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        (status = 409, description = "an item's object was deleted meanwhile; store it again", body = ErrorBody),
         (status = 413, description = "body or image too large", body = ErrorBody),
         (status = 415, description = "wrong content type or not an image", body = ErrorBody),
         (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),

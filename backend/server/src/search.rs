@@ -1,7 +1,7 @@
 //! The search engine: query → embedding → vector search → pre-signed URLs, and the write path.
 //! It knows nothing of HTTP; the handlers map its [`SearchError`] to statuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ pub const MAX_BATCH: usize = 1000;
 pub const MAX_QUERY_CHARS: usize = 500;
 /// Stripes of the per-object lock: adds and deletes of the same object key are serialised.
 const OBJECT_LOCK_STRIPES: usize = 64;
+/// How long (and how many) object keys removed by deletes are remembered for batch ingests.
+const RECENTLY_DELETED_FOR: Duration = Duration::from_secs(600);
+const RECENTLY_DELETED_MAX: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
@@ -36,6 +39,9 @@ pub enum SearchError {
     Invalid(String),
     #[error("no image with id {0}")]
     NotFound(Uuid),
+    /// A batch item names an object that a delete removed while the batch was on its way.
+    #[error("object {0} was deleted meanwhile; store it again, then retry")]
+    ObjectGone(String),
     #[error(transparent)]
     Encoder(#[from] EncoderError),
     #[error(transparent)]
@@ -60,6 +66,11 @@ pub struct SearchEngine {
     /// ("no point refers to it any more, remove it") racing an add of the same bytes ("store it,
     /// index a point") could remove an object the new point uses; both hold the key's stripe.
     object_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Keys whose object a delete removed lately. A batch ingest names objects the ETL stored
+    /// before sending it, so the lock alone cannot help when the delete comes in between: such
+    /// keys are checked (`HEAD`) before their points are written. Deletes are rare, so almost
+    /// every batch checks nothing.
+    recently_deleted: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 /// Which lock stripe guards `key` (std's default hasher is fixed within a process).
@@ -124,6 +135,7 @@ impl SearchEngine {
             object_locks: (0..OBJECT_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            recently_deleted: std::sync::Mutex::new(HashMap::new()),
         });
         // The optimizer holds only a weak handle: it ends when the engine is dropped.
         let weak = Arc::downgrade(&engine);
@@ -183,6 +195,49 @@ impl SearchEngine {
             guards.push(self.object_locks[stripe].lock().await);
         }
         guards
+    }
+
+    fn recently_deleted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.recently_deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember_deleted(&self, key: &str) {
+        let mut deleted = self.recently_deleted();
+        if deleted.len() >= RECENTLY_DELETED_MAX {
+            deleted.retain(|_, at| at.elapsed() < RECENTLY_DELETED_FOR);
+        }
+        if deleted.len() < RECENTLY_DELETED_MAX {
+            deleted.insert(key.to_owned(), Instant::now());
+        }
+    }
+
+    /// Under the keys' locks: every object a delete removed lately must be back before a point
+    /// may name it.
+    async fn check_objects(&self, points: &[Point]) -> Result<(), SearchError> {
+        let suspects: Vec<String> = {
+            let deleted = self.recently_deleted();
+            if deleted.is_empty() {
+                return Ok(());
+            }
+            let mut keys: Vec<String> = points
+                .iter()
+                .map(|p| &p.payload.s3_key)
+                .filter(|k| deleted.contains_key(*k))
+                .cloned()
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        };
+        for key in suspects {
+            if !self.store.exists(&key).await? {
+                return Err(SearchError::ObjectGone(key));
+            }
+            self.recently_deleted().remove(&key);
+        }
+        Ok(())
     }
 
     /// Checks paging and filters; unknown filter values are refused (they would match nothing).
@@ -401,6 +456,7 @@ impl SearchEngine {
             .await?;
         if shared == 0 {
             self.store.delete(&key).await?;
+            self.remember_deleted(&key);
         }
         drop(guard);
         self.after_write().await;
@@ -513,6 +569,7 @@ impl SearchEngine {
         let guards = self
             .lock_objects(points.iter().map(|p| p.payload.s3_key.as_str()))
             .await;
+        self.check_objects(&points).await?;
         let n = self.upsert(points).await?;
         drop(guards);
         self.after_write().await;
@@ -610,6 +667,7 @@ impl SearchEngine {
         }])?;
         let guard = self.lock_objects([key.as_str()]).await;
         self.store.put(&key, bytes, content_type).await?;
+        self.recently_deleted().remove(&key);
         self.upsert(points).await?;
         drop(guard);
         self.after_write().await;

@@ -10,6 +10,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::head_bucket::HeadBucketError;
+use aws_sdk_s3::operation::head_object::HeadObjectError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -171,6 +172,27 @@ impl ObjectStore {
                 Err(StorageError::NotFound(key.to_owned()))
             }
             Err(e) => Err(unavailable("get object", &e)),
+        }
+    }
+
+    /// Whether `key` is stored (a `HEAD`).
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(HeadObjectError::is_not_found) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("head object", &e)),
         }
     }
 

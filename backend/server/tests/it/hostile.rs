@@ -413,3 +413,89 @@ async fn a_delete_racing_an_add_of_the_same_bytes_keeps_the_object() {
     backend.stop().await;
     ms.stop().await.expect("model-serving stops cleanly");
 }
+
+#[tokio::test]
+async fn a_batch_cannot_name_an_object_a_racing_delete_removed() {
+    use backend::search::SearchError;
+    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let backend = start_backend(&config(data.path(), ms.addr))
+        .await
+        .expect("backend");
+    let engine = backend.engine.clone();
+    let photo = std::fs::read(&products(1)[0].photo).expect("photo");
+    let key = backend::search::content_key(&photo, "jpg");
+    let vector = engine
+        .encoder()
+        .embed_images(vec![photo.clone()])
+        .await
+        .expect("embed")
+        .remove(0);
+    let item = |id: Uuid| backend_api::IngestItem {
+        id,
+        vector: vector.clone(),
+        s3_key: key.clone(),
+        attributes: ImageAttributes {
+            dataset: "etl".into(),
+            ..Default::default()
+        },
+    };
+
+    // Deterministic: the object went with the last point; a batch naming it is refused until
+    // the object is stored again.
+    let old = Uuid::new_v4();
+    engine
+        .store()
+        .put(&key, photo.clone(), "image/jpeg")
+        .await
+        .expect("put");
+    engine.ingest(vec![item(old)]).await.expect("ingest");
+    engine.delete(old).await.expect("delete");
+    let new = Uuid::new_v4();
+    match engine.ingest(vec![item(new)]).await {
+        Err(SearchError::ObjectGone(gone)) => assert_eq!(gone, key),
+        other => panic!("expected ObjectGone, got {other:?}"),
+    }
+    assert!(engine.get(new).await.is_err(), "no point was written");
+    engine
+        .store()
+        .put(&key, photo.clone(), "image/jpeg")
+        .await
+        .expect("put");
+    assert_eq!(engine.ingest(vec![item(new)]).await.expect("ingest"), 1);
+    engine.delete(new).await.expect("delete");
+
+    // Racing, as the ETL would: store the object, then the batch arrives while the last point
+    // naming it is being deleted. Whichever wins, no point is left naming a missing object.
+    let mut refused = 0;
+    for round in 0..20 {
+        engine
+            .store()
+            .put(&key, photo.clone(), "image/jpeg")
+            .await
+            .expect("put");
+        let old = Uuid::new_v4();
+        engine.ingest(vec![item(old)]).await.expect("ingest");
+        let new = Uuid::new_v4();
+        let (deleted, ingested) = tokio::join!(engine.delete(old), engine.ingest(vec![item(new)]));
+        deleted.expect("delete");
+        match ingested {
+            Ok(1) => {
+                assert!(
+                    engine.store().exists(&key).await.expect("head"),
+                    "round {round}: point {new} names a deleted object"
+                );
+                engine.delete(new).await.expect("delete new");
+            }
+            Err(SearchError::ObjectGone(_)) => {
+                refused += 1;
+                assert!(engine.get(new).await.is_err());
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    eprintln!("{refused} of 20 racing batches were refused with object_missing");
+    drop(engine);
+    backend.stop().await;
+    ms.stop().await.expect("model-serving stops cleanly");
+}
