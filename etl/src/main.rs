@@ -11,7 +11,8 @@ use etl::{Clients, LoadOptions};
 use model_serving_api::ModelServingClient;
 use secrecy::{ExposeSecret, SecretString};
 
-#[derive(Parser)]
+/// Secrets are `SecretString`s: the derived `Debug` (logged at start) prints them masked.
+#[derive(Debug, Parser)]
 #[command(
     name = "etl",
     version,
@@ -24,7 +25,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 struct Services {
     #[arg(long, env = "BACKEND_URL", default_value = "http://127.0.0.1:8000")]
     backend_url: String,
@@ -52,7 +53,7 @@ struct Services {
     pushgateway_url: Option<String>,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Load a dataset: encode, store, index. Safe to rerun: what is indexed is skipped.
     Load {
@@ -98,6 +99,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let s = cli.services;
+    tracing::info!(services = ?s, "etl configuration");
     let mut backend = BackendClient::new(s.backend_url.clone(), Duration::from_secs(60))?;
     if let Some(key) = &s.api_key {
         backend = backend.with_api_key(key.expose_secret());
@@ -135,9 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
             dry_run,
         } => {
-            let secret = |v: &Option<SecretString>, name: &str| {
-                v.as_ref()
-                    .map(|k| k.expose_secret().to_owned())
+            let required = |v: &Option<SecretString>, name: &str| {
+                v.clone()
                     .with_context(|| format!("{name} is required to store images"))
             };
             let store = ObjectStore::new(&StorageSettings {
@@ -145,8 +146,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 public_endpoint: s.s3_endpoint.clone(),
                 region: s.s3_region.clone(),
                 bucket: s.s3_bucket.clone(),
-                access_key: secret(&s.s3_access_key, "S3_ACCESS_KEY")?,
-                secret_key: secret(&s.s3_secret_key, "S3_SECRET_KEY")?.into(),
+                // The access key is not secret (it is in every pre-signed URL).
+                access_key: required(&s.s3_access_key, "S3_ACCESS_KEY")?
+                    .expose_secret()
+                    .to_owned(),
+                secret_key: required(&s.s3_secret_key, "S3_SECRET_KEY")?,
                 presign_ttl: Duration::from_secs(60),
             })?;
             let clients = Clients {
@@ -209,5 +213,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_masks_every_secret() {
+        let cli = Cli::try_parse_from([
+            "etl",
+            "--api-key",
+            "api-key-sentinel-0123456789",
+            "--s3-access-key",
+            "access-key-sentinel",
+            "--s3-secret-key",
+            "s3-secret-sentinel-0123456789",
+            "status",
+        ])
+        .expect("valid arguments");
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("backend_url"), "{shown}");
+        for secret in [
+            "api-key-sentinel-0123456789",
+            "access-key-sentinel",
+            "s3-secret-sentinel-0123456789",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        let key = cli
+            .services
+            .s3_secret_key
+            .as_ref()
+            .map(|k| k.expose_secret());
+        assert_eq!(key, Some("s3-secret-sentinel-0123456789"));
     }
 }
