@@ -11,12 +11,13 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
+use axum::middleware::{self, FromFnLayer, Next};
 use axum::response::Response;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -47,6 +48,28 @@ impl Rate {
     }
 }
 
+/// Proxies whose `X-Forwarded-For` is believed: comma-separated IP addresses (empty entries
+/// ignored), as read from a setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpAddr>);
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry
+                    .parse()
+                    .map_err(|_| format!("{entry:?} is not an IP address"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Ip(IpAddr),
@@ -63,6 +86,12 @@ enum KeyedBy {
         hasher: RandomState,
     },
 }
+
+type CheckFn =
+    fn(State<RateLimit>, Request, Next) -> Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// What [`RateLimit::layer`] returns.
+pub type RateLimitLayer = FromFnLayer<CheckFn, RateLimit, (State<RateLimit>, Request)>;
 
 /// A keyed rate limit, shared by every route it is applied to.
 #[derive(Clone)]
@@ -119,7 +148,14 @@ impl RateLimit {
         if self.is_off() {
             return routes;
         }
-        routes.route_layer(middleware::from_fn_with_state(self.clone(), check))
+        routes.route_layer(self.layer())
+    }
+
+    /// The limit as a layer, for single methods of a route:
+    /// `get(list).merge(post(add).route_layer(limit.layer()))`.
+    pub fn layer(&self) -> RateLimitLayer {
+        let check: CheckFn = |state, request, next| Box::pin(check(state, request, next));
+        middleware::from_fn_with_state(self.clone(), check)
     }
 
     fn key(&self, request: &Request) -> Option<Key> {
@@ -283,6 +319,14 @@ mod tests {
             bucket_of(ip("2001:db8:1:3::1"))
         );
         assert_eq!(bucket_of(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn trusted_proxies_parse_from_a_setting() {
+        let parsed: TrustedProxies = " 10.0.0.1, ,::1".parse().expect("parses");
+        assert_eq!(parsed.0, vec![ip("10.0.0.1"), ip("::1")]);
+        assert_eq!("".parse::<TrustedProxies>(), Ok(TrustedProxies::default()));
+        assert!("10.0.0.0/8".parse::<TrustedProxies>().is_err());
     }
 
     #[test]
