@@ -104,6 +104,7 @@ async fn pipeline() -> anyhow::Result<()> {
         model_serving::HttpLimits {
             max_body_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),
+            ..model_serving::HttpLimits::default()
         },
     )
     .await?;

@@ -119,6 +119,7 @@ pub fn http_limits() -> HttpLimits {
     HttpLimits {
         max_body_bytes: 32 << 20,
         request_timeout: Duration::from_secs(60),
+        ..HttpLimits::default()
     }
 }
 

@@ -139,6 +139,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let limits = model_serving::HttpLimits {
         max_body_bytes: 32 << 20,
         request_timeout: Duration::from_secs(300),
+        ..model_serving::HttpLimits::default()
     };
     let model =
         local_stack::start_model_serving(local_stack::loopback().await?, config, limits).await?;

@@ -17,6 +17,7 @@ use model_serving_api::{
 };
 use telemetry::PrometheusHandle;
 use telemetry::Readiness;
+use telemetry::edge::EdgeLimits;
 
 use crate::batcher::BatchError;
 use crate::encoder::{ClipEncoder, EncodeError};
@@ -28,6 +29,36 @@ pub const SERVICE: &str = "model-serving";
 pub struct HttpLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Deadline for a whole request body from its head (408 beyond: slow uploads).
+    pub body_timeout: Duration,
+    /// Deadline for a request head (the connection is closed beyond).
+    pub header_timeout: Duration,
+    /// Encode requests handled at once; more are refused at once with 503. 0: unlimited.
+    pub max_concurrent: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        let edge = EdgeLimits::new(Duration::from_secs(30));
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            request_timeout: edge.request_timeout,
+            body_timeout: edge.body_timeout,
+            header_timeout: edge.header_timeout,
+            max_concurrent: edge.max_concurrent,
+        }
+    }
+}
+
+impl HttpLimits {
+    pub fn edge(&self) -> EdgeLimits {
+        EdgeLimits {
+            request_timeout: self.request_timeout,
+            body_timeout: self.body_timeout,
+            header_timeout: self.header_timeout,
+            max_concurrent: self.max_concurrent,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -36,14 +67,19 @@ pub struct AppState {
     pub limits: HttpLimits,
 }
 
-/// The whole service: encode endpoints, model info, metrics and health.
+/// The whole service: encode endpoints, model info, metrics and health. The encode endpoints
+/// sit behind the shared edge limits ([`telemetry::edge::protect`]); metrics and health do not,
+/// so they answer while the encoders are saturated.
 pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) -> Router {
     let body_limit = state.limits.max_body_bytes;
-    Router::new()
+    let edge = state.limits.edge();
+    let api = Router::new()
         .route("/encode_text", post(encode_text))
         .route("/encode_image", post(encode_image))
         .route("/v1/model", get(model_info))
-        .with_state(state)
+        .with_state(state);
+    Router::new()
+        .merge(telemetry::edge::protect(api, SERVICE, &edge))
         .merge(telemetry::ops_router(metrics, readiness))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

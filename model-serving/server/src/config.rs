@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use telemetry::edge;
 
 use crate::api::HttpLimits;
 use crate::batcher::BatchConfig;
@@ -49,6 +50,19 @@ pub struct ServeConfig {
     pub threads: usize,
     #[arg(long, env = "MODEL_SERVING_TIMEOUT_SECS", default_value_t = 30)]
     pub timeout_secs: u64,
+    /// Deadline for a whole request body (a slower upload is refused with 408).
+    #[arg(long, env = "MODEL_SERVING_BODY_TIMEOUT_SECS", default_value_t = edge::DEFAULT_BODY_TIMEOUT_SECS)]
+    pub body_timeout_secs: u64,
+    /// Deadline for a request head (the connection is closed beyond it).
+    #[arg(long, env = "MODEL_SERVING_HEADER_TIMEOUT_SECS", default_value_t = edge::DEFAULT_HEADER_TIMEOUT_SECS)]
+    pub header_timeout_secs: u64,
+    /// Encode requests handled at once; more are refused at once with 503. 0 = unlimited.
+    #[arg(
+        long,
+        env = "MODEL_SERVING_MAX_CONCURRENT_REQUESTS",
+        default_value_t = edge::DEFAULT_MAX_CONCURRENT_REQUESTS
+    )]
+    pub max_concurrent_requests: usize,
 }
 
 impl ServeConfig {
@@ -72,6 +86,9 @@ impl ServeConfig {
         HttpLimits {
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+            header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            max_concurrent: self.max_concurrent_requests,
         }
     }
 }

@@ -26,7 +26,7 @@ pub use api::{AppState, HttpLimits, router};
 pub use encoder::{ClipEncoder, EncoderConfig};
 
 /// Serves `encoder` on a bound listener until `shutdown` completes, then drains in-flight
-/// requests.
+/// requests. A request head must arrive within `limits.header_timeout`.
 pub async fn serve(
     listener: TcpListener,
     encoder: Arc<ClipEncoder>,
@@ -41,8 +41,7 @@ pub async fn serve(
     }
     let readiness = Readiness::new();
     readiness.set_ready("model");
+    let header_timeout = limits.header_timeout;
     let app = router(AppState { encoder, limits }, metrics, readiness);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    telemetry::edge::serve(listener, app, header_timeout, shutdown).await
 }

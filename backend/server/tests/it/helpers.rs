@@ -87,6 +87,7 @@ pub async fn start_model_serving(addr: SocketAddr) -> Running<()> {
         HttpLimits {
             max_body_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),
+            ..HttpLimits::default()
         },
     )
     .await

@@ -128,6 +128,7 @@ async fn start_service(settings: &Settings, max_batch: usize) -> anyhow::Result<
     let limits = HttpLimits {
         max_body_bytes: 32 << 20,
         request_timeout: Duration::from_secs(300),
+        ..HttpLimits::default()
     };
     let server = tokio::spawn(model_serving::serve(
         listener,

@@ -103,6 +103,7 @@ pub fn limits() -> HttpLimits {
     HttpLimits {
         max_body_bytes: 8 * 1024 * 1024,
         request_timeout: Duration::from_secs(30),
+        ..HttpLimits::default()
     }
 }
 
