@@ -19,6 +19,8 @@ use backend_api::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use telemetry::edge::EdgeLimits;
+use telemetry::rate_limit::RateLimit;
 use telemetry::{PrometheusHandle, Readiness};
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -71,67 +73,77 @@ impl utoipa::Modify for ApiKeyScheme {
     }
 }
 
-pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) -> Router {
+/// What the edge admits ([`telemetry::edge`]): timeouts and load shedding on every API route,
+/// rate limits per client on the searches and per API key on the writes.
+#[derive(Clone)]
+pub struct Edge {
+    pub limits: EdgeLimits,
+    pub per_client: RateLimit,
+    pub per_key: RateLimit,
+}
+
+pub fn router(
+    state: AppState,
+    metrics: PrometheusHandle,
+    readiness: Readiness,
+    edge: &Edge,
+) -> Router {
     let body_limit = state.max_body_bytes;
-    let timeout = state.timeout;
     // Writes check the key before anything reads the body (a 32 MiB batch is not parsed for
     // an anonymous caller).
     let writer = middleware::from_fn_with_state(state.clone(), require_write_key);
+    let search = edge.per_client.layer();
+    let write = edge.per_key.layer();
     let api = Router::new()
-        .route("/search-image", post(search_reference))
-        .route("/v1/search", get(search_text))
-        .route("/v1/search/image", post(search_image))
+        .route(
+            "/search-image",
+            post(search_reference).route_layer(search.clone()),
+        )
+        .route("/v1/search", get(search_text).route_layer(search.clone()))
+        .route(
+            "/v1/search/image",
+            post(search_image).route_layer(search.clone()),
+        )
         .route(
             "/v1/images",
-            get(list_images).merge(post(add_image).route_layer(writer.clone())),
+            get(list_images).merge(
+                post(add_image)
+                    .route_layer(writer.clone())
+                    .route_layer(write.clone()),
+            ),
         )
         .route(
             "/v1/images:batch",
-            post(ingest_batch).route_layer(writer.clone()),
+            post(ingest_batch)
+                .route_layer(writer.clone())
+                .route_layer(write.clone()),
         )
         .route("/v1/images:exists", post(exists))
         .route(
             "/v1/images/{id}",
-            get(get_image).merge(delete(delete_image).route_layer(writer)),
+            get(get_image).merge(delete(delete_image).route_layer(writer).route_layer(write)),
         )
-        .route("/v1/images/{id}/similar", get(similar))
+        .route("/v1/images/{id}/similar", get(similar).route_layer(search))
         .route("/v1/stats", get(stats))
         .route("/v1/facets", get(facets))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
-        .with_state(state);
-    Router::new()
-        .merge(api)
+        .with_state(state)
         // Swagger UI from the crate's vendored copy: the docs work on machines with no CDN access.
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")
                 .config(utoipa_swagger_ui::Config::from("/openapi.json")),
-        )
+        );
+    Router::new()
+        .merge(telemetry::edge::protect(api, SERVICE, &edge.limits))
+        // Outside the edge limits: probes and scrapes answer while the API sheds load.
         .merge(telemetry::ops_router(metrics, readiness))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
-        .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(middleware::from_fn_with_state(
             SERVICE,
             telemetry::http::track_requests,
         ))
-}
-
-/// Bounds every request; a timeout is a fault to retry, so 503 + Retry-After.
-async fn request_timeout(
-    State(limit): State<Duration>,
-    request: Request,
-    next: middleware::Next,
-) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Unavailable {
-            code: "timeout",
-            message: "the request took too long; retry shortly".into(),
-            retry_after: 1,
-        }
-        .into_response(),
-    }
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
+use telemetry::edge::{self, EdgeLimits};
+use telemetry::rate_limit::{Rate, TrustedProxies};
 
 use crate::fetch::{AllowList, FetchSettings};
 
@@ -75,6 +77,9 @@ pub struct BackendConfig {
     /// address:port (`10.0.0.0/8,127.0.0.1:8080`). Empty: public addresses only.
     #[arg(long, env = "BACKEND_FETCH_ALLOW", default_value = "")]
     pub fetch_allow: AllowList,
+    /// Edge limits, rate limits and readiness probing.
+    #[command(flatten)]
+    pub edge: EdgeConfig,
 }
 
 impl BackendConfig {
@@ -113,6 +118,105 @@ impl BackendConfig {
             connect_timeout: Duration::from_secs(3),
             total_timeout: self.timeout().min(Duration::from_secs(10)),
         }
+    }
+}
+
+/// What the backend admits at its edge ([`telemetry::edge`], [`telemetry::rate_limit`]) and
+/// how often readiness probes its dependencies. Defaults: [`EdgeConfig::default`].
+#[derive(Debug, Clone, Args)]
+pub struct EdgeConfig {
+    /// Deadline for a whole request body (a slower upload is refused with 408).
+    #[arg(long, env = "BACKEND_BODY_TIMEOUT_SECS", default_value_t = edge::DEFAULT_BODY_TIMEOUT_SECS)]
+    pub body_timeout_secs: u64,
+    /// Deadline for a request head (the connection is closed beyond it).
+    #[arg(long, env = "BACKEND_HEADER_TIMEOUT_SECS", default_value_t = edge::DEFAULT_HEADER_TIMEOUT_SECS)]
+    pub header_timeout_secs: u64,
+    /// API requests handled at once; more are refused at once with 503. 0 = unlimited.
+    #[arg(long, env = "BACKEND_MAX_CONCURRENT_REQUESTS", default_value_t = edge::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+    /// Searches per second per client IP (search, image search, similar); 0 = no limit.
+    #[arg(long, env = "BACKEND_SEARCH_RATE_PER_SEC", default_value_t = DEFAULT_SEARCH_RATE.per_second)]
+    pub search_rate_per_sec: u32,
+    /// Searches a client may send at once before the per-second rate applies.
+    #[arg(long, env = "BACKEND_SEARCH_RATE_BURST", default_value_t = DEFAULT_SEARCH_RATE.burst)]
+    pub search_rate_burst: u32,
+    /// Writes per second per API key (add, batch, delete); 0 = no limit.
+    #[arg(long, env = "BACKEND_WRITE_RATE_PER_SEC", default_value_t = DEFAULT_WRITE_RATE.per_second)]
+    pub write_rate_per_sec: u32,
+    #[arg(long, env = "BACKEND_WRITE_RATE_BURST", default_value_t = DEFAULT_WRITE_RATE.burst)]
+    pub write_rate_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client for the rate limits (comma-separated
+    /// addresses). Empty: the peer address is the client.
+    #[arg(long, env = "BACKEND_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+    /// How often readiness probes the index, object storage and model-serving.
+    #[arg(long, env = "BACKEND_READY_PROBE_INTERVAL_MS", default_value_t = DEFAULT_READY_PROBE_INTERVAL_MS)]
+    pub ready_probe_interval_ms: u64,
+}
+
+pub const DEFAULT_SEARCH_RATE: Rate = Rate {
+    per_second: 50,
+    burst: 100,
+};
+pub const DEFAULT_WRITE_RATE: Rate = Rate {
+    per_second: 20,
+    burst: 50,
+};
+pub const DEFAULT_READY_PROBE_INTERVAL_MS: u64 = 2000;
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            body_timeout_secs: edge::DEFAULT_BODY_TIMEOUT_SECS,
+            header_timeout_secs: edge::DEFAULT_HEADER_TIMEOUT_SECS,
+            max_concurrent_requests: edge::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            search_rate_per_sec: DEFAULT_SEARCH_RATE.per_second,
+            search_rate_burst: DEFAULT_SEARCH_RATE.burst,
+            write_rate_per_sec: DEFAULT_WRITE_RATE.per_second,
+            write_rate_burst: DEFAULT_WRITE_RATE.burst,
+            trusted_proxies: TrustedProxies::default(),
+            ready_probe_interval_ms: DEFAULT_READY_PROBE_INTERVAL_MS,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The defaults without rate limits: for tests and benchmarks that load one backend from
+    /// one address.
+    pub fn without_rate_limits() -> Self {
+        Self {
+            search_rate_per_sec: 0,
+            write_rate_per_sec: 0,
+            ..Self::default()
+        }
+    }
+
+    /// The edge limits around the request timeout.
+    pub fn limits(&self, request_timeout: Duration) -> EdgeLimits {
+        EdgeLimits {
+            request_timeout,
+            body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+            header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            max_concurrent: self.max_concurrent_requests,
+        }
+    }
+
+    pub fn search_rate(&self) -> Rate {
+        Rate {
+            per_second: self.search_rate_per_sec,
+            burst: self.search_rate_burst,
+        }
+    }
+
+    pub fn write_rate(&self) -> Rate {
+        Rate {
+            per_second: self.write_rate_per_sec,
+            burst: self.write_rate_burst,
+        }
+    }
+
+    pub fn ready_probe_interval(&self) -> Duration {
+        Duration::from_millis(self.ready_probe_interval_ms.max(100))
     }
 }
 

@@ -20,9 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::http::HeaderName;
 use model_serving_api::ModelServingClient;
 use secrecy::ExposeSecret;
 use telemetry::Readiness;
+use telemetry::ops::{Probe, ProbeTask};
+use telemetry::rate_limit::RateLimit;
 use tokio::net::TcpListener;
 
 use crate::config::BackendConfig;
@@ -30,7 +33,7 @@ use crate::embedded_s3::EmbeddedS3;
 use crate::encoder::{EncoderSettings, QueryEncoder};
 use crate::index::edge::EdgeIndex;
 use crate::index::server::QdrantServerIndex;
-use crate::index::{SearchTuning, VectorIndex};
+use crate::index::{Filter, SearchTuning, VectorIndex};
 use crate::search::SearchEngine;
 use crate::storage::{ObjectStore, StorageSettings};
 
@@ -39,6 +42,9 @@ pub struct Backend {
     pub app: axum::Router,
     pub engine: Arc<SearchEngine>,
     pub embedded_s3: Option<EmbeddedS3>,
+    /// Keeps `/health/ready` current; stopped when the backend stops.
+    pub probes: ProbeTask,
+    pub header_timeout: Duration,
 }
 
 /// Builds every part from the configuration. `s3_listener` is where the embedded S3 server
@@ -136,6 +142,7 @@ pub async fn build(
 
     let client =
         ModelServingClient::new(config.model_serving_url.clone(), Duration::from_secs(20))?;
+    let model_serving = client.clone();
     let encoder = QueryEncoder::new(
         client,
         EncoderSettings {
@@ -143,9 +150,14 @@ pub async fn build(
             ..EncoderSettings::default()
         },
     );
+    let readiness = Readiness::new();
     match encoder.model_info().await {
-        Ok(info) => tracing::info!(model = %info.name, dim = info.dim, "model-serving reachable"),
+        Ok(info) => {
+            readiness.set_ready("model_serving");
+            tracing::info!(model = %info.name, dim = info.dim, "model-serving reachable")
+        }
         Err(error) => {
+            readiness.set_not_ready("model_serving", "not reachable yet");
             tracing::warn!(%error, "model-serving not reachable yet; searches answer 503 until it is")
         }
     }
@@ -165,9 +177,27 @@ pub async fn build(
         encoder,
         Duration::from_secs(config.optimize_after_secs),
     );
-    let readiness = Readiness::new();
     readiness.set_ready("index");
     readiness.set_ready("storage");
+    let interval = config.edge.ready_probe_interval();
+    let probes = readiness.watch(
+        dependency_probes(&engine, model_serving),
+        interval,
+        interval.min(Duration::from_secs(1)),
+    );
+    let edge = api::Edge {
+        limits: config.edge.limits(config.timeout()),
+        per_client: RateLimit::per_client(
+            api::SERVICE,
+            config.edge.search_rate(),
+            config.edge.trusted_proxies.0.clone(),
+        ),
+        per_key: RateLimit::per_header(
+            api::SERVICE,
+            config.edge.write_rate(),
+            HeaderName::from_static("x-api-key"),
+        ),
+    };
     let state = api::AppState {
         engine: engine.clone(),
         api_key: config.api_key.clone().map(Arc::new),
@@ -184,10 +214,51 @@ pub async fn build(
         "backend ready"
     );
     Ok(Backend {
-        app: api::router(state, metrics, readiness),
+        app: api::router(state, metrics, readiness, &edge),
         engine,
         embedded_s3,
+        probes,
+        header_timeout: edge.limits.header_timeout,
     })
+}
+
+/// Cheap checks of what searches need: the index counts, the bucket answers `HEAD`,
+/// model-serving is ready. They hold the engine weakly, so a stopped backend is released.
+fn dependency_probes(engine: &Arc<SearchEngine>, model_serving: ModelServingClient) -> Vec<Probe> {
+    let gone = || Err("the backend is stopping".to_owned());
+    let index = Arc::downgrade(engine);
+    let storage = Arc::downgrade(engine);
+    vec![
+        Probe::new("index", move || {
+            let engine = index.upgrade();
+            async move {
+                let Some(engine) = engine else { return gone() };
+                engine
+                    .index()
+                    .count(&Filter::default())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }),
+        Probe::new("storage", move || {
+            let engine = storage.upgrade();
+            async move {
+                let Some(engine) = engine else { return gone() };
+                engine.store().probe().await.map_err(|e| e.to_string())
+            }
+        }),
+        Probe::new("model_serving", move || {
+            let client = model_serving.clone();
+            async move {
+                if client.ready().await {
+                    Ok(())
+                } else {
+                    Err(format!("{} is not ready", client.base_url()))
+                }
+            }
+        }),
+    ]
 }
 
 /// Serves until `shutdown`, drains in-flight requests, flushes the index, stops embedded S3.
@@ -200,10 +271,11 @@ pub async fn serve(
         app,
         engine,
         embedded_s3,
+        probes,
+        header_timeout,
     } = backend;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    telemetry::edge::serve(listener, app, header_timeout, shutdown).await?;
+    drop(probes);
     engine.shutdown().await.context("index flush")?;
     if let Some(s3) = embedded_s3 {
         s3.stop().await;

@@ -32,6 +32,10 @@ async fn run(config: BackendConfig) -> anyhow::Result<()> {
         qdrant = config.qdrant_url.as_deref().unwrap_or("embedded"),
         s3 = config.s3_endpoint.as_deref().unwrap_or("embedded"),
         api_key = if config.api_key.is_some() { "set" } else { "unset (writes refused)" },
+        search_rate_per_sec = config.edge.search_rate_per_sec,
+        write_rate_per_sec = config.edge.write_rate_per_sec,
+        max_concurrent_requests = config.edge.max_concurrent_requests,
+        trusted_proxies = ?config.edge.trusted_proxies.0,
         "starting backend"
     );
     let listener = tokio::net::TcpListener::bind(config.addr)

@@ -101,6 +101,20 @@ impl ObjectStore {
         &self.bucket
     }
 
+    /// Readiness probe: the bucket answers `HEAD`. Not counted as an upstream error (the probe
+    /// runs every few seconds; readiness reports it).
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| {
+                StorageError::Unavailable(format!("head bucket: {}", DisplayErrorContext(&e)))
+            })
+    }
+
     /// Creates the bucket when it does not exist.
     pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
         match self.client.head_bucket().bucket(&self.bucket).send().await {

@@ -1,0 +1,167 @@
+//! The backend's edge against the real stack: readiness that follows model-serving, rate limits
+//! per client on searches and per key on writes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use backend::config::EdgeConfig;
+
+use crate::helpers::{self, API_KEY};
+
+async fn ready(http: &reqwest::Client, addr: SocketAddr) -> (u16, serde_json::Value) {
+    let response = http
+        .get(format!("http://{addr}/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+async fn wait_for_ready(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    status: u16,
+    within: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (now, body) = ready(http, addr).await;
+        if now == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health/ready still {now} after {within:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_model_serving() {
+    let model = helpers::start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let model_addr = model.addr;
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = backend::config::BackendConfig {
+        edge: EdgeConfig {
+            ready_probe_interval_ms: 200,
+            ..EdgeConfig::without_rate_limits()
+        },
+        ..helpers::config(data.path(), model_addr)
+    };
+    let backend = helpers::start_backend(&config).await.expect("backend");
+    let http = reqwest::Client::new();
+
+    let body = wait_for_ready(&http, backend.addr, 200, Duration::from_secs(5)).await;
+    for check in ["index", "storage", "model_serving"] {
+        assert_eq!(body["checks"][check]["status"], "ready", "{body}");
+    }
+
+    model.stop().await.expect("model-serving stops");
+    let body = wait_for_ready(&http, backend.addr, 503, Duration::from_secs(5)).await;
+    assert_eq!(body["checks"]["model_serving"]["status"], "not_ready");
+    assert_eq!(body["checks"]["index"]["status"], "ready");
+    assert_eq!(body["checks"]["storage"]["status"], "ready");
+    // Liveness does not follow dependencies.
+    let live = http
+        .get(backend.url("/health/live"))
+        .send()
+        .await
+        .expect("live");
+    assert_eq!(live.status(), 200);
+
+    // Back on the same address: ready again.
+    let model = helpers::start_model_serving(model_addr).await;
+    wait_for_ready(&http, backend.addr, 200, Duration::from_secs(10)).await;
+
+    backend.stop().await;
+    model.stop().await.expect("model-serving stops");
+}
+
+fn client_from(ip: &str) -> reqwest::Client {
+    let ip: IpAddr = ip.parse().expect("ip");
+    reqwest::Client::builder()
+        .local_address(ip)
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_are_limited_per_client_and_writes_per_key() {
+    let model = helpers::start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = backend::config::BackendConfig {
+        edge: EdgeConfig {
+            search_rate_per_sec: 1,
+            search_rate_burst: 3,
+            write_rate_per_sec: 1,
+            write_rate_burst: 2,
+            ..EdgeConfig::default()
+        },
+        ..helpers::config(data.path(), model.addr)
+    };
+    let backend = helpers::start_backend(&config).await.expect("backend");
+    let search = backend.url("/v1/search?q=red%20dress");
+
+    let shopper = client_from("127.0.0.1");
+    for _ in 0..3 {
+        let ok = shopper.get(&search).send().await.expect("search");
+        assert_eq!(ok.status(), 200);
+    }
+    let refused = shopper.get(&search).send().await.expect("search");
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry >= 1);
+    let body: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Similar-image search shares the budget; reads that do not search do not.
+    let similar = shopper
+        .get(backend.url(&format!("/v1/images/{}/similar", uuid::Uuid::nil())))
+        .send()
+        .await
+        .expect("similar");
+    assert_eq!(similar.status(), 429);
+    let stats = shopper
+        .get(backend.url("/v1/stats"))
+        .send()
+        .await
+        .expect("stats");
+    assert_eq!(stats.status(), 200);
+    // Another client is unaffected.
+    let other = client_from("127.0.0.2")
+        .get(&search)
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(other.status(), 200);
+
+    // Writes: the key's budget, whatever the answer (an unknown id is 404).
+    let http = reqwest::Client::new();
+    let delete = |key: &'static str| {
+        http.delete(backend.url(&format!("/v1/images/{}", uuid::Uuid::new_v4())))
+            .header("x-api-key", key)
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(delete(API_KEY).await.expect("delete").status(), 404);
+    }
+    let refused = delete(API_KEY).await.expect("delete");
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Another key has its own budget (and, being wrong, is refused for what it is).
+    assert_eq!(
+        delete("another-key-0123456789")
+            .await
+            .expect("delete")
+            .status(),
+        401
+    );
+
+    backend.stop().await;
+    model.stop().await.expect("model-serving stops");
+}
