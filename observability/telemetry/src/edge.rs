@@ -53,7 +53,8 @@ pub struct EdgeLimits {
     pub request_timeout: Duration,
     /// From the request head to the body's last byte; beyond it, 408 and the connection closes.
     pub body_timeout: Duration,
-    /// For the request head itself (HTTP/1); beyond it, the connection is closed.
+    /// For the request head itself (HTTP/1), and for an idle kept-alive connection's next
+    /// head; beyond it, the connection is closed.
     pub header_timeout: Duration,
     /// API requests handled at once; beyond it, 503 + `Retry-After` at once. 0: unlimited.
     pub max_concurrent: usize,
@@ -255,7 +256,9 @@ impl http_body::Body for DeadlineBody {
 /// Serves `app` on a bound listener until `shutdown` resolves, then drains in-flight requests.
 ///
 /// Each request carries [`ConnectInfo<SocketAddr>`] (the peer), which the rate limits key on.
-/// A request head must arrive within `header_timeout`, else the connection is closed.
+/// A request head must arrive within `header_timeout`, else the connection is closed; hyper
+/// runs that deadline while a kept-alive connection waits for its next head too, so it is also
+/// the idle limit of HTTP/1 connections.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
