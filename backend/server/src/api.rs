@@ -475,7 +475,7 @@ async fn first_file(mut multipart: Multipart) -> Result<Vec<u8>, ApiError> {
 
 /// Image search: a multipart upload (field `file`), same filters as text search.
 #[utoipa::path(post, path = "/v1/search/image", params(SearchParams),
-    request_body(content_type = "multipart/form-data", description = "field `file`: the query image"),
+    request_body(content = inline(ImageUpload), content_type = "multipart/form-data"),
     responses(
         (status = 200, body = SearchResponse),
         (status = 400, description = "invalid input", body = ErrorBody),
@@ -501,7 +501,10 @@ async fn search_image(
 }
 
 /// The reference design's endpoint: JSON `{"text": ..., "k": ...}` or a multipart image.
-#[utoipa::path(post, path = "/search-image", request_body(content = TextSearchRequest, description = "JSON `{\"text\", \"k\"}`, or a multipart image in field `file`"),
+#[utoipa::path(post, path = "/search-image", request_body(content(
+        (TextSearchRequest = "application/json"),
+        (inline(ImageUpload) = "multipart/form-data"),
+    )),
     responses(
         (status = 200, body = SearchResponse),
         (status = 400, description = "invalid input", body = ErrorBody),
@@ -726,8 +729,43 @@ pub struct AddImageUrl {
     pub attributes: ImageAttributes,
 }
 
+/// A multipart image upload (documentation only; handlers read the parts themselves).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ImageUpload {
+    /// The image: JPEG, PNG, WebP or GIF.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// `POST /v1/images` multipart form: the image and its attributes (documentation only).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AddImageUpload {
+    /// The image: JPEG, PNG, WebP or GIF.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Default: derived from the dataset and the bytes (adding the same image again is
+    /// idempotent).
+    id: Option<Uuid>,
+    #[schema(min_length = 1, pattern = r"\S")]
+    dataset: String,
+    caption: Option<String>,
+    gender: Option<String>,
+    category: Option<String>,
+    article_type: Option<String>,
+    colour: Option<String>,
+    season: Option<String>,
+    usage: Option<String>,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
 /// Adds one image, by multipart upload (`file` plus attribute fields) or JSON with a URL.
-#[utoipa::path(post, path = "/v1/images", request_body(content = AddImageUrl, description = "JSON with a URL to fetch, or multipart: field `file` plus attribute fields"), security(("api_key" = [])),
+#[utoipa::path(post, path = "/v1/images", request_body(content(
+        (AddImageUrl = "application/json"),
+        (inline(AddImageUpload) = "multipart/form-data"),
+    )), security(("api_key" = [])),
     responses(
         (status = 200, body = ImageItem),
         (status = 400, description = "invalid input", body = ErrorBody),
