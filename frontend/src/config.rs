@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use telemetry::edge::{self, EdgeLimits};
+use telemetry::rate_limit::{Rate, TrustedProxies};
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct FrontendConfig {
     /// Where the shop's pages are served.
@@ -20,7 +23,38 @@ pub struct FrontendConfig {
     /// Results per page.
     #[arg(long, env = "FRONTEND_PAGE_SIZE", default_value_t = 24)]
     pub page_size: usize,
+    /// Longest a page may take, upload included (503 + Retry-After beyond).
+    #[arg(long, env = "FRONTEND_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS)]
+    pub request_timeout_secs: u64,
+    /// Deadline for a whole request body (a slower upload is refused with 408).
+    #[arg(long, env = "FRONTEND_BODY_TIMEOUT_SECS", default_value_t = edge::DEFAULT_BODY_TIMEOUT_SECS)]
+    pub body_timeout_secs: u64,
+    /// Deadline for a request head (the connection is closed beyond it).
+    #[arg(long, env = "FRONTEND_HEADER_TIMEOUT_SECS", default_value_t = edge::DEFAULT_HEADER_TIMEOUT_SECS)]
+    pub header_timeout_secs: u64,
+    /// Pages rendered at once; more are refused at once with 503. 0 = unlimited.
+    #[arg(long, env = "FRONTEND_MAX_CONCURRENT_REQUESTS", default_value_t = edge::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+    /// Searching pages (search, photo search, similar) per second per client IP; 0 = no limit.
+    #[arg(long, env = "FRONTEND_SEARCH_RATE_PER_SEC", default_value_t = DEFAULT_SEARCH_RATE.per_second)]
+    pub search_rate_per_sec: u32,
+    /// Searching pages a client may request at once before the per-second rate applies.
+    #[arg(long, env = "FRONTEND_SEARCH_RATE_BURST", default_value_t = DEFAULT_SEARCH_RATE.burst)]
+    pub search_rate_burst: u32,
+    /// Proxies whose `X-Forwarded-For` names the client (comma-separated addresses). Empty:
+    /// the peer address is the client.
+    #[arg(long, env = "FRONTEND_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+    /// How often readiness asks the backend whether it is ready.
+    #[arg(long, env = "FRONTEND_READY_PROBE_INTERVAL_MS", default_value_t = 2000)]
+    pub ready_probe_interval_ms: u64,
 }
+
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_SEARCH_RATE: Rate = Rate {
+    per_second: 10,
+    burst: 20,
+};
 
 impl FrontendConfig {
     /// The defaults, pointed at `backend_url` (tests and embedding).
@@ -31,7 +65,35 @@ impl FrontendConfig {
             search_timeout_ms: 5000,
             max_upload_bytes: 10 * 1024 * 1024,
             page_size: 24,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            body_timeout_secs: edge::DEFAULT_BODY_TIMEOUT_SECS,
+            header_timeout_secs: edge::DEFAULT_HEADER_TIMEOUT_SECS,
+            max_concurrent_requests: edge::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            search_rate_per_sec: DEFAULT_SEARCH_RATE.per_second,
+            search_rate_burst: DEFAULT_SEARCH_RATE.burst,
+            trusted_proxies: TrustedProxies::default(),
+            ready_probe_interval_ms: 2000,
         }
+    }
+
+    pub fn edge_limits(&self) -> EdgeLimits {
+        EdgeLimits {
+            request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout_secs.max(1)),
+            header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            max_concurrent: self.max_concurrent_requests,
+        }
+    }
+
+    pub fn search_rate(&self) -> Rate {
+        Rate {
+            per_second: self.search_rate_per_sec,
+            burst: self.search_rate_burst,
+        }
+    }
+
+    pub fn ready_probe_interval(&self) -> Duration {
+        Duration::from_millis(self.ready_probe_interval_ms.max(100))
     }
 
     pub fn search_timeout(&self) -> Duration {

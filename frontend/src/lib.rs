@@ -15,7 +15,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use backend_api::BackendClient;
-use telemetry::ops::Readiness;
+use telemetry::ops::{Probe, Readiness};
+use telemetry::rate_limit::RateLimit;
 use tokio::net::TcpListener;
 
 pub use config::FrontendConfig;
@@ -42,25 +43,47 @@ pub fn router(config: &FrontendConfig) -> anyhow::Result<Router> {
         max_upload_bytes: config.max_upload_bytes,
         timeout: config.search_timeout(),
     };
+    // Pages still render a friendly message when the backend is down, but a frontend whose
+    // backend is not ready cannot search: readiness follows the backend's, so a load balancer
+    // can send shoppers to a frontend that can.
     let readiness = Readiness::new();
-    // Pages render (with a friendly message) even when the backend is down, so readiness
-    // does not follow the backend.
     readiness.set_ready("pages");
-    let pages = Router::new()
-        .route("/", get(pages::search))
-        .route(
-            "/search/image",
-            post(pages::search_image)
-                .layer(DefaultBodyLimit::max(config.max_upload_bytes + 64 * 1024)),
+    let interval = config.ready_probe_interval();
+    readiness
+        .watch(
+            vec![backend_probe(&config.backend_url)?],
+            interval,
+            interval.min(Duration::from_secs(1)),
         )
-        .route("/similar/{id}", get(pages::similar))
+        .detach();
+    let per_client = RateLimit::per_client(
+        SERVICE,
+        config.search_rate(),
+        config.trusted_proxies.0.clone(),
+    );
+    let searching = per_client.apply(
+        Router::new()
+            .route("/", get(pages::search))
+            .route(
+                "/search/image",
+                post(pages::search_image)
+                    .layer(DefaultBodyLimit::max(config.max_upload_bytes + 64 * 1024)),
+            )
+            .route("/similar/{id}", get(pages::similar)),
+    );
+    let pages = Router::new()
+        .merge(searching)
         .route("/product/{id}", get(pages::product))
         .route("/static/app.css", get(pages::stylesheet))
         .route("/static/app.js", get(pages::script))
         .fallback(pages::fallback)
         .with_state(state);
     Ok(Router::new()
-        .merge(pages)
+        .merge(telemetry::edge::protect(
+            pages,
+            SERVICE,
+            &config.edge_limits(),
+        ))
         .merge(telemetry::ops_router(metrics_handle, readiness))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
         .layer(middleware::from_fn_with_state(
@@ -79,15 +102,44 @@ fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Respo
         .into_response()
 }
 
-/// Serves until `shutdown`, then drains in-flight requests.
+/// Readiness check "backend": the backend's own `/health/ready` answers 200.
+fn backend_probe(backend_url: &str) -> anyhow::Result<Probe> {
+    let url = format!("{}/health/ready", backend_url.trim_end_matches('/'));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    Ok(Probe::new("backend", move || {
+        let request = http.get(&url);
+        async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(format!("backend not ready ({})", response.status())),
+                Err(_) => Err("backend unreachable".to_owned()),
+            }
+        }
+    }))
+}
+
+/// Serves until `shutdown`, then drains in-flight requests (request heads within the default
+/// deadline; see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let header_timeout = Duration::from_secs(telemetry::edge::DEFAULT_HEADER_TIMEOUT_SECS);
+    serve_with(listener, app, header_timeout, shutdown).await
+}
+
+/// Serves until `shutdown`, then drains in-flight requests; a request head must arrive within
+/// `header_timeout`.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    telemetry::edge::serve(listener, app, header_timeout, shutdown).await?;
     tracing::info!("frontend stopped");
     Ok(())
 }

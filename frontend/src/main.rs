@@ -26,6 +26,9 @@ async fn run(config: FrontendConfig) -> anyhow::Result<()> {
         backend = %config.backend_url,
         timeout_ms = config.search_timeout_ms,
         max_upload_bytes = config.max_upload_bytes,
+        search_rate_per_sec = config.search_rate_per_sec,
+        max_concurrent_requests = config.max_concurrent_requests,
+        trusted_proxies = ?config.trusted_proxies.0,
         "starting frontend"
     );
     let app = frontend::router(&config)?;
@@ -33,5 +36,11 @@ async fn run(config: FrontendConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "frontend listening");
-    frontend::serve(listener, app, telemetry::ops::shutdown_signal()).await
+    frontend::serve_with(
+        listener,
+        app,
+        config.edge_limits().header_timeout,
+        telemetry::ops::shutdown_signal(),
+    )
+    .await
 }
