@@ -203,6 +203,11 @@ async fn excess_requests_are_shed_while_ops_routes_answer() {
             200,
             "{path} answers while the API is saturated"
         );
+        if path == "/metrics" {
+            let text = ops.text().await.expect("metrics");
+            let shed = r#"http_requests_rejected_total{service="edge-it",reason="overloaded"} 1"#;
+            assert!(text.contains(shed), "{text}");
+        }
     }
 
     open.store(true, Ordering::SeqCst);
