@@ -197,6 +197,15 @@ bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json
 	TEST_MODEL_DIR=$(TINY_MODEL) $(TARGET_DIR)/release/backend-bench
 	BENCH_MODEL_DIR=$(BENCH_MODEL) $(TARGET_DIR)/release/etl-bench
 
+# Hostile traffic against the release services as separate processes: each case's status, time
+# and peak extra memory, then a search soak with no scraper (HOSTILE_SOAK_SECS=0 skips it).
+HOSTILE_SOAK_SECS ?= 600
+.PHONY: hostile
+hostile: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json ## hostile cases (bombs, SSRF, slowloris, ...) against release builds, then a 10-minute soak
+	$(CARGO) build --release --locked --bin model-serving --bin backend --bin frontend --bin hostile
+	HOSTILE_BIN_DIR=$(TARGET_DIR)/release MODEL_DIR=$(RUN_MODEL) HOSTILE_SOAK_SECS=$(HOSTILE_SOAK_SECS) \
+	  $(TARGET_DIR)/release/hostile
+
 # Parts kept beside what they build: the telemetry stack and model training.
 -include observability/observability.mk
 -include model-serving/training/training.mk

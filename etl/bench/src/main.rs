@@ -24,7 +24,7 @@ use model_serving::batcher::BatchConfig;
 use model_serving::encoder::EncoderConfig;
 use model_serving::model::{ModelSpec, VISION_MODEL};
 use model_serving::onnx::{VisionModel, environment};
-use model_serving::preprocess::Preprocessor;
+use model_serving::preprocess::{ImageLimits, Preprocessor};
 use model_serving_api::ModelServingClient;
 
 const API_KEY: &str = "etl-bench-api-key-0123456789";
@@ -75,7 +75,7 @@ fn raw_throughput(s: &Settings, spec: &ModelSpec) -> anyhow::Result<f64> {
         image_size: spec.image_size,
         mean: spec.image_mean,
         std: spec.image_std,
-        max_pixels: 40_000_000,
+        limits: ImageLimits::default(),
     };
     let mut photos: Vec<PathBuf> = std::fs::read_dir(s.dataset.join("images"))?
         .filter_map(|e| e.ok().map(|e| e.path()))

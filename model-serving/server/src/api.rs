@@ -136,7 +136,8 @@ impl IntoResponse for ApiError {
                     | EncodeError::Tokenize { .. } => {
                         error_response(S::BAD_REQUEST, kind, e.to_string())
                     }
-                    EncodeError::Image {
+                    EncodeError::RequestTooLarge { .. }
+                    | EncodeError::Image {
                         source: ImageError::TooManyPixels { .. },
                         ..
                     } => error_response(S::PAYLOAD_TOO_LARGE, kind, e.to_string()),
@@ -282,12 +283,22 @@ async fn read_multipart(
     max_items: usize,
 ) -> Result<Vec<Bytes>, ApiError> {
     let mut images = Vec::new();
+    // Parts of any kind are counted: thousands of tiny text parts cost parsing too.
+    let max_parts = max_items.saturating_mul(2).max(8);
+    let mut parts = 0usize;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
             Err(e) => return Err(multipart_error(e)),
         };
+        parts += 1;
+        if parts > max_parts {
+            return Err(ApiError::BadRequest {
+                code: "too_many_parts",
+                message: format!("at most {max_parts} multipart parts per request"),
+            });
+        }
         // Text fields (no file name and a text content type) are not images; skip them.
         if field.file_name().is_none()
             && field

@@ -75,15 +75,17 @@ impl<I: Send + 'static> Batcher<I> {
 
     /// Queues `items` and waits for their embeddings.
     pub async fn submit(&self, items: Vec<I>) -> Result<Vec<Vec<f32>>, BatchError> {
-        let n = items.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        // Reserve room first; refuse without queueing when full.
+        self.reserve(items.len())?.submit(items).await
+    }
+
+    /// Reserves room for `n` items in the queue, or refuses at once when it is full. Callers
+    /// reserve before they prepare the items (decode, tokenize), so work is only done for items
+    /// the queue will take; dropping the reservation unused gives the room back.
+    pub fn reserve(&self, n: usize) -> Result<Reservation<'_, I>, BatchError> {
         let reserved = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q + n <= self.max_queued).then_some(q + n)
+                q.checked_add(n).filter(|&total| total <= self.max_queued)
             });
         if let Err(queued) = reserved {
             return Err(BatchError::Overloaded {
@@ -92,19 +94,65 @@ impl<I: Send + 'static> Batcher<I> {
             });
         }
         metrics::queue_depth(self.modality, self.queued());
+        Ok(Reservation {
+            batcher: self,
+            n,
+            used: false,
+        })
+    }
+}
+
+/// Room for a number of items in a [`Batcher`]'s queue, held while they are prepared.
+pub struct Reservation<'a, I> {
+    batcher: &'a Batcher<I>,
+    n: usize,
+    used: bool,
+}
+
+impl<I: Send + 'static> Reservation<'_, I> {
+    /// Queues `items` in the reserved room and waits for their embeddings. Items beyond the
+    /// reservation are refused as overload (callers reserve what they submit).
+    pub async fn submit(mut self, items: Vec<I>) -> Result<Vec<Vec<f32>>, BatchError> {
+        let batcher = self.batcher;
+        if items.len() > self.n {
+            return Err(BatchError::Overloaded {
+                modality: batcher.modality,
+                queued: batcher.queued(),
+            });
+        }
+        // Room reserved but not used (never more than what was reserved) goes back now.
+        let unused = self.n - items.len();
+        if unused > 0 {
+            batcher.queued.fetch_sub(unused, Ordering::AcqRel);
+        }
+        self.used = true;
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = items.len();
         let (reply, answer) = oneshot::channel();
         let job = Job {
             items,
             enqueued: Instant::now(),
             reply,
         };
-        if self.tx.send(job).is_err() {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            return Err(BatchError::Stopped(self.modality));
+        if batcher.tx.send(job).is_err() {
+            batcher.queued.fetch_sub(n, Ordering::AcqRel);
+            return Err(BatchError::Stopped(batcher.modality));
         }
         answer
             .await
-            .map_err(|_| BatchError::Stopped(self.modality))?
+            .map_err(|_| BatchError::Stopped(batcher.modality))?
+    }
+}
+
+impl<I> Drop for Reservation<'_, I> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.batcher.queued.fetch_sub(self.n, Ordering::AcqRel);
+            let queued = self.batcher.queued.load(Ordering::Relaxed);
+            metrics::queue_depth(self.batcher.modality, queued);
+        }
     }
 }
 
@@ -269,6 +317,30 @@ mod tests {
             batcher.submit(vec![99]).await,
             Err(BatchError::Inference("boom".into()))
         );
+        assert_eq!(batcher.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_holds_room_until_used_or_dropped() {
+        let batcher = Batcher::start("test", config(4, 0, 3), |items: Vec<u32>| {
+            Ok(items.iter().map(|&i| vec![i as f32]).collect())
+        })
+        .expect("start");
+        let held = batcher.reserve(2).expect("room for 2");
+        assert_eq!(batcher.queued(), 2);
+        assert!(matches!(
+            batcher.reserve(2),
+            Err(BatchError::Overloaded { queued: 2, .. })
+        ));
+        assert!(matches!(
+            batcher.reserve(usize::MAX),
+            Err(BatchError::Overloaded { .. })
+        ));
+        drop(held);
+        assert_eq!(batcher.queued(), 0);
+        let held = batcher.reserve(3).expect("room again");
+        // Fewer items than reserved: the rest is given back.
+        assert_eq!(held.submit(vec![5]).await, Ok(vec![vec![5.0]]));
         assert_eq!(batcher.queued(), 0);
     }
 }

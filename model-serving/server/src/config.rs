@@ -43,6 +43,23 @@ pub struct ServeConfig {
         default_value_t = encoder::DEFAULT_MAX_IMAGE_PIXELS
     )]
     pub max_image_pixels: u64,
+    /// Longest side over shortest side an image may have (a wider one is refused with 400).
+    #[arg(
+        long,
+        env = "MODEL_SERVING_MAX_IMAGE_ASPECT_RATIO",
+        default_value_t = encoder::DEFAULT_MAX_IMAGE_ASPECT_RATIO
+    )]
+    pub max_image_aspect_ratio: u32,
+    /// Most pixels of all the images in one request together (more is refused with 413).
+    #[arg(
+        long,
+        env = "MODEL_SERVING_MAX_REQUEST_PIXELS",
+        default_value_t = encoder::DEFAULT_MAX_REQUEST_PIXELS
+    )]
+    pub max_request_pixels: u64,
+    /// Images decoded at once across all requests; 0 = one per core.
+    #[arg(long, env = "MODEL_SERVING_DECODE_THREADS", default_value_t = 0)]
+    pub decode_threads: usize,
     #[arg(long, env = "MODEL_SERVING_MAX_TEXT_CHARS", default_value_t = encoder::DEFAULT_MAX_TEXT_CHARS)]
     pub max_text_chars: usize,
     /// ONNX Runtime intra-op threads per model; 0 = all cores.
@@ -78,6 +95,9 @@ impl ServeConfig {
             },
             max_items_per_request: self.max_items,
             max_image_pixels: self.max_image_pixels,
+            max_image_aspect_ratio: self.max_image_aspect_ratio,
+            max_request_pixels: self.max_request_pixels,
+            decode_threads: self.decode_threads,
             max_text_chars: self.max_text_chars,
         }
     }

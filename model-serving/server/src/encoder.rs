@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use model_serving_api::ModelInfo;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::batcher::{BatchConfig, BatchError, Batcher};
 use crate::metrics;
 use crate::model::{ModelFolderError, ModelSpec, TEXT_MODEL, TOKENIZER, VISION_MODEL};
 use crate::onnx::{self, OnnxError, TextModel, VisionModel};
-use crate::preprocess::{ImageError, Preprocessor};
+use crate::preprocess::{ImageError, ImageHeader, ImageLimits, Preprocessor};
 use crate::tokenize::{TextTokenizer, TokenizerError};
 
 #[derive(Debug, Clone)]
@@ -25,6 +26,12 @@ pub struct EncoderConfig {
     pub batch: BatchConfig,
     pub max_items_per_request: usize,
     pub max_image_pixels: u64,
+    /// Longest side over shortest side an image may have.
+    pub max_image_aspect_ratio: u32,
+    /// Most pixels all the images of one request may have together.
+    pub max_request_pixels: u64,
+    /// Images decoded at once across all requests; 0 = one per core.
+    pub decode_threads: usize,
     pub max_text_chars: usize,
 }
 
@@ -39,6 +46,9 @@ impl EncoderConfig {
             batch: default_batch(),
             max_items_per_request: DEFAULT_MAX_ITEMS,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            max_image_aspect_ratio: DEFAULT_MAX_IMAGE_ASPECT_RATIO,
+            max_request_pixels: DEFAULT_MAX_REQUEST_PIXELS,
+            decode_threads: 0,
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
         }
     }
@@ -75,6 +85,8 @@ pub enum EncodeError {
         chars: usize,
         max: usize,
     },
+    #[error("the images have {pixels} pixels together; at most {limit} per request")]
+    RequestTooLarge { pixels: u64, limit: u64 },
     #[error("image {index}: {source}")]
     Image {
         index: usize,
@@ -99,10 +111,15 @@ impl EncodeError {
             Self::TooManyItems { .. } => "too_many_items",
             Self::EmptyText { .. } => "empty_text",
             Self::TextTooLong { .. } => "text_too_long",
-            Self::Image {
+            Self::RequestTooLarge { .. }
+            | Self::Image {
                 source: ImageError::TooManyPixels { .. },
                 ..
             } => "image_too_large",
+            Self::Image {
+                source: ImageError::AspectRatio { .. },
+                ..
+            } => "image_aspect_ratio",
             Self::Image {
                 source: ImageError::UnsupportedFormat | ImageError::Empty,
                 ..
@@ -122,6 +139,8 @@ pub struct ClipEncoder {
     tokenizer: Arc<TextTokenizer>,
     images: Batcher<Vec<f32>>,
     texts: Batcher<Vec<u32>>,
+    /// Decoding permits: at most this many images are decoded at once, whatever the load.
+    decode_permits: Arc<Semaphore>,
     config: EncoderConfig,
 }
 
@@ -159,7 +178,10 @@ impl ClipEncoder {
             image_size: spec.image_size,
             mean: spec.image_mean,
             std: spec.image_std,
-            max_pixels: config.max_image_pixels,
+            limits: ImageLimits {
+                max_pixels: config.max_image_pixels,
+                max_aspect_ratio: config.max_image_aspect_ratio,
+            },
         });
 
         check_dim(
@@ -194,12 +216,17 @@ impl ClipEncoder {
             folder = %dir.display(),
             "model loaded"
         );
+        let decode_threads = match config.decode_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         Ok(Self {
             spec,
             preprocessor,
             tokenizer,
             images,
             texts,
+            decode_permits: Arc::new(Semaphore::new(decode_threads)),
             config,
         })
     }
@@ -248,6 +275,8 @@ impl ClipEncoder {
 
     async fn encode_texts_inner(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EncodeError> {
         self.check_count(texts.len())?;
+        // Room in the queue first: nothing is tokenized for a request the queue cannot take.
+        let reservation = self.texts.reserve(texts.len())?;
         let started = Instant::now();
         let mut rows = Vec::with_capacity(texts.len());
         for (index, text) in texts.iter().enumerate() {
@@ -269,8 +298,7 @@ impl ClipEncoder {
             );
         }
         metrics::preprocess("text", started.elapsed() / texts.len() as u32);
-        let out = self
-            .texts
+        let out = reservation
             .submit(rows)
             .instrument(tracing::info_span!("queue_and_infer", modality = "text"))
             .await?;
@@ -288,32 +316,65 @@ impl ClipEncoder {
 
     async fn encode_images_inner(&self, images: Vec<Bytes>) -> Result<Vec<Vec<f32>>, EncodeError> {
         self.check_count(images.len())?;
-        // Decoding and resizing are CPU work: one blocking task per image, run in parallel.
-        let span = tracing::info_span!("decode_and_preprocess", items = images.len());
-        let tasks: Vec<_> = images
-            .into_iter()
-            .map(|bytes| {
-                let pre = self.preprocessor.clone();
-                tokio::task::spawn_blocking(move || preprocess_one(&pre, &bytes))
+        // Admission, cheapest first: every header (no pixels decoded) within the per-image limits
+        // and the request's pixel budget, then room in the queue. Only then is anything decoded.
+        let images = Arc::new(images);
+        let headers = {
+            let (images, limits) = (images.clone(), self.preprocessor.limits);
+            tokio::task::spawn_blocking(move || {
+                images
+                    .iter()
+                    .enumerate()
+                    .map(|(index, bytes)| {
+                        ImageHeader::read(bytes, &limits)
+                            .map_err(|source| EncodeError::Image { index, source })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
-            .collect();
-        let mut tensors = Vec::with_capacity(tasks.len());
-        async {
-            for (index, task) in tasks.into_iter().enumerate() {
-                let tensor = task
-                    .await
-                    .map_err(|_| {
-                        EncodeError::Batch(BatchError::Inference("preprocessing panicked".into()))
-                    })?
-                    .map_err(|source| EncodeError::Image { index, source })?;
-                tensors.push(tensor);
-            }
-            Ok::<_, EncodeError>(())
+            .await
+            .map_err(|_| EncodeError::Image {
+                index: 0,
+                source: ImageError::Unprocessable,
+            })??
+        };
+        let pixels = headers
+            .iter()
+            .fold(0u64, |sum, h| sum.saturating_add(h.pixels()));
+        if pixels > self.config.max_request_pixels {
+            return Err(EncodeError::RequestTooLarge {
+                pixels,
+                limit: self.config.max_request_pixels,
+            });
         }
-        .instrument(span)
-        .await?;
-        let out = self
-            .images
+        let reservation = self.images.reserve(images.len())?;
+
+        // Decoding and resizing are CPU work on blocking threads, at most one image per decode
+        // permit at a time across all requests, so memory is bounded by the permits, not the load.
+        // A permit moves into its task: an abandoned request frees it when that image is done.
+        let span = tracing::info_span!("decode_and_preprocess", items = headers.len());
+        let tasks = headers.into_iter().enumerate().map(|(index, header)| {
+            let (images, pre) = (images.clone(), self.preprocessor.clone());
+            let permits = self.decode_permits.clone();
+            async move {
+                let image_error = |source| EncodeError::Image { index, source };
+                let permit = permits
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| EncodeError::Batch(BatchError::Stopped("image")))?;
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    preprocess_one(&pre, &images[index], header)
+                })
+                .await
+                // A panic while decoding is this input's doing: the same bytes fail the same way.
+                .map_err(|_| image_error(ImageError::Unprocessable))?
+                .map_err(image_error)
+            }
+        });
+        let tensors = futures::future::try_join_all(tasks)
+            .instrument(span)
+            .await?;
+        let out = reservation
             .submit(tensors)
             .instrument(tracing::info_span!("queue_and_infer", modality = "image"))
             .await?;
@@ -331,13 +392,17 @@ impl ClipEncoder {
     }
 }
 
-fn preprocess_one(pre: &Preprocessor, bytes: &[u8]) -> Result<Vec<f32>, ImageError> {
+fn preprocess_one(
+    pre: &Preprocessor,
+    bytes: &[u8],
+    header: ImageHeader,
+) -> Result<Vec<f32>, ImageError> {
     let started = Instant::now();
-    let rgb = crate::preprocess::decode_rgb(bytes, pre.max_pixels)?;
+    let rgb = crate::preprocess::decode_rgb_checked(bytes, header, &pre.limits)?;
     metrics::decode(started.elapsed());
     let started = Instant::now();
     let mut out = Vec::with_capacity(pre.tensor_len());
-    pre.transform(&rgb, &mut out);
+    pre.transform(&rgb, &mut out)?;
     metrics::preprocess("image", started.elapsed());
     Ok(out)
 }
@@ -358,7 +423,11 @@ pub const DEFAULT_MAX_BATCH: usize = 32;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 pub const DEFAULT_QUEUE_ITEMS: usize = 256;
 pub const DEFAULT_MAX_ITEMS: usize = 64;
-pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = crate::preprocess::DEFAULT_MAX_PIXELS;
+pub const DEFAULT_MAX_IMAGE_ASPECT_RATIO: u32 = crate::preprocess::DEFAULT_MAX_ASPECT_RATIO;
+/// Eight images at the per-image cap (or 32 at 4 Mpx): a request's decoding stays within a few
+/// seconds of CPU.
+pub const DEFAULT_MAX_REQUEST_PIXELS: u64 = 8 * DEFAULT_MAX_IMAGE_PIXELS;
 pub const DEFAULT_MAX_TEXT_CHARS: usize = 1000;
 
 /// The default dynamic batching.

@@ -25,7 +25,7 @@ use model_serving::batcher::BatchConfig;
 use model_serving::encoder::{ClipEncoder, EncoderConfig};
 use model_serving::model::{ModelSpec, VISION_MODEL};
 use model_serving::onnx::{VisionModel, environment};
-use model_serving::preprocess::Preprocessor;
+use model_serving::preprocess::{ImageLimits, Preprocessor};
 use model_serving_api::ModelServingClient;
 
 struct Settings {
@@ -228,7 +228,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         image_size: spec.image_size,
         mean: spec.image_mean,
         std: spec.image_std,
-        max_pixels: 40_000_000,
+        limits: ImageLimits::default(),
     };
 
     // (4) Preprocessing: decode + transform, one thread, best of 3 rounds.
@@ -250,13 +250,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         let start = Instant::now();
         let decoded: Vec<_> = bytes
             .iter()
-            .map(|b| model_serving::preprocess::decode_rgb(b, pre.max_pixels))
+            .map(|b| model_serving::preprocess::decode_rgb(b, &pre.limits))
             .collect::<Result<_, _>>()?;
         decode = decode.min(start.elapsed().as_secs_f64() / bytes.len() as f64);
         let start = Instant::now();
         for rgb in &decoded {
             out.clear();
-            pre.transform(rgb, &mut out);
+            pre.transform(rgb, &mut out)?;
         }
         transform = transform.min(start.elapsed().as_secs_f64() / bytes.len() as f64);
     }

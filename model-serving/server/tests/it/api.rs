@@ -73,7 +73,7 @@ async fn encodes_texts_and_every_image_format() {
     let photo = sample_photos(1).remove(0);
     let jpeg = read(&photo);
     let decoded = DynamicImage::ImageRgb8(
-        model_serving::preprocess::decode_rgb(&jpeg, 1 << 30).expect("decode"),
+        model_serving::preprocess::decode_rgb(&jpeg, &Default::default()).expect("decode"),
     );
     let png = encode_as(&decoded, ImageFormat::Png);
     let webp = encode_as(

@@ -3,6 +3,7 @@
 
 mod api;
 mod helpers;
+mod hostile;
 mod hub;
 mod reference;
 mod trained_model;

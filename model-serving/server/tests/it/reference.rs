@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use model_serving::model::ModelSpec;
-use model_serving::preprocess::{Preprocessor, decode_rgb};
+use model_serving::preprocess::{ImageLimits, Preprocessor, decode_rgb};
 use model_serving::tokenize::TextTokenizer;
 
 use crate::helpers::*;
@@ -56,7 +56,10 @@ fn spec_dir(size: u32) -> (tempfile::TempDir, Preprocessor) {
         image_size: size,
         mean: spec.image_mean,
         std: spec.image_std,
-        max_pixels: 100_000_000,
+        limits: ImageLimits {
+            max_pixels: 100_000_000,
+            max_aspect_ratio: 1_000,
+        },
     };
     (dir, pre)
 }
@@ -117,6 +120,67 @@ fn clip_transform_matches_pil_on_real_photos() {
         let (max, _) = compare_preprocessing(&pngs, size);
         eprintln!("transform vs PIL at {size}: max |diff| = {max:e}");
         assert!(max <= 1e-3, "size {size}: max |diff| {max} over 1e-3");
+    }
+}
+
+/// Extreme and odd shapes, where only the center crop's window is computed (a 4000×7 image would
+/// resize to 128000×224 in full): still bit-identical to PIL's resize-then-crop.
+#[test]
+fn windowed_resize_is_bit_identical_to_pil_on_extreme_shapes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut state = 0x9e37_79b9_u32;
+    let mut noise = |w: u32, h: u32| {
+        image::RgbImage::from_fn(w, h, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let [a, b, c, _] = state.to_le_bytes();
+            image::Rgb([a, b, c])
+        })
+    };
+    let shapes = [
+        (4000, 7),
+        (7, 4000),
+        (400, 20),
+        (20, 400),
+        (1, 20),
+        (20, 1),
+        (997, 13),
+        (13, 997),
+        (225, 224),
+        (224, 227),
+        (1000, 999),
+        // Height shrinking by over twice the width's pixels: Pillow 13 resizes vertically first.
+        (301, 640),
+        (300, 1000),
+        (150, 900),
+        (400, 500),
+    ];
+    let paths: Vec<PathBuf> = shapes
+        .iter()
+        .map(|&(w, h)| {
+            let path = dir.path().join(format!("{w}x{h}.png"));
+            noise(w, h).save(&path).expect("save png");
+            path
+        })
+        .collect();
+    for size in [224, 32] {
+        let differ: Vec<_> = paths
+            .iter()
+            .zip(shapes)
+            .map(|(path, shape)| {
+                (
+                    shape,
+                    compare_preprocessing(std::slice::from_ref(path), size).0,
+                )
+            })
+            .filter(|&(_, max)| max != 0.0)
+            .collect();
+        eprintln!("windowed resize vs PIL at {size}: shapes that differ: {differ:?}");
+        assert!(
+            differ.is_empty(),
+            "size {size}: not bit-identical for {differ:?}"
+        );
     }
 }
 
@@ -186,7 +250,7 @@ async fn service_embeddings_equal_a_direct_onnxruntime_run() {
     let pngs = tempfile::tempdir().expect("tempdir");
     let mut paths = Vec::new();
     for (i, photo) in photos.iter().enumerate() {
-        let rgb = decode_rgb(&read(photo), 1 << 30).expect("decode");
+        let rgb = decode_rgb(&read(photo), &ImageLimits::default()).expect("decode");
         let path = pngs.path().join(format!("{i}.png"));
         rgb.save(&path).expect("save png");
         paths.push(path);

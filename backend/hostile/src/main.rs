@@ -1,0 +1,607 @@
+//! `make hostile`: the three services as separate release processes on loopback, each hostile
+//! case sent once, and for each the status, the time and the peak extra memory of the services
+//! that handled it; then a search soak with no metrics scraper, RSS sampled along the way.
+//!
+//! Settings (environment): `HOSTILE_BIN_DIR` (the release binaries), `MODEL_DIR`,
+//! `ORT_DYLIB_PATH`, `DATASET_DIR` (photos to index first), `HOSTILE_SOAK_SECS` (default 600, 0
+//! skips the soak), `HOSTILE_CLIENTS` (default 16). Every process it starts is stopped by pid.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hostile::{Expect, Limits};
+use reqwest::multipart::{Form, Part};
+
+const KEY: &str = "hostile-run-write-key";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A started service, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Service {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Service {
+    fn start(
+        name: &'static str,
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        logs: &Path,
+    ) -> anyhow::Result<Self> {
+        let addr = free_addr()?;
+        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let mut command = Command::new(bin);
+        command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let addr_var = match name {
+            "model-serving" => "MODEL_SERVING_ADDR",
+            "backend" => "BACKEND_ADDR",
+            _ => "FRONTEND_ADDR",
+        };
+        command.env(addr_var, addr.to_string());
+        let child = command
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        Ok(Self { name, addr, child })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited during start-up: {status}", self.name);
+            }
+            if let Ok(r) = http.get(self.url("/health/ready")).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("{} not ready after 120 s", self.name)
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..50 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kB figures from /proc/<pid>/status.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Resets the peak-RSS mark so VmHWM measures from now.
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+struct Row {
+    case: String,
+    expected: String,
+    status: String,
+    seconds: f64,
+    extra_mb: Vec<f64>,
+}
+
+struct Run {
+    http: reqwest::Client,
+    services: Vec<Service>,
+    rows: Vec<Row>,
+}
+
+impl Run {
+    fn service(&self, name: &str) -> &Service {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| unreachable!("no service {name}"))
+    }
+
+    /// Runs one case: resets every service's peak mark, sends, and records status, time and the
+    /// largest peak-over-start of any service.
+    async fn case<F, Fut>(&mut self, case: &str, expected: &str, send: F)
+    where
+        F: FnOnce(reqwest::Client) -> Fut,
+        Fut: Future<Output = Result<String, String>>,
+    {
+        let before: Vec<u64> = self
+            .services
+            .iter()
+            .map(|s| {
+                reset_peak(s.pid());
+                status_kb(s.pid(), "VmRSS:")
+            })
+            .collect();
+        let started = Instant::now();
+        let status = send(self.http.clone())
+            .await
+            .unwrap_or_else(|e| format!("error: {e}"));
+        let seconds = started.elapsed().as_secs_f64();
+        let extra_mb = self
+            .services
+            .iter()
+            .zip(before)
+            .map(|(s, before)| mb(status_kb(s.pid(), "VmHWM:").saturating_sub(before)))
+            .collect();
+        self.rows.push(Row {
+            case: case.to_owned(),
+            expected: expected.to_owned(),
+            status,
+            seconds,
+            extra_mb,
+        });
+    }
+}
+
+async fn status_of(request: reqwest::RequestBuilder) -> Result<String, String> {
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!(" (Retry-After {v})"))
+        .unwrap_or_default();
+    let body = response.text().await.unwrap_or_default();
+    let code = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+        .map(|c| format!(" {c}"))
+        .unwrap_or_default();
+    Ok(format!("{status}{code}{retry}"))
+}
+
+fn file_form(bytes: Vec<u8>) -> Form {
+    Form::new().part("file", Part::bytes(bytes).file_name("upload"))
+}
+
+/// Sends headers and then trickles the body one byte a second; returns what the server says and
+/// when, or that it kept waiting past `limit`.
+fn slowloris(addr: SocketAddr, path: &str, limit: Duration) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| e.to_string())?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: multipart/form-data; boundary=x\r\ncontent-length: 100000\r\n\r\n"
+    );
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    while started.elapsed() < limit {
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => {}
+        }
+        if stream.write_all(b"-").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(950));
+    }
+    let text = String::from_utf8_lossy(&answer);
+    match text.split_whitespace().nth(1) {
+        Some(status) => Ok(format!(
+            "{status} after {:.1} s",
+            started.elapsed().as_secs_f64()
+        )),
+        None if started.elapsed() >= limit => Ok(format!("still open after {} s", limit.as_secs())),
+        None => Ok("closed without an answer".into()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let bins = PathBuf::from(env_or("HOSTILE_BIN_DIR", "target/release"));
+    let model_dir = env_or("MODEL_DIR", "var/models/tiny");
+    let ort = std::env::var("ORT_DYLIB_PATH").context("ORT_DYLIB_PATH")?;
+    let dataset = PathBuf::from(env_or("DATASET_DIR", ""));
+    let soak_secs: u64 = env_or("HOSTILE_SOAK_SECS", "600").parse()?;
+    let clients: usize = env_or("HOSTILE_CLIENTS", "16").parse()?;
+
+    let work = std::env::temp_dir().join(format!("hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    println!("hostile run: logs and data in {}", work.display());
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+
+    let common = vec![
+        ("LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ];
+    let mut model_serving = Service::start(
+        "model-serving",
+        &bins.join("model-serving"),
+        &["serve"],
+        &[
+            common.clone(),
+            vec![
+                ("MODEL_DIR", model_dir.clone()),
+                ("ORT_DYLIB_PATH", ort.clone()),
+            ],
+        ]
+        .concat(),
+        &work,
+    )?;
+    model_serving.wait_ready(&http).await?;
+    let mut backend = Service::start(
+        "backend",
+        &bins.join("backend"),
+        &[],
+        &[
+            common.clone(),
+            vec![
+                (
+                    "MODEL_SERVING_URL",
+                    format!("http://{}", model_serving.addr),
+                ),
+                ("DATA_DIR", work.join("data").display().to_string()),
+                ("S3_EMBEDDED_ADDR", free_addr()?.to_string()),
+                ("S3_ACCESS_KEY", "hostile-access".to_owned()),
+                ("S3_SECRET_KEY", "hostile-secret-key-0123456789".to_owned()),
+                ("API_KEY", KEY.to_owned()),
+            ],
+        ]
+        .concat(),
+        &work,
+    )?;
+    backend.wait_ready(&http).await?;
+    let mut frontend = Service::start(
+        "frontend",
+        &bins.join("frontend"),
+        &[],
+        &[
+            common,
+            vec![("BACKEND_URL", format!("http://{}", backend.addr))],
+        ]
+        .concat(),
+        &work,
+    )?;
+    frontend.wait_ready(&http).await?;
+
+    // A small catalogue, so searches return hits.
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(dataset.join("images"))
+        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    photos.sort();
+    photos.truncate(40);
+    for photo in &photos {
+        let bytes = std::fs::read(photo)?;
+        let response = http
+            .post(backend.url("/v1/images"))
+            .header("x-api-key", KEY)
+            .multipart(file_form(bytes))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("loading {} answered {}", photo.display(), response.status());
+        }
+    }
+    println!("indexed {} photos", photos.len());
+
+    let mut run = Run {
+        http,
+        services: vec![model_serving, backend, frontend],
+        rows: Vec::new(),
+    };
+    let backend_url = |path: &str| run.service("backend").url(path);
+    let search_image = backend_url("/v1/search/image?k=5");
+    let images_url = backend_url("/v1/images");
+    let batch_url = backend_url("/v1/images:batch");
+    let offset_url = backend_url("/v1/search?q=red+dress&k=1&offset=18446744073709551615");
+    let list_url = backend_url("/v1/images?offset=100000000&limit=100");
+    let search_url = backend_url("/v1/search?q=red+dress&k=10");
+    let backend_addr = run.service("backend").addr;
+    let frontend_upload = run.service("frontend").url("/search/image");
+    let frontend_addr = run.service("frontend").addr;
+    let model_addr = run.service("model-serving").addr;
+
+    for case in hostile::images(Limits::default(), true) {
+        let expected = match case.expect {
+            Expect::Accepted => "200".to_owned(),
+            Expect::Refused(s) => s.to_string(),
+        };
+        let (url, bytes) = (search_image.clone(), case.bytes);
+        run.case(&format!("image: {}", case.name), &expected, |http| {
+            status_of(http.post(url).multipart(file_form(bytes)))
+        })
+        .await;
+    }
+    // The same bomb through the shop's upload form.
+    let bomb = hostile::png_gray_strip(hostile::WRAPPING_WIDTH, 1);
+    run.case("shop upload: png_1bit_wrapping_width", "400", |http| {
+        status_of(
+            http.post(frontend_upload).multipart(
+                Form::new().part(
+                    "file",
+                    Part::bytes(bomb)
+                        .file_name("bomb.png")
+                        .mime_str("image/png")
+                        .unwrap_or_else(|_| Part::bytes(Vec::new())),
+                ),
+            ),
+        )
+    })
+    .await;
+
+    // Requests, not images.
+    let huge_json = format!(
+        "{{\"items\": [{}]}}",
+        vec!["{\"id\":\"x\"}"; 1_500_000].join(",")
+    );
+    let url = batch_url.clone();
+    run.case("anonymous 30 MB batch JSON", "401", |http| {
+        status_of(
+            http.post(url)
+                .header("content-type", "application/json")
+                .body(huge_json),
+        )
+    })
+    .await;
+    let url = offset_url.clone();
+    run.case("search offset 2^64-1", "400", |http| {
+        status_of(http.get(url))
+    })
+    .await;
+    let url = list_url.clone();
+    run.case("list offset 1e8", "400", |http| status_of(http.get(url)))
+        .await;
+    let many_parts = (0..20_000).fold(Form::new(), |f, i| f.text(format!("f{i}"), "x"));
+    let url = search_image.clone();
+    run.case("20,000 multipart parts", "400", |http| {
+        status_of(http.post(url).multipart(many_parts))
+    })
+    .await;
+    let image_server = TcpListener::bind("127.0.0.1:0")?;
+    let image_addr = image_server.local_addr()?;
+    for (name, target) in [
+        ("loopback", format!("http://{image_addr}/red.png")),
+        (
+            "loopback decimal",
+            format!("http://2130706433:{}/red.png", image_addr.port()),
+        ),
+        (
+            "loopback hex",
+            format!("http://0x7f000001:{}/red.png", image_addr.port()),
+        ),
+        (
+            "ipv4-mapped ipv6",
+            format!("http://[::ffff:127.0.0.1]:{}/red.png", image_addr.port()),
+        ),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_owned(),
+        ),
+        ("private", "http://10.0.0.1/a.png".to_owned()),
+        ("closed port", "http://127.0.0.1:1/a.png".to_owned()),
+    ] {
+        let url = images_url.clone();
+        let body = serde_json::json!({ "url": target }).to_string();
+        run.case(&format!("SSRF: {name}"), "400", |http| {
+            status_of(
+                http.post(url)
+                    .header("x-api-key", KEY)
+                    .header("content-type", "application/json")
+                    .body(body),
+            )
+        })
+        .await;
+    }
+    drop(image_server);
+    for (name, addr, path) in [
+        (
+            "slowloris: backend image search",
+            backend_addr,
+            "/v1/search/image",
+        ),
+        ("slowloris: shop upload", frontend_addr, "/search/image"),
+        (
+            "slowloris: model-serving encode",
+            model_addr,
+            "/encode_image",
+        ),
+    ] {
+        run.case(name, "408", |_| async move {
+            tokio::task::spawn_blocking(move || slowloris(addr, path, Duration::from_secs(90)))
+                .await
+                .map_err(|e| e.to_string())?
+        })
+        .await;
+    }
+    let url = search_url.clone();
+    run.case("search right after", "200", |http| status_of(http.get(url)))
+        .await;
+
+    println!();
+    println!(
+        "| case | expected | answered | seconds | model-serving peak +MB | backend peak +MB | frontend peak +MB |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|");
+    let mut worst = (0.0f64, 0.0f64);
+    for row in &run.rows {
+        println!(
+            "| {} | {} | {} | {:.3} | {:.1} | {:.1} | {:.1} |",
+            row.case,
+            row.expected,
+            row.status,
+            row.seconds,
+            row.extra_mb[0],
+            row.extra_mb[1],
+            row.extra_mb[2]
+        );
+        if !row.case.starts_with("slowloris") {
+            worst.0 = worst.0.max(row.seconds);
+        }
+        worst.1 = row.extra_mb.iter().fold(worst.1, |a, &b| a.max(b));
+    }
+    let mismatches = run
+        .rows
+        .iter()
+        .filter(|r| !r.status.starts_with(&r.expected))
+        .count();
+    println!(
+        "\nworst time (slowloris excluded) {:.3} s (target 2 s); worst peak extra {:.1} MB (target 256 MB); {} of {} cases answered other than expected",
+        worst.0,
+        worst.1,
+        mismatches,
+        run.rows.len()
+    );
+    for service in &mut run.services {
+        let alive = service.alive();
+        println!("{} alive after the cases: {alive}", service.name);
+    }
+
+    if soak_secs > 0 {
+        soak(&run, &search_url, soak_secs, clients).await;
+    }
+    drop(run);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// `clients` loops of text searches (varied, so some miss the cache) for `secs`, no scraper;
+/// RSS of each service every tenth of the run.
+async fn soak(run: &Run, search_url: &str, secs: u64, clients: usize) {
+    println!("\nsoak: {clients} clients of text search for {secs} s, nothing scraping /metrics");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let words = [
+        "red", "blue", "black", "white", "green", "dress", "shirt", "shoes", "watch", "bag",
+    ];
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (http, stop, done, failed) =
+                (run.http.clone(), stop.clone(), done.clone(), failed.clone());
+            let base = search_url.to_owned();
+            tokio::spawn(async move {
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 7;
+                    let q = format!("{} {} {}", words[i % 10], words[(i / 10) % 10], i % 500);
+                    let ok = http
+                        .get(format!("{base}&q={}", q.replace(' ', "+")))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    };
+                }
+            })
+        })
+        .collect();
+    let pids: Vec<(&str, u32)> = run.services.iter().map(|s| (s.name, s.pid())).collect();
+    let sample = || {
+        pids.iter()
+            .map(|&(_, pid)| mb(status_kb(pid, "VmRSS:")))
+            .collect::<Vec<_>>()
+    };
+    let first = sample();
+    println!(
+        "| t (s) | requests | {} |",
+        pids.iter()
+            .map(|p| format!("{} RSS MB", p.0))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---:|---:|{}", "---:|".repeat(pids.len()));
+    let step = Duration::from_secs((secs / 10).max(1));
+    let started = Instant::now();
+    let mut last = first.clone();
+    while started.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(step).await;
+        last = sample();
+        println!(
+            "| {:.0} | {} | {} |",
+            started.elapsed().as_secs_f64(),
+            done.load(Ordering::Relaxed),
+            last.iter()
+                .map(|m| format!("{m:.1}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    // Growth is measured from the first tenth (caches and pools warm up first).
+    println!(
+        "soak: {} searches ({} failed); RSS change over the run: {}",
+        done.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        pids.iter()
+            .zip(first.iter().zip(&last))
+            .map(|(p, (a, b))| format!("{} {:+.1}%", p.0, (b - a) / a.max(1.0) * 100.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
