@@ -168,6 +168,7 @@ pub fn backend_config(data_dir: &Path, model_serving: SocketAddr, api_key: &str)
         timeout_secs: 60,
         query_cache_entries: 1000,
         fetch_allow: Default::default(),
+        fetch_only_allowlisted: false,
         // One process loads the backend from one address: no per-client rate limits.
         edge: backend::config::EdgeConfig::without_rate_limits(),
     }

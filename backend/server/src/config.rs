@@ -77,6 +77,10 @@ pub struct BackendConfig {
     /// address:port (`10.0.0.0/8,127.0.0.1:8080`). Empty: public addresses only.
     #[arg(long, env = "BACKEND_FETCH_ALLOW", default_value = "")]
     pub fetch_allow: AllowList,
+    /// Fetch only from the allowlist, by IP literal: no name is resolved, no public address
+    /// reached (the contract fuzzer's runs).
+    #[arg(long, env = "BACKEND_FETCH_ONLY_ALLOWLISTED", default_value_t = false)]
+    pub fetch_only_allowlisted: bool,
     /// Edge limits, rate limits and readiness probing.
     #[command(flatten)]
     pub edge: EdgeConfig,
@@ -117,6 +121,7 @@ impl BackendConfig {
             max_bytes: self.max_body_bytes,
             connect_timeout: Duration::from_secs(3),
             total_timeout: self.timeout().min(Duration::from_secs(10)),
+            only_allowlisted: self.fetch_only_allowlisted,
         }
     }
 }

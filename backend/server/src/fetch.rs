@@ -220,6 +220,10 @@ pub struct FetchSettings {
     pub connect_timeout: Duration,
     /// For the whole fetch: resolution, every hop, the body.
     pub total_timeout: Duration,
+    /// Only allowlisted addresses, given as IP literals, may be fetched: no name is resolved and
+    /// no public address reached (contract fuzzing, or a deployment that fetches from its own
+    /// mirror only).
+    pub only_allowlisted: bool,
 }
 
 /// Downloads images by URL under the rules of this module.
@@ -338,6 +342,19 @@ impl ImageFetcher {
             host: host.to_owned(),
             message,
         };
+        if self.settings.only_allowlisted {
+            let ip: IpAddr = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| resolve_error("only allowlisted addresses may be fetched".into()))?;
+            let addr = SocketAddr::new(ip, port);
+            return if self.settings.allow.allows(addr) {
+                Ok(vec![addr])
+            } else {
+                Err(FetchError::Refused { addr })
+            };
+        }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| resolve_error(e.to_string()))?
@@ -610,5 +627,35 @@ mod tests {
             list.to_string(),
             "10.0.0.0/8,127.0.0.1:8080,[::1]:9000,fd00::/8,192.168.1.5/32"
         );
+    }
+
+    #[tokio::test]
+    async fn only_allowlisted_resolves_no_name_and_reaches_nothing_else() {
+        let fetcher = ImageFetcher::new(FetchSettings {
+            allow: "127.0.0.1:8080".parse().expect("allowlist"),
+            max_bytes: 1024,
+            connect_timeout: Duration::from_secs(1),
+            total_timeout: Duration::from_secs(1),
+            only_allowlisted: true,
+        });
+        assert_eq!(
+            fetcher
+                .resolve("127.0.0.1", 8080)
+                .await
+                .expect("allowlisted"),
+            vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
+        );
+        assert!(matches!(
+            fetcher.resolve("localhost", 8080).await,
+            Err(FetchError::Resolve { .. })
+        ));
+        assert!(matches!(
+            fetcher.resolve("8.8.8.8", 80).await,
+            Err(FetchError::Refused { .. })
+        ));
+        assert!(matches!(
+            fetcher.resolve("127.0.0.1", 8081).await,
+            Err(FetchError::Refused { .. })
+        ));
     }
 }
