@@ -208,6 +208,7 @@ hostile: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json ## hostile cases (bombs
 
 # Parts kept beside what they build: the telemetry stack and model training.
 -include observability/observability.mk
+-include backend/contract/contract.mk
 -include model-serving/training/training.mk
 -include model-serving/fuzz/fuzz.mk
 
