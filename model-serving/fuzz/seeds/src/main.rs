@@ -1,7 +1,8 @@
 //! Writes the seed corpus for the `preprocess` fuzz target: small valid images of every format
 //! model-serving accepts, in the shapes that matter (tiny, square, both extreme aspect ratios at
 //! and past the limit, 16-bit, alpha, animated, EXIF-rotated, truncated). The fuzzer mutates
-//! these, so they only need to reach each decoder and branch; they stay a few KB each.
+//! these, so they only need to reach each decoder and branch; they stay a few KB each. The
+//! hostile corpus of `backend/hostile` (bombs, wrapping widths, damaged files) is added to them.
 //!
 //! Usage: `model-serving-fuzz-seeds <dir>` (created if missing; existing files are replaced).
 
@@ -13,6 +14,9 @@ use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::codecs::webp::WebPEncoder;
 use image::{ExtendedColorType, Frame, ImageEncoder, RgbaImage};
+
+/// Seeds above this size are left out: libFuzzer caps generated inputs at the largest seed.
+const MAX_SEED_BYTES: usize = 64 * 1024;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -141,6 +145,14 @@ fn main() -> Result<()> {
     seeds.push(("jpeg-with-trailer".into(), trailer));
     let whole = png(64, 64, Rgb8)?;
     seeds.push(("png-truncated".into(), whole[..whole.len() / 2].to_vec()));
+
+    // The project's hostile corpus (backend/hostile), without the cases that take seconds to
+    // make; the largest are left out so libFuzzer's input size limit stays small.
+    for case in hostile::images(hostile::Limits::default(), false) {
+        if case.bytes.len() <= MAX_SEED_BYTES {
+            seeds.push((format!("hostile-{}", case.name), case.bytes));
+        }
+    }
 
     let mut total = 0;
     for (name, bytes) in &seeds {
