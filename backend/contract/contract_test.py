@@ -164,7 +164,8 @@ def main():
             "--max-redirects", "0",
             "--suppress-health-check", "too_slow",
         ]
-        run = subprocess.run(command, env=dict(env, NO_COLOR="1", SCHEMATHESIS_HOOKS=""))
+        # In the scratch folder: schemathesis keeps its state (.schemathesis/) in the working one.
+        run = subprocess.run(command, cwd=work, env=dict(env, NO_COLOR="1"))
         for proc, name in zip(procs, ["model-serving", "backend"]):
             if proc.poll() is not None:
                 print(f"contract: {name} died during the run (code {proc.returncode})")
