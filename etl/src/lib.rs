@@ -77,14 +77,44 @@ pub fn point_id(dataset: DatasetKind, key: &str) -> Uuid {
 
 const ATTEMPTS: u32 = 6;
 
-/// Retries `call` while it fails transiently, with exponential backoff.
-async fn retry<T, E, F, Fut>(
-    stage: &'static str,
-    is_transient: fn(&E) -> bool,
-    call: F,
-) -> Result<T, RetryError<E>>
+/// What a failed call says about trying it again.
+trait Transient: std::fmt::Display {
+    /// Whether the same call may succeed later.
+    fn transient(&self) -> bool;
+    /// How long the service asked us to wait (its `Retry-After`), if it said.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl Transient for telemetry::client::CallError {
+    fn transient(&self) -> bool {
+        self.is_transient()
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Object storage failures are network or server faults: worth another try.
+impl Transient for backend::storage::StorageError {
+    fn transient(&self) -> bool {
+        true
+    }
+}
+
+/// The longest `Retry-After` honoured; a longer one is a misconfiguration, not a plan.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Retries `call` while it fails transiently, with exponential backoff; an overloaded service's
+/// `Retry-After` is honoured (never retried sooner than it asked).
+async fn retry<T, E, F, Fut>(stage: &'static str, call: F) -> Result<T, RetryError<E>>
 where
-    E: std::fmt::Display,
+    E: Transient,
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -92,12 +122,21 @@ where
     for attempt in 1..=ATTEMPTS {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
-                tracing::warn!(stage, attempt, error = %e, "transient failure; retrying");
-                tokio::time::sleep(delay).await;
+            Err(e) if e.transient() && attempt < ATTEMPTS => {
+                let wait = e
+                    .retry_after()
+                    .map_or(delay, |asked| asked.min(MAX_RETRY_AFTER).max(delay));
+                tracing::warn!(
+                    stage,
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    error = %e,
+                    "transient failure; retrying"
+                );
+                tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) if is_transient(&e) => {
+            Err(e) if e.transient() => {
                 return Err(RetryError::Persistent(LoadError::Persistent {
                     stage,
                     attempts: ATTEMPTS,
@@ -133,24 +172,16 @@ async fn encode(
     items: &[Item],
 ) -> Result<Vec<Result<Vec<f32>, String>>, LoadError> {
     let bytes: Vec<Vec<u8>> = items.iter().map(|i| i.bytes.clone()).collect();
-    match retry(
-        "encode",
-        model_serving_api::ClientError::is_transient,
-        || clients.model.encode_images(bytes.clone()),
-    )
-    .await
-    {
+    match retry("encode", || clients.model.encode_images(bytes.clone())).await {
         Ok(response) => Ok(response.embeddings.into_iter().map(Ok).collect()),
         Err(RetryError::Persistent(e)) => Err(e),
         // One bad image refuses the whole request: encode one by one to find it.
         Err(RetryError::Rejected(_)) if items.len() > 1 => {
             let mut out = Vec::with_capacity(items.len());
             for item in items {
-                match retry(
-                    "encode",
-                    model_serving_api::ClientError::is_transient,
-                    || clients.model.encode_images(vec![item.bytes.clone()]),
-                )
+                match retry("encode", || {
+                    clients.model.encode_images(vec![item.bytes.clone()])
+                })
                 .await
                 {
                     Ok(mut r) => {
@@ -176,11 +207,7 @@ async fn process_batch(
 ) -> Result<BatchOutcome, LoadError> {
     let ids: Vec<Uuid> = items.iter().map(|i| point_id(dataset, &i.key)).collect();
     let started = Instant::now();
-    let existing = match retry("exists", backend_api::ClientError::is_transient, || {
-        clients.backend.existing(ids.clone())
-    })
-    .await
-    {
+    let existing = match retry("exists", || clients.backend.existing(ids.clone())).await {
         Ok(existing) => existing,
         Err(RetryError::Persistent(e)) => return Err(e),
         Err(RetryError::Rejected(e)) => {
@@ -223,11 +250,9 @@ async fn process_batch(
             let (extension, content_type) =
                 sniff_image(&item.bytes).unwrap_or(("bin", "application/octet-stream"));
             let key = content_key(&item.bytes, extension);
-            match retry(
-                "store",
-                |_: &backend::storage::StorageError| true,
-                || store.put(&key, item.bytes.clone(), content_type),
-            )
+            match retry("store", || {
+                store.put(&key, item.bytes.clone(), content_type)
+            })
             .await
             {
                 Ok(()) | Err(RetryError::Rejected(_)) => {}
@@ -248,11 +273,7 @@ async fn process_batch(
     let n = upserts.len();
     let started = Instant::now();
     if n > 0 {
-        match retry("upsert", backend_api::ClientError::is_transient, || {
-            clients.backend.ingest_batch(upserts.clone())
-        })
-        .await
-        {
+        match retry("upsert", || clients.backend.ingest_batch(upserts.clone())).await {
             Ok(_) => {
                 outcome.loaded = n;
                 metrics::stage("upsert", started.elapsed());
@@ -381,4 +402,52 @@ pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, L
     reader.await.map_err(|_| LoadError::Reader)??;
     metrics::finished(options.dataset.name(), true);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use telemetry::client::CallError;
+
+    #[tokio::test]
+    async fn an_overloaded_service_is_retried_no_sooner_than_it_asked() {
+        let calls = AtomicU32::new(0);
+        let started = std::time::Instant::now();
+        let out = retry("encode", || async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(CallError::Unavailable {
+                    message: "overloaded".into(),
+                    retry_after: Some(Duration::from_millis(700)),
+                })
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert!(matches!(out, Ok(7)));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(
+            started.elapsed() >= Duration::from_millis(700),
+            "retried after {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_input_is_not_retried() {
+        let calls = AtomicU32::new(0);
+        let out: Result<(), _> = retry("encode", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(CallError::Rejected {
+                status: 400,
+                code: "invalid_image".into(),
+                message: "not an image".into(),
+            })
+        })
+        .await;
+        assert!(matches!(out, Err(RetryError::Rejected(_))));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }
