@@ -340,7 +340,11 @@ async fn main() -> anyhow::Result<()> {
         let response = http
             .post(backend.url("/v1/images"))
             .header("x-api-key", KEY)
-            .multipart(file_form(bytes))
+            .multipart(
+                file_form(bytes)
+                    .text("dataset", "hostile")
+                    .text("caption", "a catalogue photo"),
+            )
             .send()
             .await?;
         if !response.status().is_success() {
@@ -360,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
     let batch_url = backend_url("/v1/images:batch");
     let offset_url = backend_url("/v1/search?q=red+dress&k=1&offset=18446744073709551615");
     let list_url = backend_url("/v1/images?offset=100000000&limit=100");
-    let search_url = backend_url("/v1/search?q=red+dress&k=10");
+    let search_url = backend_url("/v1/search?k=10");
     let backend_addr = run.service("backend").addr;
     let frontend_upload = run.service("frontend").url("/search/image");
     let frontend_addr = run.service("frontend").addr;
@@ -446,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
         ("closed port", "http://127.0.0.1:1/a.png".to_owned()),
     ] {
         let url = images_url.clone();
-        let body = serde_json::json!({ "url": target }).to_string();
+        let body = serde_json::json!({ "url": target, "dataset": "hostile" }).to_string();
         run.case(&format!("SSRF: {name}"), "400", |http| {
             status_of(
                 http.post(url)
@@ -479,8 +483,10 @@ async fn main() -> anyhow::Result<()> {
         .await;
     }
     let url = search_url.clone();
-    run.case("search right after", "200", |http| status_of(http.get(url)))
-        .await;
+    run.case("search right after", "200", |http| {
+        status_of(http.get(format!("{url}&q=red+dress")))
+    })
+    .await;
 
     println!();
     println!(

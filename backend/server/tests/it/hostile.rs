@@ -499,3 +499,29 @@ async fn a_batch_cannot_name_an_object_a_racing_delete_removed() {
     backend.stop().await;
     ms.stop().await.expect("model-serving stops cleanly");
 }
+
+#[tokio::test]
+async fn thousands_of_multipart_parts_are_refused_on_uploads() {
+    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let backend = start_backend(&config(data.path(), ms.addr))
+        .await
+        .expect("backend");
+    let parts = || {
+        (0..5_000).fold(reqwest::multipart::Form::new(), |form, i| {
+            form.text(format!("f{i}"), "x")
+        })
+    };
+    for (path, key) in [("/v1/search/image", None), ("/v1/images", Some(API_KEY))] {
+        let mut request = backend.http.post(backend.url(path)).multipart(parts());
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        let (status, code, _) = error_of(request.send().await.expect("send")).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::BAD_REQUEST, "too_many_parts"),
+            "{path}"
+        );
+    }
+}
