@@ -371,7 +371,7 @@ impl QueryEncoder {
                 Verdict::Busy { retry_after, cause } => {
                     drop(permit);
                     metrics::upstream_error("model-serving");
-                    tracing::info!(%cause, "model-serving busy; passing its retry-after on");
+                    tracing::info!(error = %cause, "model-serving busy; passing its retry-after on");
                     return Err(EncoderError::Busy {
                         retry_after: retry_after
                             .clamp(Duration::from_secs(1), MAX_BUSY_RETRY_AFTER),
@@ -380,7 +380,7 @@ impl QueryEncoder {
                 Verdict::Fault { retry, cause } => {
                     permit.failure();
                     metrics::upstream_error("model-serving");
-                    tracing::warn!(attempt, %cause, retry, "model-serving call failed");
+                    tracing::warn!(attempt, error = %cause, retry, "model-serving call failed");
                     last = Some(cause);
                     if !retry || attempt == attempts {
                         break;
