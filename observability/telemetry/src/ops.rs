@@ -92,6 +92,16 @@ impl Readiness {
             tracing::warn!("no async runtime: readiness probes do not run");
             return ProbeTask(None);
         };
+        // Not ready until each probe has answered once: a service must not claim its
+        // dependencies are fine before it has looked (the first probes run at once).
+        {
+            let mut checks = self.checks.write().unwrap_or_else(|e| e.into_inner());
+            for probe in &probes {
+                checks
+                    .entry(probe.name)
+                    .or_insert_with(|| Err("not probed yet".into()));
+            }
+        }
         let checks = Arc::downgrade(&self.checks);
         let probes: Arc<[Probe]> = probes.into();
         ProbeTask(Some(
