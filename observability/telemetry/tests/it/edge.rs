@@ -250,7 +250,12 @@ async fn a_client_over_its_rate_gets_429_and_others_do_not() {
         let ok = first.get(&url).send().await.expect("request");
         assert_eq!(ok.status(), 200);
     }
-    let refused = first.get(&url).send().await.expect("request");
+    // The bucket refills one a second: on a loaded machine the burst may have taken that long,
+    // so the refusal comes within two more requests.
+    let mut refused = first.get(&url).send().await.expect("request");
+    if refused.status() == 200 {
+        refused = first.get(&url).send().await.expect("request");
+    }
     assert_eq!(refused.status(), 429);
     let retry: u64 = refused.headers()["retry-after"]
         .to_str()
