@@ -94,7 +94,9 @@ impl Transient for telemetry::client::CallError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Unavailable { retry_after, .. } => *retry_after,
+            Self::Unavailable { retry_after, .. } | Self::RateLimited { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

@@ -77,7 +77,11 @@ pub fn router(config: &FrontendConfig) -> anyhow::Result<Router> {
         .route("/static/app.css", get(pages::stylesheet))
         .route("/static/app.js", get(pages::script))
         .fallback(pages::fallback)
-        .with_state(state);
+        .with_state(state)
+        // The shopper each page calls the backend for (forwarded as X-Forwarded-For).
+        .layer(telemetry::rate_limit::client_address(
+            config.trusted_proxies.0.clone(),
+        ));
     Ok(Router::new()
         .merge(telemetry::edge::protect(
             pages,

@@ -7,10 +7,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use backend_api::{BackendClient, ClientError, FacetsResponse, SearchParams, SearchResponse};
+use telemetry::rate_limit::ClientIp;
 use uuid::Uuid;
 
 use crate::metrics;
@@ -39,6 +41,15 @@ enum Trouble {
 }
 
 impl AppState {
+    /// The backend client for one request: on behalf of the shopper the edge resolved, so the
+    /// backend's per-client limits see shoppers rather than this frontend.
+    fn backend_for(&self, client: Option<Extension<ClientIp>>) -> BackendClient {
+        match client {
+            Some(Extension(ClientIp(ip))) => self.backend.on_behalf_of(ip),
+            None => self.backend.clone(),
+        }
+    }
+
     /// Runs one backend call under the page's timeout, counting it by outcome.
     async fn call<T>(
         &self,
@@ -53,6 +64,11 @@ impl AppState {
             Ok(Err(ClientError::Rejected {
                 status, message, ..
             })) => Err(Trouble::Rejected { status, message }),
+            // The backend's per-shopper limit (the frontend calls on the shopper's behalf).
+            Ok(Err(ClientError::RateLimited { message, .. })) => Err(Trouble::Rejected {
+                status: 429,
+                message,
+            }),
             Ok(Err(error)) => {
                 tracing::warn!(call, error = %error, "backend call failed");
                 Err(Trouble::Down)
@@ -89,7 +105,7 @@ impl AppState {
 /// A rendered page with its status; 503s say when to retry.
 fn page(status: StatusCode, html: String) -> Response {
     let mut response = (status, Html(html)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -143,6 +159,13 @@ fn trouble_notice(trouble: Trouble, timeout: Duration, subject: &str) -> (Status
         Trouble::Rejected { status: 413, .. } => (
             StatusCode::PAYLOAD_TOO_LARGE,
             problem("That photo is too large", "Please try a smaller photo."),
+        ),
+        Trouble::Rejected { status: 429, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            problem(
+                "Too many searches at once",
+                "Please wait a few seconds and try again.",
+            ),
         ),
         Trouble::Rejected { status, message } => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
@@ -259,7 +282,12 @@ fn summary(response: &SearchResponse) -> String {
 }
 
 /// `GET /`: the start page without a query, the results with one.
-pub async fn search(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+pub async fn search(
+    State(state): State<AppState>,
+    client: Option<Extension<ClientIp>>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let backend = state.backend_for(client);
     let fields = parse_query(raw.as_deref());
     let q = fields.get("q").cloned().unwrap_or_default();
     let mut view_state = SearchState {
@@ -273,8 +301,7 @@ pub async fn search(State(state): State<AppState>, RawQuery(raw): RawQuery) -> R
     };
     view_state.filters = filters.clone();
     if q.is_empty() {
-        let (facets, stats) =
-            tokio::join!(state.facets(), state.call("stats", state.backend.stats()));
+        let (facets, stats) = tokio::join!(state.facets(), state.call("stats", backend.stats()));
         metrics::page("home", "ok");
         let html = views::document(
             "",
@@ -286,7 +313,7 @@ pub async fn search(State(state): State<AppState>, RawQuery(raw): RawQuery) -> R
     }
     let offset = (page_no - 1) * state.page_size;
     let search_params = params(&filters, state.page_size, offset);
-    let search = state.call("search_text", state.backend.search_text(&q, &search_params));
+    let search = state.call("search_text", backend.search_text(&q, &search_params));
     let (facets, found) = tokio::join!(state.facets(), search);
     let title = format!("“{q}”");
     match found {
@@ -421,7 +448,12 @@ async fn read_upload(
 }
 
 /// `POST /search/image`: a multipart upload (works without JavaScript).
-pub async fn search_image(State(state): State<AppState>, multipart: Multipart) -> Response {
+pub async fn search_image(
+    State(state): State<AppState>,
+    client: Option<Extension<ClientIp>>,
+    multipart: Multipart,
+) -> Response {
+    let backend = state.backend_for(client);
     let view_state = SearchState {
         filter_action: "/".into(),
         ..SearchState::default()
@@ -455,7 +487,7 @@ pub async fn search_image(State(state): State<AppState>, multipart: Multipart) -
     let search_params = params(&filters, state.page_size, 0);
     let search = state.call(
         "search_image",
-        state.backend.search_image(upload.image, &search_params),
+        backend.search_image(upload.image, &search_params),
     );
     let (facets, found) = tokio::join!(state.facets(), search);
     match found {
@@ -512,9 +544,11 @@ fn not_found(page_name: &'static str, view_state: &SearchState) -> Response {
 /// `GET /similar/{id}`: "more like this", paged and filterable.
 pub async fn similar(
     State(state): State<AppState>,
+    client: Option<Extension<ClientIp>>,
     Path(raw_id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    let backend = state.backend_for(client);
     let mut view_state = SearchState {
         filter_action: format!("/similar/{raw_id}"),
         ..SearchState::default()
@@ -532,8 +566,8 @@ pub async fn similar(
     let search_params = params(&filters, state.page_size, offset);
     let (facets, source, found) = tokio::join!(
         state.facets(),
-        state.call("get_image", state.backend.get_image(id)),
-        state.call("similar", state.backend.similar(id, &search_params)),
+        state.call("get_image", backend.get_image(id)),
+        state.call("similar", backend.similar(id, &search_params)),
     );
     match found {
         Ok(response) => {
@@ -592,7 +626,12 @@ pub async fn similar(
 }
 
 /// `GET /product/{id}`: one product and similar items.
-pub async fn product(State(state): State<AppState>, Path(raw_id): Path<String>) -> Response {
+pub async fn product(
+    State(state): State<AppState>,
+    client: Option<Extension<ClientIp>>,
+    Path(raw_id): Path<String>,
+) -> Response {
+    let backend = state.backend_for(client);
     let view_state = SearchState {
         filter_action: "/".into(),
         ..SearchState::default()
@@ -602,8 +641,8 @@ pub async fn product(State(state): State<AppState>, Path(raw_id): Path<String>) 
     };
     let similar_params = params(&Filters::default(), SIMILAR_ON_PRODUCT + 1, 0);
     let (item, similar) = tokio::join!(
-        state.call("get_image", state.backend.get_image(id)),
-        state.call("similar", state.backend.similar(id, &similar_params)),
+        state.call("get_image", backend.get_image(id)),
+        state.call("similar", backend.similar(id, &similar_params)),
     );
     match item {
         Ok(item) => {

@@ -202,6 +202,8 @@ pub struct BackendClient {
     base: String,
     http: reqwest::Client,
     api_key: Option<SecretString>,
+    /// Sent as `X-Forwarded-For`: the shopper a caller (the frontend) calls for.
+    on_behalf_of: Option<std::net::IpAddr>,
 }
 
 impl BackendClient {
@@ -216,7 +218,18 @@ impl BackendClient {
             base: base.into().trim_end_matches('/').to_owned(),
             http,
             api_key: None,
+            on_behalf_of: None,
         })
+    }
+
+    /// The same client, calling on behalf of `client`: every request says `X-Forwarded-For:
+    /// client`, which the backend believes when the caller is one of its `BACKEND_TRUSTED_PROXIES`
+    /// (so its per-client search limits count shoppers, not the frontend).
+    pub fn on_behalf_of(&self, client: std::net::IpAddr) -> Self {
+        Self {
+            on_behalf_of: Some(client),
+            ..self.clone()
+        }
     }
 
     /// The key sent as `x-api-key` on writes.
@@ -336,6 +349,10 @@ impl BackendClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let request = match self.on_behalf_of {
+            Some(client) => request.header("x-forwarded-for", client.to_string()),
+            None => request,
+        };
         telemetry::client::send_json(request).await
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Settings (environment): `HOSTILE_BIN_DIR` (the release binaries), `MODEL_DIR`,
 //! `ORT_DYLIB_PATH`, `DATASET_DIR` (photos to index first), `HOSTILE_SOAK_SECS` (default 600, 0
-//! skips the soak), `HOSTILE_CLIENTS` (default 16). Every process it starts is stopped by pid.
+//! skips the soak), `HOSTILE_CLIENTS` (default 16), `HOSTILE_CASES` (0 runs the soak alone). The
+//! services inherit the environment, so `METRICS_UPKEEP_SECS=0` soaks them without the metrics
+//! upkeep (the "before" measurement). Every process it starts is stopped by pid.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -143,6 +145,8 @@ struct Run {
     http: reqwest::Client,
     services: Vec<Service>,
     rows: Vec<Row>,
+    /// `HOSTILE_CASES=0`: only the soak runs (the cases are skipped, and reported as skipped).
+    skip_cases: bool,
 }
 
 impl Run {
@@ -160,6 +164,9 @@ impl Run {
         F: FnOnce(reqwest::Client) -> Fut,
         Fut: Future<Output = Result<String, String>>,
     {
+        if self.skip_cases {
+            return;
+        }
         let before: Vec<u64> = self
             .services
             .iter()
@@ -357,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
         http,
         services: vec![model_serving, backend, frontend],
         rows: Vec::new(),
+        skip_cases: env_or("HOSTILE_CASES", "1") == "0",
     };
     let backend_url = |path: &str| run.service("backend").url(path);
     let search_image = backend_url("/v1/search/image?k=5");
@@ -528,7 +536,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if soak_secs > 0 {
-        soak(&run, &search_url, soak_secs, clients).await;
+        let shop_url = run.service("frontend").url("/");
+        soak(&run, &search_url, &shop_url, soak_secs, clients).await;
     }
     drop(run);
     let _ = std::fs::remove_dir_all(&work);
@@ -537,7 +546,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// `clients` loops of text searches (varied, so some miss the cache) for `secs`, no scraper;
 /// RSS of each service every tenth of the run.
-async fn soak(run: &Run, search_url: &str, secs: u64, clients: usize) {
+async fn soak(run: &Run, search_url: &str, shop_url: &str, secs: u64, clients: usize) {
     println!("\nsoak: {clients} clients of text search for {secs} s, nothing scraping /metrics");
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -549,14 +558,23 @@ async fn soak(run: &Run, search_url: &str, secs: u64, clients: usize) {
         .map(|c| {
             let (http, stop, done, failed) =
                 (run.http.clone(), stop.clone(), done.clone(), failed.clone());
-            let base = search_url.to_owned();
+            let (search_url, shop_url) = (search_url.to_owned(), shop_url.to_owned());
+            // Even clients call the backend's API, odd ones the shop's search page (which calls
+            // the backend), so all three services carry load.
+            let base = if c % 2 == 0 {
+                format!("{search_url}&q=")
+            } else {
+                format!("{shop_url}?q=")
+            };
             tokio::spawn(async move {
                 let mut i = c;
                 while !stop.load(Ordering::Relaxed) {
                     i += 7;
-                    let q = format!("{} {} {}", words[i % 10], words[(i / 10) % 10], i % 500);
+                    // 2,000 distinct queries: the query cache fills in the first tenth, and the
+                    // misses before that reach model-serving.
+                    let q = format!("{} {} {}", words[i % 10], words[(i / 10) % 10], i % 2000);
                     let ok = http
-                        .get(format!("{base}&q={}", q.replace(' ', "+")))
+                        .get(format!("{base}{}", q.replace(' ', "+")))
                         .send()
                         .await
                         .is_ok_and(|r| r.status().is_success());

@@ -222,7 +222,17 @@ fn verdict(error: ClientError) -> Verdict {
         ClientError::Unavailable {
             retry_after: Some(retry_after),
             ..
+        }
+        | ClientError::RateLimited {
+            retry_after: Some(retry_after),
+            ..
         } => Verdict::Busy { retry_after, cause },
+        ClientError::RateLimited {
+            retry_after: None, ..
+        } => Verdict::Busy {
+            retry_after: Duration::from_secs(1),
+            cause,
+        },
         ClientError::Unavailable {
             retry_after: None, ..
         } => Verdict::Fault { retry: true, cause },

@@ -114,3 +114,51 @@ async fn readiness_follows_the_backend() {
         .expect("live");
     assert_eq!(live.status(), 200);
 }
+
+/// The frontend calls the backend on behalf of each shopper (`X-Forwarded-For`), so a backend
+/// that trusts the frontend as a proxy limits searches per shopper: one fast shopper is refused
+/// (429 with `Retry-After`, shown as a page), the next shopper is not. Without the header every
+/// shopper would share the frontend's one budget at the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_limits_each_shopper_behind_the_frontend() {
+    let stack = Stack::start_with(
+        1,
+        &[
+            ("BACKEND_SEARCH_RATE_PER_SEC", "1".to_owned()),
+            ("BACKEND_SEARCH_RATE_BURST", "3".to_owned()),
+            // The frontend calls from 127.0.0.1 (the ETL too, but it never searches).
+            ("BACKEND_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
+        ],
+    )
+    .await;
+    let config = FrontendConfig {
+        search_rate_per_sec: 0,
+        ..FrontendConfig::new(stack.backend_url())
+    };
+    let addr = serve(config).await;
+    let search = format!("http://{addr}/?q=red+dress");
+
+    let fast = client_from("127.0.0.2");
+    let mut refused = None;
+    for _ in 0..20 {
+        let page = fast.get(&search).send().await.expect("page");
+        if page.status() == 429 {
+            refused = Some(page);
+            break;
+        }
+        let status = page.status();
+        assert_eq!(status, 200, "{}", page.text().await.unwrap_or_default());
+    }
+    let refused = refused.expect("the backend refuses the fast shopper's searches");
+    assert!(refused.headers().contains_key("retry-after"));
+    let html = refused.text().await.expect("html");
+    assert!(html.contains("Too many searches"), "{html}");
+
+    let other = client_from("127.0.0.3")
+        .get(&search)
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(other.status(), 200, "another shopper is not refused");
+    drop(stack);
+}

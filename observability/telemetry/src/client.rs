@@ -6,7 +6,13 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// Overloaded, starting or down (502/503/504/429); try again after the given delay.
+    /// Too many requests from this caller (429): the caller, not the service, must slow down.
+    #[error("rate limited: {message}")]
+    RateLimited {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Overloaded, starting or down (502/503/504); try again after the given delay.
     #[error("service unavailable: {message}")]
     Unavailable {
         message: String,
@@ -30,7 +36,10 @@ pub enum CallError {
 impl CallError {
     /// Whether the same call may succeed later (overload, restart, network).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Transport(_))
+        matches!(
+            self,
+            Self::RateLimited { .. } | Self::Unavailable { .. } | Self::Transport(_)
+        )
     }
 }
 
@@ -66,7 +75,11 @@ pub async fn send_json<T: serde::de::DeserializeOwned>(
     let code = field("code").unwrap_or_else(|| "unknown".to_owned());
     let message = field("message").unwrap_or_else(|| body.chars().take(200).collect());
     Err(match status.as_u16() {
-        503 | 429 | 502 | 504 => CallError::Unavailable {
+        429 => CallError::RateLimited {
+            message,
+            retry_after,
+        },
+        502..=504 => CallError::Unavailable {
             message,
             retry_after,
         },

@@ -247,6 +247,21 @@ pub fn metrics_handle() -> Result<PrometheusHandle, TelemetryError> {
 /// when nothing scrapes.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The upkeep interval: `METRICS_UPKEEP_SECS` (whole seconds) or [`UPKEEP_INTERVAL`]. `0` turns
+/// the upkeep off; that exists only to measure what it prevents (`make hostile`), never to run.
+fn upkeep_interval() -> Result<Option<Duration>, TelemetryError> {
+    match std::env::var("METRICS_UPKEEP_SECS") {
+        Err(_) => Ok(Some(UPKEEP_INTERVAL)),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(secs) => Ok(Some(Duration::from_secs(secs))),
+            Err(_) => Err(TelemetryError::Metrics(format!(
+                "METRICS_UPKEEP_SECS must be whole seconds (0 turns the upkeep off), not {text:?}"
+            ))),
+        },
+    }
+}
+
 static UPKEEP_RUNS: AtomicU64 = AtomicU64::new(0);
 
 /// How many times the upkeep has run in this process.
@@ -256,11 +271,15 @@ pub fn upkeep_runs() -> u64 {
 
 /// A plain thread, so the upkeep runs whether or not (and whichever) async runtime is up.
 fn spawn_upkeep(handle: PrometheusHandle) -> Result<(), TelemetryError> {
+    let Some(interval) = upkeep_interval()? else {
+        tracing::warn!("METRICS_UPKEEP_SECS=0: the metrics upkeep is off (for measurements only)");
+        return Ok(());
+    };
     std::thread::Builder::new()
         .name("metrics-upkeep".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(UPKEEP_INTERVAL);
+                std::thread::sleep(interval);
                 handle.run_upkeep();
                 UPKEEP_RUNS.fetch_add(1, Ordering::Relaxed);
             }

@@ -213,6 +213,32 @@ fn forget_idle_clients(limiter: Weak<DefaultKeyedRateLimiter<Key>>) {
     });
 }
 
+/// The client a request comes from, as [`client_address`] resolved it (the peer, or the client a
+/// trusted proxy names). A service that calls another on the shopper's behalf forwards it as
+/// `X-Forwarded-For`, so the next service's per-client limits see the shopper, not the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+type RememberFn =
+    fn(State<Arc<[IpAddr]>>, Request, Next) -> Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// What [`client_address`] returns.
+pub type ClientAddressLayer =
+    FromFnLayer<RememberFn, Arc<[IpAddr]>, (State<Arc<[IpAddr]>>, Request)>;
+
+/// Middleware: puts the request's [`ClientIp`] in its extensions (nothing when the request came
+/// from no socket, as in-process calls do). `trusted_proxies` as for [`RateLimit::per_client`].
+pub fn client_address(trusted_proxies: Vec<IpAddr>) -> ClientAddressLayer {
+    let trusted: Arc<[IpAddr]> = trusted_proxies.into_iter().map(canonical).collect();
+    middleware::from_fn_with_state(trusted, |State(trusted), mut request: Request, next| {
+        if let Some(peer) = peer_addr(&request) {
+            let client = client_ip(peer.ip(), request.headers(), &trusted);
+            request.extensions_mut().insert(ClientIp(client));
+        }
+        Box::pin(next.run(request))
+    })
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

@@ -165,3 +165,52 @@ async fn searches_are_limited_per_client_and_writes_per_key() {
     backend.stop().await;
     model.stop().await.expect("model-serving stops");
 }
+
+/// Object storage outside the backend (the production form: an external S3 endpoint, here the
+/// in-process S3 server run on its own): readiness turns 503 `storage` while it is down and
+/// comes back when it does, while the other checks stay ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_external_storage() {
+    use backend::embedded_s3::EmbeddedS3;
+    let (access, secret) = ("readiness-access", "readiness-secret-0123456789");
+    let objects = tempfile::tempdir().expect("tempdir");
+    let s3_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind S3");
+    let s3_addr = s3_listener.local_addr().expect("S3 addr");
+    let s3 = EmbeddedS3::start(s3_listener, objects.path(), access, secret).expect("S3 starts");
+
+    let model = helpers::start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = backend::config::BackendConfig {
+        s3_endpoint: Some(format!("http://{s3_addr}")),
+        s3_access_key: Some(access.to_owned().into()),
+        s3_secret_key: Some(secret.to_owned().into()),
+        edge: EdgeConfig {
+            ready_probe_interval_ms: 200,
+            ..EdgeConfig::without_rate_limits()
+        },
+        ..helpers::config(data.path(), model.addr)
+    };
+    let backend = helpers::start_backend(&config).await.expect("backend");
+    let http = reqwest::Client::new();
+    let body = wait_for_ready(&http, backend.addr, 200, Duration::from_secs(5)).await;
+    assert_eq!(body["checks"]["storage"]["status"], "ready", "{body}");
+
+    s3.stop().await;
+    let body = wait_for_ready(&http, backend.addr, 503, Duration::from_secs(10)).await;
+    assert_eq!(body["checks"]["storage"]["status"], "not_ready", "{body}");
+    assert_eq!(body["checks"]["index"]["status"], "ready", "{body}");
+    assert_eq!(body["checks"]["model_serving"]["status"], "ready", "{body}");
+
+    // The same endpoint back, with the same objects: ready again.
+    let s3_listener = tokio::net::TcpListener::bind(s3_addr)
+        .await
+        .expect("rebind S3");
+    let s3 = EmbeddedS3::start(s3_listener, objects.path(), access, secret).expect("S3 restarts");
+    wait_for_ready(&http, backend.addr, 200, Duration::from_secs(10)).await;
+
+    backend.stop().await;
+    s3.stop().await;
+    model.stop().await.expect("model-serving stops");
+}

@@ -257,6 +257,7 @@ async fn a_client_over_its_rate_gets_429_and_others_do_not() {
         refused = first.get(&url).send().await.expect("request");
     }
     assert_eq!(refused.status(), 429);
+    let refused_at = Instant::now();
     let retry: u64 = refused.headers()["retry-after"]
         .to_str()
         .expect("ascii")
@@ -273,7 +274,13 @@ async fn a_client_over_its_rate_gets_429_and_others_do_not() {
         .send()
         .await
         .expect("request");
-    assert_eq!(spoofed.status(), 429);
+    // A 200 here is only right if the bucket refilled meanwhile (a loaded machine).
+    assert!(
+        spoofed.status() == 429 || refused_at.elapsed() >= Duration::from_secs(1),
+        "a spoofed X-Forwarded-For got {} within {:?} of the refusal",
+        spoofed.status(),
+        refused_at.elapsed()
+    );
 
     // Another address (all of 127/8 is loopback) has its own budget.
     let second = client_from("127.0.0.2");
