@@ -101,13 +101,28 @@ model: system-deps $(ORT_LIB) ## download a real CLIP export: make model MODEL=c
 
 # ---------------------------------------------------------------------------- test
 
+# One build serves the lints, the binaries and the tests, so each dependency compiles once:
+# - clippy-driver wraps rustc for the workspace's own crates (what `cargo clippy` does, but with
+#   code generation), instead of a separate `cargo clippy` that checks every dependency again;
+# - the binaries are built together with the tests (`--bins --tests`), so dev-dependencies
+#   unify features the same way for both (built apart, syn, hyper-rustls and two more got other
+#   features and most of the tree compiled twice);
+# - the test-* targets below build with the same command, which is then a no-op.
+CLIPPY_DRIVER := $(shell rustup which clippy-driver 2>/dev/null)
+LINTED := RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+BUILD_TESTED = $(LINTED) $(CARGO) build --workspace --locked --bins --tests
+
+.PHONY: build-tested
+build-tested: ## the lints, binaries and tests in one debug build (what make test builds)
+	@[ -x "$(CLIPPY_DRIVER)" ] || { echo "clippy-driver not found: rustup component add clippy"; exit 1; }
+	$(BUILD_TESTED)
+
 .PHONY: test
 test: system-deps $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everything CI runs: fmt, clippy, all tests
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) build --locked --bins
+	$(MAKE) --no-print-directory build-tested
 	TEST_MODEL_DIR=$(TINY_MODEL) REFERENCE_PYTHON=$(VPY) \
-	  $(CARGO) nextest run --workspace --locked --no-fail-fast
+	  $(LINTED) $(CARGO) nextest run --workspace --locked --no-fail-fast
 	$(if $(strip $(TEST_EXTRA)),$(MAKE) --no-print-directory $(TEST_EXTRA))
 
 # ---------------------------------------------------------------------------- run

@@ -50,7 +50,7 @@ observe: system-deps ## run Prometheus, Alertmanager, Pushgateway, node-exporter
 .PHONY: test-observability
 test-observability: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json ## check the telemetry stack's configs with the real tools and run its end-to-end test
 	$(OBS_DIR)/tests/static_checks.sh $(PYTHON)
-	$(CARGO) build --locked --bin model-serving --bin backend --bin etl $(if $(wildcard frontend/Cargo.toml),--bin frontend)
+	$(MAKE) --no-print-directory build-tested
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PYTHON) $(OBS_DIR)/tests/stack_test.py --bin-dir $(TARGET_DIR)/debug \
 	  --model-dir $(TINY_MODEL) $(if $(wildcard $(DATASET_DIR)/styles.csv),--dataset-dir $(DATASET_DIR)) \
 	  --report $(VAR)/observability-report.json

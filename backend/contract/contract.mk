@@ -14,7 +14,7 @@ $(CONTRACT_STAMP): $(CONTRACT_DIR)/requirements.txt
 
 .PHONY: test-contract
 test-contract: $(ORT_LIB) $(TINY_MODEL)/model.json $(CONTRACT_STAMP) ## fuzz the backend's OpenAPI contract with schemathesis (every check, loopback only)
-	$(CARGO) build --locked --bin model-serving --bin backend
+	$(MAKE) --no-print-directory build-tested
 	ORT_DYLIB_PATH=$(ORT_DYLIB_PATH) $(PYTHON) $(CONTRACT_DIR)/contract_test.py --bin-dir $(TARGET_DIR)/debug \
 	  --model-dir $(TINY_MODEL) --dataset-dir $(DATASET_DIR) \
 	  --schemathesis $(CONTRACT_VENV)/bin/schemathesis --max-time $(CONTRACT_SECS)
