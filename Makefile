@@ -186,7 +186,10 @@ demo-data:
 	else echo "no demo dataset found ($(DATASET_DIR), $(FASHION_MNIST_DIR)); load one with etl load"; exit 0; fi; \
 	echo "loading up to $(DEMO_LIMIT) images of $$1 from $$2 (log: $(RUN_DIR)/etl.log)"; \
 	export $(SERVICE_SECRETS) BACKEND_URL=http://$(BACKEND_ADDR) MODEL_SERVING_URL=http://$(MODEL_SERVING_ADDR) \
-	  S3_ENDPOINT=http://$(S3_EMBEDDED_ADDR) PUSHGATEWAY_URL=$${PUSHGATEWAY_URL:-http://127.0.0.1:9091}; \
+	  S3_ENDPOINT=http://$(S3_EMBEDDED_ADDR); \
+	pg=$${PUSHGATEWAY_URL:-http://$(PUSHGATEWAY_ADDR)}; \
+	if curl -fsS -m 2 "$$pg/-/ready" >/dev/null 2>&1; then export PUSHGATEWAY_URL=$$pg; \
+	else unset PUSHGATEWAY_URL; echo "no Pushgateway at $$pg: the load's metrics are not pushed (make observe starts one)"; fi; \
 	$(TARGET_DIR)/release/etl load --dataset $$1 --source $$2 --limit $(DEMO_LIMIT) >> $(RUN_DIR)/etl.log; \
 	$(TARGET_DIR)/release/etl status 2>>$(RUN_DIR)/etl.log
 
