@@ -2,9 +2,13 @@
 //! through its typed client. Plain links and forms carry every interaction, so it works with
 //! JavaScript off; the query lives in the URL, so results are shareable and the back button works.
 
+mod calls;
 pub mod config;
 pub mod metrics;
+mod notices;
 pub mod pages;
+mod query;
+mod upload;
 pub mod views;
 
 use std::future::Future;
@@ -33,7 +37,7 @@ pub fn router(config: &FrontendConfig) -> anyhow::Result<Router> {
         config.backend_url.clone(),
         config.search_timeout() + Duration::from_millis(500),
     )?;
-    let state = pages::AppState {
+    let state = calls::AppState {
         backend,
         facets: moka::future::Cache::builder()
             .max_capacity(1)
