@@ -1,0 +1,64 @@
+//! Object keys: content-addressed, so identical bytes share one object and a rerun rewrites
+//! nothing new.
+
+use sha2::Digest as _;
+
+use crate::{ImageFormat, sniff_image};
+
+/// The object key of `bytes`: `images/<first two hex digits>/<sha256 hex>.<extension>`. The
+/// two-digit prefix spreads keys over 256 "folders".
+pub fn content_key(bytes: &[u8], extension: &str) -> String {
+    let digest = hex::encode(sha2::Sha256::digest(bytes));
+    format!("images/{}/{digest}.{extension}", &digest[..2])
+}
+
+/// Where and how an image is stored: its key and content type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageObject {
+    pub key: String,
+    pub content_type: &'static str,
+}
+
+impl ImageObject {
+    /// The object for `bytes` when they are an image ([`sniff_image`]); `None` otherwise.
+    pub fn of_image(bytes: &[u8]) -> Option<Self> {
+        sniff_image(bytes).map(|format| Self::with_format(bytes, format))
+    }
+
+    /// The object for `bytes` of a known format.
+    pub fn with_format(bytes: &[u8], format: ImageFormat) -> Self {
+        Self {
+            key: content_key(bytes, format.extension()),
+            content_type: format.content_type(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_content_addressed() {
+        let a = content_key(b"same bytes", "jpg");
+        assert_eq!(a, content_key(b"same bytes", "jpg"));
+        assert_ne!(a, content_key(b"other bytes", "jpg"));
+        assert_ne!(a, content_key(b"same bytes", "png"));
+        let digest = hex::encode(sha2::Sha256::digest(b"same bytes"));
+        assert_eq!(a, format!("images/{}/{digest}.jpg", &digest[..2]));
+        // sha256("") is a published value.
+        assert_eq!(
+            content_key(b"", "png"),
+            "images/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.png"
+        );
+    }
+
+    #[test]
+    fn image_objects_take_their_type_from_the_bytes() {
+        let png = b"\x89PNG\r\n\x1a\nrest";
+        let object = ImageObject::of_image(png).expect("a PNG");
+        assert_eq!(object.content_type, "image/png");
+        assert_eq!(object.key, content_key(png, "png"));
+        assert_eq!(ImageObject::of_image(b"%PDF-1.7"), None);
+    }
+}

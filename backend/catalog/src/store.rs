@@ -1,0 +1,347 @@
+//! Object storage through `aws-sdk-s3`: put, get, delete, and — when configured — pre-signed GETs
+//! signed for the endpoint browsers reach (which may differ from the one the service talks to).
+//!
+//! Pre-signing is optional ([`StorageSettings::presign`]): a writer such as the ETL configures
+//! none and carries no TTL; [`ObjectStore::presign_get`] then fails with
+//! [`StorageError::Config`].
+
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::head_bucket::HeadBucketError;
+use aws_sdk_s3::operation::head_object::HeadObjectError;
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use secrecy::{ExposeSecret as _, SecretString};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object storage is unavailable: {0}")]
+    Unavailable(String),
+    #[error("no object {0}")]
+    NotFound(String),
+    #[error("object storage configuration: {0}")]
+    Config(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Where this process reaches S3.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Not secret: it is part of every pre-signed URL.
+    pub access_key: String,
+    pub secret_key: SecretString,
+    /// Pre-signed GETs, for a service that hands out image URLs; `None` for a writer.
+    pub presign: Option<PresignSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PresignSettings {
+    /// The endpoint browsers reach, which URLs are signed for.
+    pub public_endpoint: String,
+    /// How long a URL stays valid (at most 7 days, S3's limit).
+    pub ttl: Duration,
+}
+
+#[derive(Clone)]
+pub struct ObjectStore {
+    client: Client,
+    bucket: String,
+    presigner: Option<Presigner>,
+    /// Called on each failed call to S3 (the caller counts it in its own metrics).
+    on_unavailable: Option<fn()>,
+}
+
+#[derive(Clone)]
+struct Presigner {
+    /// Signs URLs for the public endpoint; never sends a request.
+    client: Client,
+    ttl: Duration,
+}
+
+fn client(endpoint: &str, s: &StorageSettings) -> Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(s.region.clone()))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(
+            s.access_key.clone(),
+            s.secret_key.expose_secret().to_owned(),
+            None,
+            None,
+            "static",
+        ))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .read_timeout(Duration::from_secs(20))
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(100)),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
+impl ObjectStore {
+    pub fn new(settings: &StorageSettings) -> Result<Self, StorageError> {
+        let presigner = match &settings.presign {
+            Some(presign) => {
+                PresigningConfig::expires_in(presign.ttl)
+                    .map_err(|e| StorageError::Config(e.to_string()))?;
+                Some(Presigner {
+                    client: client(&presign.public_endpoint, settings),
+                    ttl: presign.ttl,
+                })
+            }
+            None => None,
+        };
+        Ok(Self {
+            client: client(&settings.endpoint, settings),
+            bucket: settings.bucket.clone(),
+            presigner,
+            on_unavailable: None,
+        })
+    }
+
+    /// Calls `hook` on each failed call to S3 (not on readiness probes): the service's
+    /// upstream-error counter.
+    pub fn on_unavailable(mut self, hook: fn()) -> Self {
+        self.on_unavailable = Some(hook);
+        self
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(
+        &self,
+        what: &str,
+        e: &SdkError<E, R>,
+    ) -> StorageError {
+        if let Some(hook) = self.on_unavailable {
+            hook();
+        }
+        StorageError::Unavailable(format!("{what}: {}", DisplayErrorContext(e)))
+    }
+
+    /// Readiness probe: the bucket answers `HEAD`. Not counted as an upstream error (the probe
+    /// runs every few seconds; readiness reports it).
+    pub async fn probe(&self) -> Result<(), StorageError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| {
+                StorageError::Unavailable(format!("head bucket: {}", DisplayErrorContext(&e)))
+            })
+    }
+
+    /// Creates the bucket when it does not exist.
+    pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(HeadBucketError::is_not_found) => {}
+            Err(e) => return Err(self.unavailable("head bucket", &e)),
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(bucket = %self.bucket, "bucket created");
+                Ok(())
+            }
+            Err(SdkError::ServiceError(se))
+                if se.err().is_bucket_already_owned_by_you()
+                    || se.err().is_bucket_already_exists() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.unavailable("create bucket", &e)),
+        }
+    }
+
+    #[tracing::instrument(skip(self, bytes), fields(bytes = bytes.len()))]
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.unavailable("put object", &e))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .body
+                .collect()
+                .await
+                .map(|b| b.into_bytes().to_vec())
+                .map_err(|e| StorageError::Unavailable(format!("read object: {e}"))),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(GetObjectError::is_no_such_key) =>
+            {
+                Err(StorageError::NotFound(key.to_owned()))
+            }
+            Err(e) => Err(self.unavailable("get object", &e)),
+        }
+    }
+
+    /// Whether `key` is stored (a `HEAD`).
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(HeadObjectError::is_not_found) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.unavailable("head object", &e)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.unavailable("delete object", &e))?;
+        Ok(())
+    }
+
+    fn presigner(&self) -> Result<&Presigner, StorageError> {
+        self.presigner.as_ref().ok_or_else(|| {
+            StorageError::Config("pre-signing is not configured for this store".into())
+        })
+    }
+
+    /// A GET URL for `key`, valid for the configured TTL, signed locally (no request is sent).
+    pub async fn presign_get(&self, key: &str) -> Result<String, StorageError> {
+        let config = PresigningConfig::expires_in(self.presigner()?.ttl)
+            .map_err(|e| StorageError::Config(e.to_string()))?;
+        self.presign_with(key, config).await
+    }
+
+    /// As [`presign_get`](Self::presign_get) with an explicit config (tests sign already-expired URLs).
+    pub async fn presign_with(
+        &self,
+        key: &str,
+        config: PresigningConfig,
+    ) -> Result<String, StorageError> {
+        let request = self
+            .presigner()?
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| StorageError::Config(format!("presign: {}", DisplayErrorContext(&e))))?;
+        Ok(request.uri().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(presign: Option<PresignSettings>) -> StorageSettings {
+        StorageSettings {
+            endpoint: "http://127.0.0.1:9".into(),
+            region: "us-east-1".into(),
+            bucket: "fashion-images".into(),
+            access_key: "access-id".into(),
+            secret_key: "s3-secret-0123456789".into(),
+            presign,
+        }
+    }
+
+    #[test]
+    fn the_secret_key_never_shows_in_debug_output() {
+        let debug = format!("{:?}", settings(None));
+        assert!(!debug.contains("s3-secret"), "{debug}");
+        assert!(debug.contains("REDACTED"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn a_writer_has_no_presigning() {
+        let store = ObjectStore::new(&settings(None)).expect("store");
+        let error = store.presign_get("images/ab/x.jpg").await.unwrap_err();
+        assert!(matches!(error, StorageError::Config(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn urls_are_signed_locally_for_the_public_endpoint() {
+        let store = ObjectStore::new(&settings(Some(PresignSettings {
+            public_endpoint: "https://images.example.com".into(),
+            ttl: Duration::from_secs(300),
+        })))
+        .expect("store");
+        // Nothing listens on the private endpoint: signing sends no request.
+        let url = store.presign_get("images/ab/x.jpg").await.expect("signed");
+        assert!(
+            url.starts_with("https://images.example.com/fashion-images/images/ab/x.jpg?"),
+            "{url}"
+        );
+        assert!(url.contains("X-Amz-Expires=300"), "{url}");
+        assert!(url.contains("X-Amz-Signature="), "{url}");
+    }
+
+    #[test]
+    fn a_ttl_beyond_seven_days_is_refused() {
+        let refused = ObjectStore::new(&settings(Some(PresignSettings {
+            public_endpoint: "http://127.0.0.1:9".into(),
+            ttl: Duration::from_secs(8 * 24 * 3600),
+        })));
+        assert!(matches!(refused, Err(StorageError::Config(_))));
+    }
+}
