@@ -68,27 +68,132 @@ pub struct SearchResponse {
     pub took_ms: f64,
 }
 
-/// Filters and paging shared by every search and list endpoint.
+/// Deepest result reachable by paging: `k + offset` (or `limit + offset`) at most this.
+pub const MAX_RESULT_DEPTH: usize = 1000;
+/// Most results per page (`k` or `limit`).
+pub const MAX_PAGE: usize = 100;
+
+/// Exact-match filters on the keyword-indexed attributes, one field per indexed attribute. The
+/// backend's extractors, its engine and both index implementations read the field list from here
+/// ([`Filters::FIELDS`]); callers build the query string from it. A blank value is no filter.
+#[derive(
+    Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash, IntoParams, ToSchema,
+)]
+#[into_params(parameter_in = Query)]
+pub struct Filters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub article_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colour: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub season: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<String>,
+}
+
+impl Filters {
+    /// Every filterable field: the attributes with a keyword index, in query-string spelling.
+    pub const FIELDS: &'static [&'static str] = &[
+        "dataset",
+        "gender",
+        "category",
+        "article_type",
+        "colour",
+        "season",
+        "usage",
+    ];
+
+    fn slot(&self, field: &str) -> Option<&Option<String>> {
+        Some(match field {
+            "dataset" => &self.dataset,
+            "gender" => &self.gender,
+            "category" => &self.category,
+            "article_type" => &self.article_type,
+            "colour" => &self.colour,
+            "season" => &self.season,
+            "usage" => &self.usage,
+            _ => return None,
+        })
+    }
+
+    fn slot_mut(&mut self, field: &str) -> Option<&mut Option<String>> {
+        Some(match field {
+            "dataset" => &mut self.dataset,
+            "gender" => &mut self.gender,
+            "category" => &mut self.category,
+            "article_type" => &mut self.article_type,
+            "colour" => &mut self.colour,
+            "season" => &mut self.season,
+            "usage" => &mut self.usage,
+            _ => return None,
+        })
+    }
+
+    /// The value of `field`, trimmed; `None` when unset, blank or not a filter field.
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.slot(field)?
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Sets `field`; `false` (and nothing set) when it is not one of [`Filters::FIELDS`].
+    pub fn set(&mut self, field: &str, value: Option<String>) -> bool {
+        match self.slot_mut(field) {
+            Some(slot) => {
+                *slot = value;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The filters in force, as `(field, trimmed value)`, in [`Filters::FIELDS`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        Self::FIELDS
+            .iter()
+            .filter_map(|field| self.get(field).map(|value| (*field, value)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+/// Filters and paging shared by every search endpoint. On the wire the filters are flat query
+/// parameters (`?k=10&gender=Women`); the OpenAPI document lists them from [`Filters`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// Results per page (1..=100, default 20).
     #[param(minimum = 1, maximum = 100)]
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<usize>,
     /// Results to skip (default 0; k + offset at most 1000).
     #[param(minimum = 0, maximum = 999)]
     #[schema(minimum = 0, maximum = 999)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<usize>,
-    pub gender: Option<String>,
-    pub category: Option<String>,
-    pub article_type: Option<String>,
-    pub colour: Option<String>,
-    pub dataset: Option<String>,
     /// Hide hits scoring below this (-1..=1).
     #[param(minimum = -1.0, maximum = 1.0)]
     #[schema(minimum = -1.0, maximum = 1.0)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<f32>,
+    #[serde(flatten)]
+    #[param(ignore)]
+    pub filters: Filters,
+}
+
+impl SearchParams {
+    /// Query keys besides [`Filters::FIELDS`].
+    pub const KEYS: &'static [&'static str] = &["k", "offset", "min_score"];
 }
 
 /// `GET /v1/search?q=...` = a text query plus [`SearchParams`].
@@ -305,13 +410,13 @@ impl BackendClient {
         &self,
         offset: usize,
         limit: usize,
-        params: &SearchParams,
+        filters: &Filters,
     ) -> Result<ListResponse, ClientError> {
         let request = self
             .http
             .get(format!("{}/v1/images", self.base))
             .query(&[("offset", offset), ("limit", limit)])
-            .query(params);
+            .query(filters);
         self.send(request).await
     }
 
@@ -360,6 +465,41 @@ impl BackendClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_field_has_a_slot_and_params_serialise_flat() {
+        let mut filters = Filters::default();
+        for field in Filters::FIELDS {
+            assert!(
+                filters.set(field, Some(format!(" {field}-value "))),
+                "{field}"
+            );
+        }
+        assert!(!filters.set("s3_key", Some("x".into())));
+        let fields: Vec<&str> = filters.iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, Filters::FIELDS);
+        assert_eq!(filters.get("usage"), Some("usage-value"));
+        let blank = Filters {
+            gender: Some("  ".into()),
+            ..Filters::default()
+        };
+        assert!(blank.is_empty());
+        let params = SearchParams {
+            k: Some(5),
+            filters: Filters {
+                season: Some("Summer".into()),
+                ..Filters::default()
+            },
+            ..SearchParams::default()
+        };
+        let url = reqwest::Url::parse_with_params("http://x/", &[("q", "a")]).expect("url");
+        let request = reqwest::Client::new()
+            .get(url)
+            .query(&params)
+            .build()
+            .expect("request");
+        assert_eq!(request.url().query(), Some("q=a&k=5&season=Summer"));
+    }
 
     #[test]
     fn debug_output_masks_the_api_key() {

@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
 use backend_api::{
-    DeleteResponse, ErrorBody, ErrorDetail, ExistsRequest, ExistsResponse, FacetsResponse,
+    DeleteResponse, ErrorBody, ErrorDetail, ExistsRequest, ExistsResponse, FacetsResponse, Filters,
     ImageAttributes, ImageItem, IngestBatchRequest, IngestBatchResponse, ListResponse,
-    SearchParams, SearchResponse, StatsResponse, TextSearchRequest,
+    SearchParams, SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -387,53 +390,88 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// `GET /v1/search` parameters; unknown parameters are refused rather than ignored.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TextSearchQuery {
-    q: Option<String>,
-    k: Option<usize>,
-    offset: Option<usize>,
-    gender: Option<String>,
-    category: Option<String>,
-    article_type: Option<String>,
-    colour: Option<String>,
-    dataset: Option<String>,
-    min_score: Option<f32>,
+/// A route's query parameters. The keys are checked against the route's list before parsing, so a
+/// misspelt filter is a 400 naming the allowed keys rather than a filter silently ignored.
+pub struct Params<T>(pub T);
+
+/// A route's query type: the keys it takes besides [`Filters::FIELDS`], and how it parses.
+pub trait RouteQuery: Sized {
+    const KEYS: &'static [&'static str];
+    fn parse(uri: &Uri) -> Result<Self, QueryRejection>;
 }
 
-/// Filter and paging parameters of the other search endpoints (unknown ones refused).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilterQuery {
-    k: Option<usize>,
-    offset: Option<usize>,
-    limit: Option<usize>,
-    gender: Option<String>,
-    category: Option<String>,
-    article_type: Option<String>,
-    colour: Option<String>,
-    dataset: Option<String>,
-    min_score: Option<f32>,
-}
+impl<S: Send + Sync, T: RouteQuery> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
 
-impl FilterQuery {
-    fn params(&self) -> SearchParams {
-        SearchParams {
-            k: self.k,
-            offset: self.offset,
-            gender: self.gender.clone(),
-            category: self.category.clone(),
-            article_type: self.article_type.clone(),
-            colour: self.colour.clone(),
-            dataset: self.dataset.clone(),
-            min_score: self.min_score,
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let known = |key: &str| T::KEYS.contains(&key) || Filters::FIELDS.contains(&key);
+        if let Some((key, _)) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| !known(k)) {
+            let key: String = key.chars().take(40).collect();
+            let allowed: Vec<&str> = T::KEYS.iter().chain(Filters::FIELDS).copied().collect();
+            return Err(ApiError::BadRequest {
+                code: "invalid_query",
+                message: format!(
+                    "unknown query parameter {key:?}; allowed: {}",
+                    allowed.join(", ")
+                ),
+            });
         }
+        T::parse(&parts.uri).map(Params).map_err(query_error)
+    }
+}
+
+impl RouteQuery for SearchParams {
+    const KEYS: &'static [&'static str] = SearchParams::KEYS;
+
+    fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
+        Query::try_from_uri(uri).map(|Query(params)| params)
+    }
+}
+
+/// `GET /v1/search`: the text and [`SearchParams`].
+pub struct TextSearch {
+    pub q: String,
+    pub params: SearchParams,
+}
+
+impl RouteQuery for TextSearch {
+    const KEYS: &'static [&'static str] = &["q", "k", "offset", "min_score"];
+
+    fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
+        let Query(TextQuery { q }) = Query::try_from_uri(uri)?;
+        Ok(Self {
+            q: q.unwrap_or_default(),
+            params: SearchParams::parse(uri)?,
+        })
+    }
+}
+
+/// `GET /v1/images` parameters (and the filters of [`Filters`]).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Items per page (1..=100, default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+    /// Items to skip (default 0; limit + offset at most 1000).
+    #[param(minimum = 0, maximum = 999)]
+    offset: Option<usize>,
+    #[serde(flatten)]
+    #[param(ignore)]
+    filters: Filters,
+}
+
+impl RouteQuery for ListQuery {
+    const KEYS: &'static [&'static str] = &["limit", "offset"];
+
+    fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
+        Query::try_from_uri(uri).map(|Query(list)| list)
     }
 }
 
 /// Text search with the model's prompt template.
-#[utoipa::path(get, path = "/v1/search", params(backend_api::TextQuery, SearchParams),
+#[utoipa::path(get, path = "/v1/search", params(TextQuery, SearchParams, Filters),
     responses(
         (status = 200, body = SearchResponse),
         (status = 400, description = "invalid input", body = ErrorBody),
@@ -444,20 +482,8 @@ impl FilterQuery {
 )]
 async fn search_text(
     State(state): State<AppState>,
-    query: Result<Query<TextSearchQuery>, QueryRejection>,
+    Params(TextSearch { q, params }): Params<TextSearch>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let Query(query) = query.map_err(query_error)?;
-    let params = SearchParams {
-        k: query.k,
-        offset: query.offset,
-        gender: query.gender,
-        category: query.category,
-        article_type: query.article_type,
-        colour: query.colour,
-        dataset: query.dataset,
-        min_score: query.min_score,
-    };
-    let q = query.q.unwrap_or_default();
     Ok(Json(state.engine.search_text(&q, &params).await?))
 }
 
@@ -490,7 +516,7 @@ async fn first_file(mut multipart: Multipart) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Image search: a multipart upload (field `file`), same filters as text search.
-#[utoipa::path(post, path = "/v1/search/image", params(SearchParams),
+#[utoipa::path(post, path = "/v1/search/image", params(SearchParams, Filters),
     request_body(content = inline(ImageUpload), content_type = "multipart/form-data"),
     responses(
         (status = 200, body = SearchResponse),
@@ -505,15 +531,12 @@ async fn first_file(mut multipart: Multipart) -> Result<Vec<u8>, ApiError> {
 )]
 async fn search_image(
     State(state): State<AppState>,
-    query: Result<Query<FilterQuery>, QueryRejection>,
+    Params(params): Params<SearchParams>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let Query(query) = query.map_err(query_error)?;
     let multipart = multipart.map_err(|e| ApiError::Unsupported(e.body_text()))?;
     let image = first_file(multipart).await?;
-    Ok(Json(
-        state.engine.search_image(image, &query.params()).await?,
-    ))
+    Ok(Json(state.engine.search_image(image, &params).await?))
 }
 
 /// The reference design's endpoint: JSON `{"text": ..., "k": ...}` or a multipart image.
@@ -568,7 +591,7 @@ async fn search_reference(
 }
 
 /// More like this: the images nearest to an indexed one.
-#[utoipa::path(get, path = "/v1/images/{id}/similar", params(("id" = Uuid, Path,), SearchParams),
+#[utoipa::path(get, path = "/v1/images/{id}/similar", params(("id" = Uuid, Path,), SearchParams, Filters),
     responses(
         (status = 200, body = SearchResponse),
         (status = 400, description = "invalid input", body = ErrorBody),
@@ -581,11 +604,10 @@ async fn search_reference(
 async fn similar(
     State(state): State<AppState>,
     id: Result<Path<Uuid>, PathRejection>,
-    query: Result<Query<FilterQuery>, QueryRejection>,
+    Params(params): Params<SearchParams>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let id = path_id(id)?;
-    let Query(query) = query.map_err(query_error)?;
-    Ok(Json(state.engine.similar(id, &query.params()).await?))
+    Ok(Json(state.engine.similar(id, &params).await?))
 }
 
 #[utoipa::path(get, path = "/v1/images/{id}", params(("id" = Uuid, Path,)),
@@ -625,26 +647,8 @@ async fn delete_image(
     Ok(Json(DeleteResponse { deleted: id }))
 }
 
-/// `GET /v1/images` parameters as documented (the handler reads them through [`FilterQuery`]).
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // documentation only
-struct ListParams {
-    /// Items per page (1..=100, default 20).
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<usize>,
-    /// Items to skip (default 0; limit + offset at most 1000).
-    #[param(minimum = 0, maximum = 999)]
-    offset: Option<usize>,
-    gender: Option<String>,
-    category: Option<String>,
-    article_type: Option<String>,
-    colour: Option<String>,
-    dataset: Option<String>,
-}
-
 /// Indexed images in a stable order, filtered.
-#[utoipa::path(get, path = "/v1/images", params(ListParams),
+#[utoipa::path(get, path = "/v1/images", params(ListQuery, Filters),
     responses(
         (status = 200, body = ListResponse),
         (status = 400, description = "invalid input", body = ErrorBody),
@@ -654,13 +658,12 @@ struct ListParams {
 )]
 async fn list_images(
     State(state): State<AppState>,
-    query: Result<Query<FilterQuery>, QueryRejection>,
+    Params(query): Params<ListQuery>,
 ) -> Result<Json<ListResponse>, ApiError> {
-    let Query(query) = query.map_err(query_error)?;
     let offset = query.offset.unwrap_or(0);
     let limit = query.limit.unwrap_or(20);
     Ok(Json(
-        state.engine.list(offset, limit, &query.params()).await?,
+        state.engine.list(offset, limit, &query.filters).await?,
     ))
 }
 

@@ -6,25 +6,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backend_api::{
-    FacetValue, FacetsResponse, ImageAttributes, ImageItem, IngestItem, ListResponse, SearchHit,
-    SearchParams, SearchResponse, StatsResponse,
+    FacetValue, FacetsResponse, Filters, ImageAttributes, ImageItem, IngestItem, ListResponse,
+    SearchHit, SearchParams, SearchResponse, StatsResponse,
 };
-use sha2::Digest as _;
 use tokio::sync::Notify;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::encoder::{EncoderError, QueryEncoder};
-use crate::index::{
-    FILTER_FIELDS, Filter, IndexError, Point, Record, SearchRequest, StoredPayload, VectorIndex,
-};
+use crate::index::{Filter, IndexError, Point, Record, SearchRequest, StoredPayload, VectorIndex};
 use crate::metrics;
 use crate::storage::{ObjectStore, StorageError};
 
 pub const DEFAULT_K: usize = 20;
-pub const MAX_K: usize = 100;
-/// Deepest page reachable: k + offset.
-pub const MAX_DEPTH: usize = 1000;
+pub use backend_api::{MAX_PAGE as MAX_K, MAX_RESULT_DEPTH as MAX_DEPTH};
 pub const MAX_BATCH: usize = 1000;
 pub const MAX_QUERY_CHARS: usize = 500;
 /// Stripes of the per-object lock: adds and deletes of the same object key are serialised.
@@ -85,36 +80,8 @@ fn now_rfc3339() -> String {
     telemetry::time_rfc3339(std::time::SystemTime::now()).unwrap_or_default()
 }
 
-/// A content-addressed object key: identical bytes share one object.
-pub fn content_key(bytes: &[u8], extension: &str) -> String {
-    let digest = hex::encode(sha2::Sha256::digest(bytes));
-    format!("images/{}/{}.{extension}", &digest[..2], digest)
-}
-
-/// The image type from its first bytes: (extension, content type).
-pub fn sniff_image(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
-    match bytes {
-        [0xFF, 0xD8, 0xFF, ..] => Some(("jpg", "image/jpeg")),
-        [0x89, b'P', b'N', b'G', ..] => Some(("png", "image/png")),
-        [b'G', b'I', b'F', b'8', ..] => Some(("gif", "image/gif")),
-        [
-            b'R',
-            b'I',
-            b'F',
-            b'F',
-            _,
-            _,
-            _,
-            _,
-            b'W',
-            b'E',
-            b'B',
-            b'P',
-            ..,
-        ] => Some(("webp", "image/webp")),
-        _ => None,
-    }
-}
+/// Object keys, point ids and sniffing are the catalog's rules, shared with the ETL.
+pub use catalog::{content_key, sniff_image};
 
 impl SearchEngine {
     pub fn new(
@@ -261,19 +228,8 @@ impl SearchEngine {
                 "min_score must be between -1 and 1".into(),
             ));
         }
-        let mut filter = Filter::default();
-        let wanted = [
-            ("gender", &params.gender),
-            ("category", &params.category),
-            ("article_type", &params.article_type),
-            ("colour", &params.colour),
-            ("dataset", &params.dataset),
-        ];
         let mut facets = None;
-        for (field, value) in wanted {
-            let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) else {
-                continue;
-            };
+        for (field, value) in params.filters.iter() {
             if facets.is_none() {
                 facets = Some(self.facet_values().await?);
             }
@@ -286,8 +242,8 @@ impl SearchEngine {
                     "unknown {field} {value:?}; see GET /v1/facets for the values in the index"
                 )));
             }
-            filter.must.push((field, value.to_owned()));
         }
+        let filter = Filter::attributes(params.filters.clone());
         Ok((k, offset, filter))
     }
 
@@ -448,12 +404,7 @@ impl SearchEngine {
         let started = Instant::now();
         self.index.delete(&[id]).await?;
         metrics::index_operation("delete", started.elapsed());
-        let shared = self
-            .index
-            .count(&Filter {
-                must: vec![("s3_key", key.clone())],
-            })
-            .await?;
+        let shared = self.index.count(&Filter::s3_key(key.clone())).await?;
         if shared == 0 {
             self.store.delete(&key).await?;
             self.remember_deleted(&key);
@@ -468,7 +419,7 @@ impl SearchEngine {
         &self,
         offset: usize,
         limit: usize,
-        params: &SearchParams,
+        filters: &Filters,
     ) -> Result<ListResponse, SearchError> {
         if !(1..=MAX_K).contains(&limit) {
             return Err(SearchError::Invalid(format!(
@@ -484,9 +435,8 @@ impl SearchEngine {
             )));
         }
         let filter_params = SearchParams {
-            k: Some(1),
-            offset: Some(0),
-            ..params.clone()
+            filters: filters.clone(),
+            ..SearchParams::default()
         };
         let (_, _, filter) = self.plan(&filter_params).await?;
         let records = self.index.list(offset, limit, &filter).await?;
@@ -518,7 +468,7 @@ impl SearchEngine {
             return Ok(cached.clone());
         }
         let mut facets = BTreeMap::new();
-        for field in FILTER_FIELDS {
+        for field in Filters::FIELDS {
             let values = self.index.facet(field, 1000).await?;
             facets.insert(
                 (*field).to_owned(),
@@ -638,7 +588,7 @@ impl SearchEngine {
         attributes: ImageAttributes,
         id: Option<Uuid>,
     ) -> Result<ImageItem, SearchError> {
-        let (extension, content_type) = sniff_image(&bytes).ok_or_else(|| {
+        let object = catalog::ImageObject::of_image(&bytes).ok_or_else(|| {
             SearchError::Invalid("not an image (JPEG, PNG, WebP or GIF expected)".into())
         })?;
         if attributes.dataset.trim().is_empty() {
@@ -651,14 +601,9 @@ impl SearchEngine {
             .into_iter()
             .next()
             .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
-        let key = content_key(&bytes, extension);
-        // Deterministic per dataset and content: adding the same image again is idempotent.
-        let id = id.unwrap_or_else(|| {
-            Uuid::new_v5(
-                &Uuid::NAMESPACE_URL,
-                format!("{}/{key}", attributes.dataset).as_bytes(),
-            )
-        });
+        let (key, content_type) = (object.key, object.content_type);
+        // Deterministic per dataset and content (the ETL's ids too): adding it again is idempotent.
+        let id = id.unwrap_or_else(|| catalog::point_id(&attributes.dataset, &key));
         let points = self.points(vec![IngestItem {
             id,
             vector,
@@ -688,17 +633,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_content_addressed_and_types_sniffed() {
-        let a = content_key(b"same bytes", "jpg");
-        assert_eq!(a, content_key(b"same bytes", "jpg"));
-        assert_ne!(a, content_key(b"other bytes", "jpg"));
-        assert!(a.starts_with("images/") && a.ends_with(".jpg"));
-        assert_eq!(sniff_image(b"\x89PNG\r\n"), Some(("png", "image/png")));
-        assert_eq!(
-            sniff_image(b"RIFF\0\0\0\0WEBPVP8 "),
-            Some(("webp", "image/webp"))
-        );
-        assert_eq!(sniff_image(b"%PDF"), None);
+    fn timestamps_are_rfc3339_utc() {
         let now = now_rfc3339();
         assert_eq!(now.len(), 24);
         assert!(now.starts_with("20") && now.ends_with('Z'));

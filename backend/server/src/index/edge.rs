@@ -8,6 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use backend_api::Filters;
 use qdrant_edge::{
     Condition, CountRequestBuilder, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig,
     EdgeShard, EdgeVectorParams, FacetRequestBuilder, FacetValue, FieldCondition,
@@ -21,8 +22,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    FILTER_FIELDS, Filter, IndexError, Point, Record, ScoredPoint, SearchRequest, SearchTuning,
-    StoredPayload, VectorIndex,
+    Filter, IndexError, Point, Record, ScoredPoint, SearchRequest, SearchTuning, StoredPayload,
+    VectorIndex,
 };
 
 pub struct EdgeIndex {
@@ -57,12 +58,11 @@ fn edge_filter(filter: &Filter) -> Result<Option<EdgeFilter>, IndexError> {
         return Ok(None);
     }
     let must = filter
-        .must
-        .iter()
+        .must()
         .map(|(field, value)| {
             Ok(Condition::Field(FieldCondition::new_match(
                 key(field)?,
-                Match::from(value.clone()),
+                Match::from(value.to_owned()),
             )))
         })
         .collect::<Result<Vec<_>, IndexError>>()?;
@@ -149,7 +149,7 @@ impl EdgeIndex {
             )
             .build();
         let shard = EdgeShard::new(&self.dir, config).map_err(internal)?;
-        for field in FILTER_FIELDS {
+        for field in Filters::FIELDS {
             shard
                 .update(UpdateOperation::FieldIndexOperation(
                     FieldIndexOperations::CreateIndex(CreateIndex {

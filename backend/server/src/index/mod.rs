@@ -1,25 +1,14 @@
 //! The vector index behind one trait, [`VectorIndex`], with two implementations chosen by
 //! configuration: Qdrant's embedded engine on disk ([`edge::EdgeIndex`], the default) and a
 //! Qdrant server over gRPC ([`server::QdrantServerIndex`], when `QDRANT_URL` is set). Both store
-//! the same payload and filter the same keyword fields.
+//! the same payload and index the same keyword fields, [`Filters::FIELDS`].
 
 pub mod edge;
 pub mod server;
 
-use backend_api::ImageAttributes;
+use backend_api::{Filters, ImageAttributes};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// Payload fields with a keyword index, usable as filters and facets.
-pub const FILTER_FIELDS: &[&str] = &[
-    "dataset",
-    "gender",
-    "category",
-    "article_type",
-    "colour",
-    "season",
-    "usage",
-];
 
 /// What is stored with each vector.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,15 +26,37 @@ pub struct Point {
     pub payload: StoredPayload,
 }
 
-/// Exact keyword matches, all of which must hold.
+/// Exact keyword matches, all of which must hold: the shopper's [`Filters`], and an object key.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
-    pub must: Vec<(&'static str, String)>,
+    pub attributes: Filters,
+    pub s3_key: Option<String>,
 }
 
 impl Filter {
+    pub fn attributes(attributes: Filters) -> Self {
+        Self {
+            attributes,
+            s3_key: None,
+        }
+    }
+
+    pub fn s3_key(key: impl Into<String>) -> Self {
+        Self {
+            attributes: Filters::default(),
+            s3_key: Some(key.into()),
+        }
+    }
+
+    /// Every condition as `(payload field, value)`.
+    pub fn must(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.attributes
+            .iter()
+            .chain(self.s3_key.as_deref().map(|key| ("s3_key", key)))
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.must.is_empty()
+        self.must().next().is_none()
     }
 }
 

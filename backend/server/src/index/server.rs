@@ -3,6 +3,7 @@
 
 use std::sync::RwLock;
 
+use backend_api::Filters;
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::{
@@ -15,8 +16,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    FILTER_FIELDS, Filter, IndexError, Point, Record, ScoredPoint, SearchRequest, SearchTuning,
-    StoredPayload, VectorIndex,
+    Filter, IndexError, Point, Record, ScoredPoint, SearchRequest, SearchTuning, StoredPayload,
+    VectorIndex,
 };
 
 pub struct QdrantServerIndex {
@@ -38,9 +39,9 @@ pub fn qdrant_filter(filter: &Filter) -> Option<QdrantFilter> {
     if filter.is_empty() {
         return None;
     }
-    Some(QdrantFilter::must(filter.must.iter().map(
-        |(field, value)| Condition::matches(*field, value.clone()),
-    )))
+    Some(QdrantFilter::must(filter.must().map(|(field, value)| {
+        Condition::matches(field, value.to_owned())
+    })))
 }
 
 fn point_uuid(id: Option<&PointId>) -> Option<Uuid> {
@@ -115,7 +116,7 @@ impl QdrantServerIndex {
             )
             .await
             .map_err(unavailable)?;
-        for field in FILTER_FIELDS {
+        for field in Filters::FIELDS {
             self.client
                 .create_field_index(
                     CreateFieldIndexCollectionBuilder::new(
@@ -352,12 +353,15 @@ mod tests {
     #[test]
     fn filters_become_must_matches() {
         assert!(qdrant_filter(&Filter::default()).is_none());
-        let f = qdrant_filter(&Filter {
-            must: vec![("colour", "Red".into()), ("gender", "Women".into())],
-        })
+        let f = qdrant_filter(&Filter::attributes(Filters {
+            colour: Some("Red".into()),
+            gender: Some("Women".into()),
+            ..Filters::default()
+        }))
         .expect("filter");
         assert_eq!(f.must.len(), 2);
-        assert_eq!(f.must[0], Condition::matches("colour", "Red".to_string()));
+        assert_eq!(f.must[0], Condition::matches("gender", "Women".to_string()));
+        assert_eq!(f.must[1], Condition::matches("colour", "Red".to_string()));
         assert!(f.must_not.is_empty());
     }
 

@@ -47,9 +47,10 @@ async fn live_qdrant_server_round_trip() {
         .expect("upsert");
     assert_eq!(index.dim(), Some(8));
     assert_eq!(index.count(&Filter::default()).await.expect("count"), 3);
-    let red = Filter {
-        must: vec![("colour", "Red".into())],
-    };
+    let red = Filter::attributes(backend_api::Filters {
+        colour: Some("Red".into()),
+        ..Default::default()
+    });
     assert_eq!(index.count(&red).await.expect("count"), 2);
     let hits = index
         .search(SearchRequest {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use backend_api::{ClientError, ErrorBody, SearchParams};
+use backend_api::{ClientError, ErrorBody, Filters, SearchParams};
 use reqwest::StatusCode;
 
 use crate::helpers::*;
@@ -148,7 +148,10 @@ async fn ingest_search_presign_filter_delete() {
             "shirt",
             &SearchParams {
                 k: Some(40),
-                gender: Some(gender.clone()),
+                filters: Filters {
+                    gender: Some(gender.clone()),
+                    ..Filters::default()
+                },
                 ..Default::default()
             },
         )
@@ -161,6 +164,38 @@ async fn ingest_search_presign_filter_delete() {
             .iter()
             .all(|h| h.item.attributes.gender.as_deref() == Some(gender.as_str()))
     );
+    // Every indexed field filters, season and usage too.
+    let season = &facets.facets["season"][0];
+    let by_season = backend
+        .client
+        .search_text(
+            "shirt",
+            &SearchParams {
+                k: Some(40),
+                filters: Filters {
+                    season: Some(season.value.clone()),
+                    ..Filters::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("filtered by season");
+    assert_eq!(by_season.hits.len() as u64, season.count);
+    let usage = &facets.facets["usage"][0];
+    let listed = backend
+        .client
+        .list_images(
+            0,
+            40,
+            &Filters {
+                usage: Some(usage.value.clone()),
+                ..Filters::default()
+            },
+        )
+        .await
+        .expect("listed by usage");
+    assert_eq!(listed.total, usage.count);
     let min = backend
         .client
         .search_text(
@@ -214,12 +249,12 @@ async fn ingest_search_presign_filter_delete() {
     assert_eq!([ids(&p1.hits), ids(&p2.hits)].concat(), ids(&all.hits));
     let l1 = backend
         .client
-        .list_images(0, 15, &SearchParams::default())
+        .list_images(0, 15, &Filters::default())
         .await
         .expect("list");
     let l2 = backend
         .client
-        .list_images(15, 30, &SearchParams::default())
+        .list_images(15, 30, &Filters::default())
         .await
         .expect("list");
     assert_eq!(l1.total, 40);
@@ -478,6 +513,20 @@ async fn bad_input_gets_a_clear_4xx() {
     for (path, status, code) in cases {
         let (got, got_code, _) = error_of(get(path).await.expect("send")).await;
         assert_eq!((got, got_code.as_str()), (status, code), "{path}");
+    }
+    // An unknown key is refused with the allowed keys named.
+    let response = get("/v1/images/00000000-0000-0000-0000-000000000000/similar?colr=Red")
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: ErrorBody = response.json().await.expect("JSON error body");
+    assert_eq!(body.error.code, "invalid_query");
+    let message = body.error.message;
+    for key in ["\"colr\"", "k", "offset", "min_score"]
+        .into_iter()
+        .chain(Filters::FIELDS.iter().copied())
+    {
+        assert!(message.contains(key), "{key} not in {message}");
     }
     let long = format!("/v1/search?q={}", "a".repeat(600));
     assert_eq!(
