@@ -1,6 +1,10 @@
 //! The backend's wire types and a typed client, shared with its callers (frontend, etl), so no
 //! caller re-declares a JSON shape.
 
+mod error;
+
+pub use error::ErrorKind;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -293,8 +297,25 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
+    /// An [`ErrorKind`] code.
     pub code: String,
     pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: kind.code().to_owned(),
+                message: message.into(),
+            },
+        }
+    }
+
+    /// The kind of this error, if this version knows its code.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        ErrorKind::from_code(&self.error.code)
+    }
 }
 
 /// Every client call fails with the shared error of the services' JSON calls.
