@@ -54,7 +54,7 @@ pub struct ErrorDetail {
 }
 
 /// Every client call fails with the shared error of the services' JSON calls.
-pub use telemetry::client::CallError as ClientError;
+pub use http_edge::CallError as ClientError;
 
 /// A typed client. Cheap to clone; connections are pooled.
 #[derive(Debug, Clone)]
@@ -149,6 +149,6 @@ impl ModelServingClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        telemetry::client::send_json(request).await
+        http_edge::send_json(request).await
     }
 }

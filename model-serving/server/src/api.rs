@@ -5,19 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use base64::Engine as _;
 use bytes::Bytes;
-use model_serving_api::{
-    EmbeddingsResponse, EncodeImageRequest, EncodeTextRequest, ErrorBody, ErrorDetail, ModelInfo,
-};
+use http_edge::reject::{self, JsonOrMultipart};
+use http_edge::{EdgeLimits, ErrorResponse};
+use model_serving_api::{EmbeddingsResponse, EncodeImageRequest, EncodeTextRequest, ModelInfo};
 use telemetry::PrometheusHandle;
 use telemetry::Readiness;
-use telemetry::edge::EdgeLimits;
 
 use crate::batcher::BatchError;
 use crate::encoder::{ClipEncoder, EncodeError};
@@ -68,7 +67,7 @@ pub struct AppState {
 }
 
 /// The whole service: encode endpoints, model info, metrics and health. The encode endpoints
-/// sit behind the shared edge limits ([`telemetry::edge::protect`]); metrics and health do not,
+/// sit behind the shared edge limits ([`http_edge::protect`]); metrics and health do not,
 /// so they answer while the encoders are saturated.
 pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) -> Router {
     let body_limit = state.limits.max_body_bytes;
@@ -79,11 +78,11 @@ pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) 
         .route("/v1/model", get(model_info))
         .with_state(state);
     Router::new()
-        .merge(telemetry::edge::protect(api, SERVICE, &edge))
+        .merge(http_edge::protect(api, SERVICE, &edge))
         .merge(telemetry::ops_router(metrics, readiness))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .layer(http_edge::panic::catch_panic())
         .layer(middleware::from_fn_with_state(
             SERVICE,
             telemetry::http::track_requests,
@@ -93,9 +92,8 @@ pub fn router(state: AppState, metrics: PrometheusHandle, readiness: Readiness) 
 #[derive(Debug)]
 pub enum ApiError {
     Encode(EncodeError),
-    BadRequest { code: &'static str, message: String },
-    PayloadTooLarge(String),
-    UnsupportedMediaType(String),
+    /// A malformed request, refused as the edge crate words it (rejections, bad fields).
+    Request(ErrorResponse),
     Timeout,
     NotFound,
 }
@@ -106,20 +104,19 @@ impl From<EncodeError> for ApiError {
     }
 }
 
-fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: code.to_owned(),
-            message,
-        },
-    };
-    let mut response = (status, Json(body)).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+impl From<ErrorResponse> for ApiError {
+    fn from(e: ErrorResponse) -> Self {
+        Self::Request(e)
     }
-    response
+}
+
+/// The shared error body; every 503 carries `Retry-After: 1`.
+fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
+    let error = ErrorResponse::new(status, code, message);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return error.retry_after(1).into_response();
+    }
+    error.into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -166,13 +163,7 @@ impl IntoResponse for ApiError {
                     ),
                 }
             }
-            ApiError::BadRequest { code, message } => error_response(S::BAD_REQUEST, code, message),
-            ApiError::PayloadTooLarge(message) => {
-                error_response(S::PAYLOAD_TOO_LARGE, "payload_too_large", message)
-            }
-            ApiError::UnsupportedMediaType(message) => {
-                error_response(S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message)
-            }
+            ApiError::Request(error) => error.into_response(),
             ApiError::Timeout => error_response(
                 S::SERVICE_UNAVAILABLE,
                 "timeout",
@@ -183,30 +174,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("handler panicked");
-    error_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error".into(),
-    )
-}
-
 async fn not_found() -> ApiError {
     ApiError::NotFound
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::PayloadTooLarge(rejection.body_text());
-    }
-    if rejection.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        return ApiError::UnsupportedMediaType("expected Content-Type: application/json".into());
-    }
-    ApiError::BadRequest {
-        code: "invalid_json",
-        message: rejection.body_text(),
-    }
 }
 
 async fn with_timeout<T>(
@@ -231,7 +200,7 @@ async fn encode_text(
     State(state): State<AppState>,
     body: Result<Json<EncodeTextRequest>, JsonRejection>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
-    let Json(request) = body.map_err(json_rejection)?;
+    let Json(request) = body.map_err(reject::json)?;
     let out = with_timeout(
         state.limits.request_timeout,
         state.encoder.encode_texts(&request.texts),
@@ -243,32 +212,12 @@ async fn encode_text(
 /// Multipart (any number of file fields) or JSON `{"images": [base64, ...]}`.
 async fn encode_image(
     State(state): State<AppState>,
-    request: Request,
+    body: JsonOrMultipart<EncodeImageRequest>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
     let max_items = state.encoder.info().max_items_per_request;
-    let images = if content_type.starts_with("multipart/form-data") {
-        let multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::BadRequest {
-                code: "invalid_multipart",
-                message: e.body_text(),
-            })?;
-        read_multipart(multipart, max_items).await?
-    } else if content_type.starts_with("application/json") {
-        let Json(body) = Json::<EncodeImageRequest>::from_request(request, &state)
-            .await
-            .map_err(json_rejection)?;
-        decode_base64_images(body.images, max_items)?
-    } else {
-        return Err(ApiError::UnsupportedMediaType(
-            "send images as multipart/form-data or as JSON {\"images\": [base64, ...]}".into(),
-        ));
+    let images = match body {
+        JsonOrMultipart::Multipart(multipart) => read_multipart(multipart, max_items).await?,
+        JsonOrMultipart::Json(body) => decode_base64_images(body.images, max_items)?,
     };
     let out = with_timeout(
         state.limits.request_timeout,
@@ -290,14 +239,15 @@ async fn read_multipart(
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
-            Err(e) => return Err(multipart_error(e)),
+            Err(e) => return Err(reject::multipart_field(e).into()),
         };
         parts += 1;
         if parts > max_parts {
-            return Err(ApiError::BadRequest {
-                code: "too_many_parts",
-                message: format!("at most {max_parts} multipart parts per request"),
-            });
+            return Err(ErrorResponse::bad_request(
+                "too_many_parts",
+                format!("at most {max_parts} multipart parts per request"),
+            )
+            .into());
         }
         // Text fields (no file name and a text content type) are not images; skip them.
         if field.file_name().is_none()
@@ -314,20 +264,9 @@ async fn read_multipart(
             }
             .into());
         }
-        images.push(field.bytes().await.map_err(multipart_error)?);
+        images.push(field.bytes().await.map_err(reject::multipart_field)?);
     }
     Ok(images)
-}
-
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge(e.body_text())
-    } else {
-        ApiError::BadRequest {
-            code: "invalid_multipart",
-            message: e.body_text(),
-        }
-    }
 }
 
 fn decode_base64_images(images: Vec<String>, max_items: usize) -> Result<Vec<Bytes>, ApiError> {
@@ -348,13 +287,9 @@ fn decode_base64_images(images: Vec<String>, max_items: usize) -> Result<Vec<Byt
                 Some((prefix, rest)) if prefix.starts_with("data:") => rest,
                 _ => text.as_str(),
             };
-            engine
-                .decode(payload.trim())
-                .map(Bytes::from)
-                .map_err(|e| ApiError::BadRequest {
-                    code: "invalid_base64",
-                    message: format!("image {index}: {e}"),
-                })
+            engine.decode(payload.trim()).map(Bytes::from).map_err(|e| {
+                ErrorResponse::bad_request("invalid_base64", format!("image {index}: {e}")).into()
+            })
         })
         .collect()
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use telemetry::edge;
+use http_edge::limits as edge;
 
 use crate::api::HttpLimits;
 use crate::batcher::BatchConfig;

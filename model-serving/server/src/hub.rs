@@ -2,23 +2,21 @@
 //!
 //! Files are fetched from `{endpoint}/{repo}/resolve/{revision}/{path}`. Large files answer with
 //! a redirect to a CDN and carry their sha256 in `X-Linked-Etag`; small ones carry the git blob
-//! sha1 in `ETag`. Each file is written to `<name>.part`, resumed with a `Range` request after an
-//! interruption, verified against the hub's checksum, then renamed into place. `model.json` is
-//! written last from the export's `config.json` and `preprocessor_config.json`, so a folder with a
-//! `model.json` is complete.
+//! sha1 in `ETag`. The shared downloader ([`http_edge::download`]) writes each to `<name>.part`,
+//! resumes it with `Range` after an interruption, verifies the hub's checksum, then renames it
+//! into place. `model.json` is written last from the export's `config.json` and
+//! `preprocessor_config.json`, so a folder with a `model.json` is complete.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use futures::StreamExt;
+use http_edge::download::{Checksum, DownloadError as FileError, Downloader, Progress};
+use http_edge::retry::retry;
 use serde_json::Value;
-use sha1::Digest as _;
-use tokio::io::AsyncWriteExt;
 
 use crate::model::{MODEL_JSON, ModelSpec, RESIZE_SHORTEST_EDGE_BICUBIC};
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
-const ATTEMPTS: u32 = 5;
 
 /// A file of a model: which repository, which path in it.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,31 +77,34 @@ impl ModelSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("{url}: {message}")]
-    Http { url: String, message: String },
-    #[error(
-        "{file}: checksum mismatch (expected {expected}, got {actual}); the partial file was removed"
-    )]
-    Checksum {
-        file: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file failed to arrive or to verify ([`http_edge::download`] says which).
+    #[error(transparent)]
+    File(#[from] http_edge::download::DownloadError),
     #[error("cannot derive model.json: {0}")]
     Config(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError + '_ {
-    move |source| DownloadError::Io {
-        path: path.to_owned(),
-        source,
+impl DownloadError {
+    /// Whether the hub's checksum refused a file (the partial file is gone).
+    pub fn is_checksum(&self) -> bool {
+        matches!(self, Self::File(FileError::Checksum { .. }))
     }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DownloadError + '_ {
+    move |source| {
+        DownloadError::File(FileError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+fn http_err(url: &str, message: impl ToString) -> DownloadError {
+    DownloadError::File(FileError::Http {
+        url: url.to_owned(),
+        message: message.to_string(),
+    })
 }
 
 /// Downloads every file of `source` into `dest` and writes `model.json`.
@@ -115,15 +116,14 @@ pub async fn download(
     tokio::fs::create_dir_all(dest)
         .await
         .map_err(io_err(dest))?;
+    // No redirects: the hub's redirect carries the checksum, read before following it.
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| DownloadError::Http {
-            url: endpoint.to_owned(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| http_err(endpoint, e))?;
+    let downloader = Downloader::new(client).with_progress(TerminalProgress::default());
     let files = [
         (&source.vision, crate::model::VISION_MODEL),
         (&source.text, crate::model::TEXT_MODEL),
@@ -139,7 +139,16 @@ pub async fn download(
             source.revision,
             remote.path
         );
-        fetch_file(&client, &url, &dest.join(local)).await?;
+        let path = dest.join(local);
+        if path.is_file() {
+            tracing::info!(file = %path.display(), "already present");
+            continue;
+        }
+        let (target, checksum) = retry(&Downloader::BACKOFF, "hub resolve", || {
+            resolve(downloader.client(), &url)
+        })
+        .await?;
+        downloader.fetch(&target, &path, &checksum).await?;
     }
     let spec = spec_from_hub_config(&source.name, dest)?;
     let text =
@@ -150,198 +159,70 @@ pub async fn download(
     Ok(())
 }
 
-enum Expected {
-    Sha256(String),
-    GitSha1(String),
-    Unknown,
-}
-
-/// One file, resumable: retries continue from the bytes already in `<name>.part`.
-async fn fetch_file(client: &reqwest::Client, url: &str, dest: &Path) -> Result<(), DownloadError> {
-    if dest.is_file() {
-        tracing::info!(file = %dest.display(), "already present");
-        return Ok(());
-    }
-    let part = dest.with_extension(format!(
-        "{}.part",
-        dest.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut last_error = None;
-    for attempt in 1..=ATTEMPTS {
-        match fetch_attempt(client, url, &part).await {
-            Ok(expected) => {
-                verify(&part, &expected, url).await?;
-                tokio::fs::rename(&part, dest).await.map_err(io_err(dest))?;
-                tracing::info!(file = %dest.display(), "downloaded and verified");
-                return Ok(());
-            }
-            Err(e @ DownloadError::Http { .. }) => {
-                let have = tokio::fs::metadata(&part)
-                    .await
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                tracing::warn!(%url, attempt, bytes_kept = have, error = %e, "download interrupted; resuming");
-                last_error = Some(e);
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| DownloadError::Http {
+/// Asks the hub where a file is and what it hashes to: a redirect to the CDN with the sha256 in
+/// `X-Linked-Etag` (large files), or the file itself with its git blob sha1 in `ETag`.
+async fn resolve(client: &reqwest::Client, url: &str) -> Result<(String, Checksum), FileError> {
+    let fail = |message: String| FileError::Http {
         url: url.to_owned(),
-        message: "no attempt made".into(),
-    }))
-}
-
-fn http_err(url: &str, message: impl ToString) -> DownloadError {
-    DownloadError::Http {
-        url: url.to_owned(),
-        message: message.to_string(),
-    }
-}
-
-async fn fetch_attempt(
-    client: &reqwest::Client,
-    url: &str,
-    part: &Path,
-) -> Result<Expected, DownloadError> {
-    // The hub's answer: a redirect (large files) carrying the checksum, or the file itself.
-    let first = client.get(url).send().await.map_err(|e| http_err(url, e))?;
-    let header = |r: &reqwest::Response, name: &str| {
-        r.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_matches('"').to_ascii_lowercase())
+        message,
     };
-    let etag = header(&first, "x-linked-etag").or_else(|| header(&first, "etag"));
-    let expected = match etag {
-        Some(tag) if tag.len() == 64 && tag.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Expected::Sha256(tag)
-        }
-        Some(tag) if tag.len() == 40 && tag.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Expected::GitSha1(tag)
-        }
-        _ => Expected::Unknown,
-    };
-    let target = if first.status().is_redirection() {
-        let location = header(&first, "location")
-            .ok_or_else(|| http_err(url, "redirect without a location"))?;
-        let location = first
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(&location)
-            .to_owned();
-        first
+    let first = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let header = |name: &str| first.headers().get(name).and_then(|v| v.to_str().ok());
+    let checksum = header("x-linked-etag")
+        .or_else(|| header("etag"))
+        .map_or(Checksum::Unknown, Checksum::from_etag);
+    if first.status().is_redirection() {
+        let location =
+            header("location").ok_or_else(|| fail("redirect without a location".into()))?;
+        let target = first
             .url()
-            .join(&location)
-            .map_err(|e| http_err(url, e))?
-            .to_string()
-    } else if first.status().is_success() {
-        // Small file served directly: restart it from scratch (it is small).
-        drop(first);
-        let _ = tokio::fs::remove_file(part).await;
-        url.to_owned()
-    } else {
-        return Err(DownloadError::Http {
-            url: url.to_owned(),
-            message: format!("status {}", first.status()),
-        });
-    };
-
-    let have = tokio::fs::metadata(part)
-        .await
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let mut request = client.get(&target);
-    if have > 0 {
-        request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+            .join(location)
+            .map_err(|e| fail(e.to_string()))?;
+        return Ok((target.to_string(), checksum));
     }
-    let response = request.send().await.map_err(|e| http_err(&target, e))?;
-    let append = match response.status().as_u16() {
-        206 => true,
-        200 => false,
-        // The part file already holds everything.
-        416 if have > 0 => return Ok(expected),
-        status => return Err(http_err(&target, format!("status {status}"))),
-    };
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(append)
-        .truncate(!append)
-        .open(part)
-        .await
-        .map_err(io_err(part))?;
-    // A progress bar with rate and ETA on a terminal; nothing (but the log lines) otherwise.
-    let already = if append { have } else { 0 };
-    let total = response.content_length().map(|n| n + already);
-    let progress =
-        indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:24} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    progress.set_message(
-        part.file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(".part").to_owned())
-            .unwrap_or_default(),
-    );
-    progress.set_position(already);
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| http_err(&target, e))?;
-        file.write_all(&chunk).await.map_err(io_err(part))?;
-        progress.inc(chunk.len() as u64);
+    if first.status().is_success() {
+        // A small file served directly: fetched again by the downloader (it is small).
+        return Ok((url.to_owned(), checksum));
     }
-    progress.finish_and_clear();
-    file.flush().await.map_err(io_err(part))?;
-    file.sync_all().await.map_err(io_err(part))?;
-    Ok(expected)
+    Err(fail(format!("status {}", first.status())))
 }
 
-async fn verify(part: &Path, expected: &Expected, url: &str) -> Result<(), DownloadError> {
-    let path = part.to_owned();
-    let (sha256, git_sha1) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        use std::io::Read;
-        let len = std::fs::metadata(&path)?.len();
-        let mut file = std::fs::File::open(&path)?;
-        let mut sha256 = sha2::Sha256::new();
-        let mut git = sha1::Sha1::new();
-        git.update(format!("blob {len}\0").as_bytes());
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            sha256.update(&buf[..n]);
-            git.update(&buf[..n]);
-        }
-        Ok((hex::encode(sha256.finalize()), hex::encode(git.finalize())))
-    })
-    .await
-    .map_err(|e| http_err(url, e))?
-    .map_err(io_err(part))?;
-    let (want, got) = match expected {
-        Expected::Sha256(want) => (want, sha256),
-        Expected::GitSha1(want) => (want, git_sha1),
-        Expected::Unknown => {
-            tracing::warn!(%url, sha256 = %sha256, "the hub gave no checksum; recording the sha256");
-            return Ok(());
-        }
-    };
-    if *want != got {
-        let _ = tokio::fs::remove_file(part).await;
-        return Err(DownloadError::Checksum {
-            file: url.to_owned(),
-            expected: want.clone(),
-            actual: got,
-        });
+/// A progress bar with rate and ETA on a terminal; nothing (but the log lines) otherwise.
+#[derive(Default)]
+struct TerminalProgress(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl Progress for TerminalProgress {
+    fn start(&self, file: &str, already: u64, total: Option<u64>) {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            total,
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:24} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(file.to_owned());
+        bar.set_position(already);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar);
     }
-    Ok(())
+
+    fn advance(&self, bytes: u64) {
+        if let Some(bar) = &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            bar.inc(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// Builds `model.json` from a transformers CLIP `config.json` and `preprocessor_config.json`.

@@ -43,5 +43,5 @@ pub async fn serve(
     readiness.set_ready("model");
     let header_timeout = limits.header_timeout;
     let app = router(AppState { encoder, limits }, metrics, readiness);
-    telemetry::edge::serve(listener, app, header_timeout, shutdown).await
+    http_edge::serve(listener, app, header_timeout, shutdown).await
 }

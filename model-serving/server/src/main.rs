@@ -93,7 +93,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         listener,
         Arc::new(encoder),
         config.limits(),
-        telemetry::ops::shutdown_signal(),
+        http_edge::shutdown_signal(),
     )
     .await?;
     tracing::info!("model-serving stopped");

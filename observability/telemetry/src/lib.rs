@@ -5,20 +5,25 @@
 //!   recorder. Returns a [`TelemetryGuard`] that flushes spans when dropped.
 //! - [`http::track_requests`]: the axum middleware that gives every request a span and metrics.
 //! - [`ops_router`]: `/metrics`, `/health/live`, `/health/ready`.
-//! - [`propagation::inject`]: puts `traceparent` on outgoing reqwest calls.
-//! - [`edge`]: timeouts, load shedding and a serve loop with a header deadline, for every
-//!   service; [`rate_limit`]: per-client and per-key rate limits.
 //! - [`ops::Readiness::watch`]: readiness kept current by periodic dependency probes.
+//!
+//! The HTTP edge (error body, limits, rate limits, serving, outgoing calls with `traceparent`)
+//! is the `http-edge` crate. `edge`, `rate_limit`, `client`, `propagation` and
+//! `ops::shutdown_signal` re-export it here for one step, while callers move over.
 
 mod logs;
 pub mod metrics;
 
-pub mod client;
 pub mod edge;
 pub mod http;
 pub mod ops;
-pub mod propagation;
-pub mod rate_limit;
+#[doc(hidden)]
+pub use http_edge::{client, rate_limit};
+/// Moved to [`http_edge::client::inject`]; re-exported for one step.
+#[doc(hidden)]
+pub mod propagation {
+    pub use http_edge::client::inject;
+}
 #[cfg(feature = "testing")]
 pub mod testing;
 

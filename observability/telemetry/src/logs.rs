@@ -117,26 +117,13 @@ where
     }
 }
 
-/// RFC 3339 UTC timestamp with milliseconds, without pulling a date crate into every binary.
+/// RFC 3339 UTC timestamp with milliseconds (`2026-11-18T11:06:40.123Z`); `None` before 1970.
 pub fn time_rfc3339(now: std::time::SystemTime) -> Option<String> {
-    let since = now.duration_since(std::time::UNIX_EPOCH).ok()?;
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Some(format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        since.subsec_millis()
-    ))
+    const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.duration_since(std::time::UNIX_EPOCH).ok()?;
+    time::OffsetDateTime::from(now).format(FORMAT).ok()
 }
 
 #[cfg(test)]

@@ -13,9 +13,6 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
-/// Refused at the edge before a handler ran; `reason`: `overloaded`, `timeout`, `body_timeout`,
-/// `rate_limited`.
-pub const HTTP_REQUESTS_REJECTED_TOTAL: &str = "http_requests_rejected_total";
 pub const BUILD_INFO: &str = "build_info";
 pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
@@ -43,11 +40,6 @@ pub(crate) fn describe() {
         HTTP_REQUESTS_IN_FLIGHT,
         Unit::Count,
         "HTTP requests being handled right now."
-    );
-    describe_counter!(
-        HTTP_REQUESTS_REJECTED_TOTAL,
-        Unit::Count,
-        "HTTP requests refused at the edge, by service and reason (overloaded, timeout, body_timeout, rate_limited)."
     );
     describe_gauge!(
         BUILD_INFO,

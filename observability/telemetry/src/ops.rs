@@ -226,19 +226,6 @@ async fn ready(State(state): State<OpsState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Resolves on SIGTERM or Ctrl-C: every service's graceful-shutdown trigger.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("shutdown signal received; draining requests");
-}
+/// Moved to [`http_edge::shutdown_signal`]; re-exported for one step.
+#[doc(hidden)]
+pub use http_edge::shutdown_signal;

@@ -13,7 +13,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use model_serving::hub::{self, DownloadError, ModelSource};
+use model_serving::hub::{self, ModelSource};
 use model_serving::model::ModelSpec;
 use sha1::Digest as _;
 
@@ -94,20 +94,8 @@ async fn cdn(
             .expect("response");
     }
     if is_lfs(&path) && hub.cut_once.fetch_sub(1, Ordering::SeqCst) == 1 {
-        // Announce the whole file, send half of it, then fail the stream: the connection drops.
-        let half = bytes[..bytes.len() / 2].to_vec();
-        use futures::StreamExt as _;
-        let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(half) }).chain(
-            futures::stream::once(async {
-                // Let the first half reach the client before the connection drops.
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                Err(std::io::Error::other("connection reset"))
-            }),
-        );
-        return Response::builder()
-            .header(header::CONTENT_LENGTH, bytes.len())
-            .body(Body::from_stream(stream))
-            .expect("response");
+        // Announce the whole file, send half of it, then the connection drops.
+        return http_edge::download::cut_halfway(&bytes);
     }
     bytes.into_response()
 }
@@ -254,10 +242,7 @@ async fn a_checksum_mismatch_fails_and_keeps_nothing() {
         let err = hub::download(&format!("http://{addr}"), &source, dest.path())
             .await
             .expect_err("mismatch");
-        assert!(
-            matches!(err, DownloadError::Checksum { .. }),
-            "{corrupt}: {err}"
-        );
+        assert!(err.is_checksum(), "{corrupt}: {err}");
         let local = corrupt.rsplit('/').next().expect("name");
         assert!(!dest.path().join(local).exists());
         assert!(

@@ -3,7 +3,7 @@
 //!
 //! Each test installs process-wide telemetry, so each runs in its own process (cargo nextest).
 
-mod edge;
+mod ops;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
