@@ -14,9 +14,9 @@ use uuid::Uuid;
 use crate::calls::AppState;
 use crate::metrics;
 use crate::notices::{info, page, problem, trouble_notice};
-use crate::query::{pager, params, parse_filters, parse_listing, parse_query};
+use crate::query::{pager, params, parse_listing, parse_query, parse_refinement};
 use crate::upload::{looks_like_image, read_upload};
-use crate::views::{self, Filters, Notice, ResultsPage, SearchState};
+use crate::views::{self, Notice, Refinement, ResultsPage, SearchState};
 
 /// Similar items under a product.
 const SIMILAR_ON_PRODUCT: usize = 12;
@@ -59,11 +59,11 @@ pub async fn search(
         filter_action: "/".into(),
         ..SearchState::default()
     };
-    let (filters, page_no) = match parse_listing(&fields, state.page_size) {
+    let (refinement, page_no) = match parse_listing(&fields, state.page_size) {
         Ok(listing) => listing,
         Err(notice) => return bad_listing("results", "Search", &view_state, notice),
     };
-    view_state.filters = filters.clone();
+    view_state.refinement = refinement.clone();
     if q.is_empty() {
         let (facets, stats) = tokio::join!(state.facets(), state.call("stats", backend.stats()));
         metrics::page("home", "ok");
@@ -76,14 +76,14 @@ pub async fn search(
         return page(StatusCode::OK, html);
     }
     let offset = (page_no - 1) * state.page_size;
-    let search_params = params(&filters, state.page_size, offset);
+    let search_params = params(&refinement, state.page_size, offset);
     let search = state.call("search_text", backend.search_text(&q, &search_params));
     let (facets, found) = tokio::join!(state.facets(), search);
     let title = format!("“{q}”");
     match found {
         Ok(response) => {
             let mut base = vec![("q", q.clone())];
-            base.extend(filters.pairs());
+            base.extend(refinement.pairs());
             let (previous, next) = pager("/", &base, page_no, state.page_size, response.hits.len());
             let shown = if response.hits.is_empty() {
                 "empty"
@@ -100,7 +100,7 @@ pub async fn search(
             };
             let empty = info(
                 format!("No results for “{q}”"),
-                if filters.is_empty() {
+                if refinement.is_empty() {
                     "Try other words, or search with a photo."
                 } else {
                     "Try fewer filters or a lower minimum score."
@@ -145,12 +145,12 @@ pub async fn search_image(
         Ok(upload) => upload,
         Err((status, notice)) => return fail(status, notice, &view_state),
     };
-    let filters = match parse_filters(&upload.fields) {
-        Ok(filters) => filters,
+    let refinement = match parse_refinement(&upload.fields) {
+        Ok(refinement) => refinement,
         Err(notice) => return fail(StatusCode::BAD_REQUEST, notice, &view_state),
     };
     let view_state = SearchState {
-        filters: filters.clone(),
+        refinement: refinement.clone(),
         ..view_state
     };
     if !looks_like_image(&upload.image) {
@@ -160,7 +160,7 @@ pub async fn search_image(
         );
         return fail(StatusCode::UNSUPPORTED_MEDIA_TYPE, notice, &view_state);
     }
-    let search_params = params(&filters, state.page_size, 0);
+    let search_params = params(&refinement, state.page_size, 0);
     let search = state.call(
         "search_image",
         backend.search_image(upload.image, &search_params),
@@ -233,13 +233,13 @@ pub async fn similar(
         return not_found("similar", &view_state);
     };
     let fields = parse_query(raw.as_deref());
-    let (filters, page_no) = match parse_listing(&fields, state.page_size) {
+    let (refinement, page_no) = match parse_listing(&fields, state.page_size) {
         Ok(listing) => listing,
         Err(notice) => return bad_listing("similar", "More like this", &view_state, notice),
     };
-    view_state.filters = filters.clone();
+    view_state.refinement = refinement.clone();
     let offset = (page_no - 1) * state.page_size;
-    let search_params = params(&filters, state.page_size, offset);
+    let search_params = params(&refinement, state.page_size, offset);
     let (facets, source, found) = tokio::join!(
         state.facets(),
         state.call("get_image", backend.get_image(id)),
@@ -249,7 +249,7 @@ pub async fn similar(
         Ok(response) => {
             let (previous, next) = pager(
                 &format!("/similar/{id}"),
-                &filters.pairs(),
+                &refinement.pairs(),
                 page_no,
                 state.page_size,
                 response.hits.len(),
@@ -315,7 +315,7 @@ pub async fn product(
     let Some(id) = parse_id(&raw_id) else {
         return not_found("product", &view_state);
     };
-    let similar_params = params(&Filters::default(), SIMILAR_ON_PRODUCT + 1, 0);
+    let similar_params = params(&Refinement::default(), SIMILAR_ON_PRODUCT + 1, 0);
     let (item, similar) = tokio::join!(
         state.call("get_image", backend.get_image(id)),
         state.call("similar", backend.similar(id, &similar_params)),

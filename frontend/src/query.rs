@@ -3,13 +3,10 @@
 
 use std::collections::HashMap;
 
-use backend_api::SearchParams;
+use backend_api::{Filters, MAX_RESULT_DEPTH, SearchParams};
 
 use crate::notices::problem;
-use crate::views::{Filters, Notice, url_with};
-
-/// The backend accepts k + offset up to 1000.
-pub(crate) const MAX_RESULTS: usize = 1000;
+use crate::views::{Notice, Refinement, url_with};
 
 /// The last value of each query-string key; never fails, whatever the URL holds.
 pub(crate) fn parse_query(raw: Option<&str>) -> HashMap<String, String> {
@@ -19,7 +16,9 @@ pub(crate) fn parse_query(raw: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
-pub(crate) fn parse_filters(fields: &HashMap<String, String>) -> Result<Filters, Notice> {
+/// The refinement a URL or form asks for: a value for each of [`Filters::FIELDS`] it names (other
+/// keys are not filters and are ignored), and a minimum score, refused unless in -1..=1.
+pub(crate) fn parse_refinement(fields: &HashMap<String, String>) -> Result<Refinement, Notice> {
     let min_score = match fields.get("min_score") {
         None => None,
         Some(raw) => match raw.parse::<f32>() {
@@ -32,19 +31,20 @@ pub(crate) fn parse_filters(fields: &HashMap<String, String>) -> Result<Filters,
             }
         },
     };
-    Ok(Filters {
-        gender: fields.get("gender").cloned(),
-        article_type: fields.get("article_type").cloned(),
-        colour: fields.get("colour").cloned(),
-        min_score,
-    })
+    let mut filters = Filters::default();
+    for field in Filters::FIELDS {
+        if let Some(value) = fields.get(*field) {
+            filters.set(field, Some(value.clone()));
+        }
+    }
+    Ok(Refinement { filters, min_score })
 }
 
 pub(crate) fn parse_page(
     fields: &HashMap<String, String>,
     page_size: usize,
 ) -> Result<usize, Notice> {
-    let last = (MAX_RESULTS / page_size).max(1);
+    let last = (MAX_RESULT_DEPTH / page_size).max(1);
     match fields.get("page") {
         None => Ok(1),
         Some(raw) => match raw.parse::<usize>() {
@@ -57,23 +57,20 @@ pub(crate) fn parse_page(
     }
 }
 
-/// The filters and page of a paged list (text results, "more like this").
+/// The refinement and page of a paged list (text results, "more like this").
 pub(crate) fn parse_listing(
     fields: &HashMap<String, String>,
     page_size: usize,
-) -> Result<(Filters, usize), Notice> {
-    Ok((parse_filters(fields)?, parse_page(fields, page_size)?))
+) -> Result<(Refinement, usize), Notice> {
+    Ok((parse_refinement(fields)?, parse_page(fields, page_size)?))
 }
 
-pub(crate) fn params(filters: &Filters, k: usize, offset: usize) -> SearchParams {
+pub(crate) fn params(refinement: &Refinement, k: usize, offset: usize) -> SearchParams {
     SearchParams {
         k: Some(k),
         offset: Some(offset),
-        gender: filters.gender.clone(),
-        article_type: filters.article_type.clone(),
-        colour: filters.colour.clone(),
-        min_score: filters.min_score,
-        ..SearchParams::default()
+        min_score: refinement.min_score,
+        filters: refinement.filters.clone(),
     }
 }
 
@@ -93,7 +90,7 @@ pub(crate) fn pager(
         url_with(path, &pairs)
     };
     let previous = (page > 1).then(|| link(page - 1));
-    let more = shown == page_size && (page + 1) * page_size <= MAX_RESULTS;
+    let more = shown == page_size && (page + 1) * page_size <= MAX_RESULT_DEPTH;
     (previous, more.then(|| link(page + 1)))
 }
 
@@ -113,14 +110,55 @@ mod tests {
     #[test]
     fn bad_min_score_and_page_are_refused() {
         let fields = parse_query(Some("min_score=2"));
-        assert!(parse_filters(&fields).is_err());
+        assert!(parse_refinement(&fields).is_err());
         let fields = parse_query(Some("min_score=abc"));
-        assert!(parse_filters(&fields).is_err());
+        assert!(parse_refinement(&fields).is_err());
         let fields = parse_query(Some("min_score=0.25"));
-        assert_eq!(parse_filters(&fields).map(|f| f.min_score), Ok(Some(0.25)));
+        assert_eq!(
+            parse_refinement(&fields).map(|f| f.min_score),
+            Ok(Some(0.25))
+        );
         assert!(parse_page(&parse_query(Some("page=0")), 24).is_err());
         assert!(parse_page(&parse_query(Some("page=42")), 24).is_err());
         assert_eq!(parse_page(&parse_query(Some("page=41")), 24), Ok(41));
+    }
+
+    #[test]
+    fn every_filter_field_is_read_and_other_keys_are_not() {
+        let fields = parse_query(Some(
+            "q=shirt&page=2&k=100&s3_key=x&dataset=fashion-product-images&gender=Men\
+             &category=Apparel&article_type=Tshirts&colour=Navy+Blue&season=Fall&usage=Sports",
+        ));
+        let refinement = parse_refinement(&fields).expect("valid");
+        let read: Vec<&str> = refinement.filters.iter().map(|(field, _)| field).collect();
+        assert_eq!(read, Filters::FIELDS, "each field, nothing else");
+        assert_eq!(refinement.filters.get("colour"), Some("Navy Blue"));
+        assert_eq!(refinement.min_score, None);
+
+        // What the links carry reads back as the same refinement.
+        let url = url_with("/", &refinement.pairs());
+        let again = parse_query(url.split_once('?').map(|(_, query)| query));
+        assert_eq!(parse_refinement(&again), Ok(refinement.clone()));
+
+        // The backend gets the filters, the page's depth and the minimum score.
+        let search = params(&refinement, 24, 48);
+        assert_eq!((search.k, search.offset), (Some(24), Some(48)));
+        assert_eq!(search.filters, refinement.filters);
+    }
+
+    #[test]
+    fn the_last_page_is_the_backend_depth() {
+        assert_eq!(MAX_RESULT_DEPTH, 1000);
+        let page = |raw: &str, size| parse_page(&parse_query(Some(raw)), size);
+        assert_eq!(page("", 24), Ok(1));
+        assert_eq!(page("page=1000", 1), Ok(1000));
+        assert!(page("page=1001", 1).is_err());
+        assert_eq!(
+            page("page=1", 5000),
+            Ok(1),
+            "a page larger than the depth still has page 1"
+        );
+        assert!(page("page=-1", 24).is_err() && page("page=two", 24).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The shop's pages as Leptos components, rendered to HTML on the server. Plain links and forms
 //! do everything (no wasm); `app.js` only adds drag & drop and paste to the photo upload.
 
-use backend_api::{FacetValue, FacetsResponse, ImageItem, SearchHit};
+use backend_api::{FacetValue, FacetsResponse, Filters, ImageItem, SearchHit};
 use leptos::prelude::*;
 
 /// Queries offered before the shopper has typed anything.
@@ -17,28 +17,23 @@ pub const EXAMPLE_QUERIES: &[&str] = &[
 /// Minimum-score choices of the filter form.
 const MIN_SCORES: &[&str] = &["0.1", "0.2", "0.25", "0.3", "0.4", "0.5"];
 
-/// The filters a shopper can apply to text searches and "more like this".
+/// What narrows a list (text results, photo results, "more like this"): the attribute filters —
+/// the backend's one [`Filters`] type, so a newly indexed field reaches the shop without a copy
+/// here — and a minimum score.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filters {
-    pub gender: Option<String>,
-    pub article_type: Option<String>,
-    pub colour: Option<String>,
+pub struct Refinement {
+    pub filters: Filters,
     pub min_score: Option<f32>,
 }
 
-impl Filters {
-    /// The filters as query-string pairs, for links that keep them.
+impl Refinement {
+    /// The refinement as query-string pairs, for links and forms that keep it.
     pub fn pairs(&self) -> Vec<(&'static str, String)> {
-        let mut pairs = Vec::new();
-        if let Some(v) = &self.gender {
-            pairs.push(("gender", v.clone()));
-        }
-        if let Some(v) = &self.article_type {
-            pairs.push(("article_type", v.clone()));
-        }
-        if let Some(v) = &self.colour {
-            pairs.push(("colour", v.clone()));
-        }
+        let mut pairs: Vec<(&'static str, String)> = self
+            .filters
+            .iter()
+            .map(|(field, value)| (field, value.to_owned()))
+            .collect();
         if let Some(v) = self.min_score {
             pairs.push(("min_score", v.to_string()));
         }
@@ -46,7 +41,21 @@ impl Filters {
     }
 
     pub fn is_empty(&self) -> bool {
-        self == &Self::default()
+        self.filters.is_empty() && self.min_score.is_none()
+    }
+}
+
+/// The shop's label for a filter field; a field the shop has no word for shows as it is spelled.
+pub fn field_label(field: &str) -> &str {
+    match field {
+        "dataset" => "Catalogue",
+        "gender" => "Gender",
+        "category" => "Category",
+        "article_type" => "Type",
+        "colour" => "Colour",
+        "season" => "Season",
+        "usage" => "Usage",
+        other => other,
     }
 }
 
@@ -65,7 +74,7 @@ pub fn url_with(path: &str, pairs: &[(&str, String)]) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct SearchState {
     pub q: String,
-    pub filters: Filters,
+    pub refinement: Refinement,
     /// Where the filter form submits: `/` for text search, `/similar/{id}` for "more like this".
     pub filter_action: String,
 }
@@ -133,7 +142,7 @@ pub fn document(
 #[component]
 fn SiteHeader(state: SearchState, facets: Option<FacetsResponse>) -> impl IntoView {
     let hidden_filters = state
-        .filters
+        .refinement
         .pairs()
         .into_iter()
         .map(|(name, value)| view! { <input type="hidden" name=name value=value /> })
@@ -167,7 +176,7 @@ fn SiteHeader(state: SearchState, facets: Option<FacetsResponse>) -> impl IntoVi
                     <span>"Search with a photo"</span>
                     <input type="file" name="image" accept="image/jpeg,image/png,image/webp,image/gif" required=true />
                 </label>
-                {state.filters.pairs().into_iter().map(|(name, value)| view! { <input type="hidden" name=name value=value /> }).collect_view()}
+                {state.refinement.pairs().into_iter().map(|(name, value)| view! { <input type="hidden" name=name value=value /> }).collect_view()}
                 <button type="submit">"Find similar"</button>
                 <p class="hint">"or drop / paste a photo here"</p>
             </form>
@@ -176,29 +185,48 @@ fn SiteHeader(state: SearchState, facets: Option<FacetsResponse>) -> impl IntoVi
     }
 }
 
+/// A select per filter field offering a choice: the fields with at least two facet values, in
+/// [`Filters::FIELDS`] order (one value filters nothing out, e.g. a single dataset), plus any
+/// field the shopper has already set, so it can be seen and changed.
+fn offered_fields(facets: &FacetsResponse, filters: &Filters) -> Vec<&'static str> {
+    Filters::FIELDS
+        .iter()
+        .copied()
+        .filter(|field| {
+            let values = facets.facets.get(*field).map_or(0, Vec::len);
+            values >= 2 || filters.get(field).is_some()
+        })
+        .collect()
+}
+
 #[component]
 fn FilterBar(state: SearchState, facets: FacetsResponse) -> impl IntoView {
-    let select = |name: &'static str, label: &'static str, field: &str, current: Option<String>| {
-        let values: Vec<FacetValue> = facets.facets.get(field).cloned().unwrap_or_default();
-        let options = values
-            .into_iter()
-            .map(|v| {
-                let selected = current.as_deref() == Some(v.value.as_str());
-                let text = format!("{} ({})", v.value, v.count);
-                view! { <option value=v.value selected=selected>{text}</option> }
-            })
-            .collect_view();
-        view! {
-            <label class="filter">
-                <span>{label}</span>
-                <select name=name>
-                    <option value="">"Any"</option>
-                    {options}
-                </select>
-            </label>
-        }
-    };
-    let current_min = state.filters.min_score.map(|s| s.to_string());
+    let filters = &state.refinement.filters;
+    let selects = offered_fields(&facets, filters)
+        .into_iter()
+        .map(|field| {
+            let current = filters.get(field).map(str::to_owned);
+            let values: Vec<FacetValue> = facets.facets.get(field).cloned().unwrap_or_default();
+            let options = values
+                .into_iter()
+                .map(|v| {
+                    let selected = current.as_deref() == Some(v.value.as_str());
+                    let text = format!("{} ({})", v.value, v.count);
+                    view! { <option value=v.value selected=selected>{text}</option> }
+                })
+                .collect_view();
+            view! {
+                <label class="filter">
+                    <span>{field_label(field).to_owned()}</span>
+                    <select name=field>
+                        <option value="">"Any"</option>
+                        {options}
+                    </select>
+                </label>
+            }
+        })
+        .collect_view();
+    let current_min = state.refinement.min_score.map(|s| s.to_string());
     let scores = MIN_SCORES
         .iter()
         .map(|s| {
@@ -209,9 +237,7 @@ fn FilterBar(state: SearchState, facets: FacetsResponse) -> impl IntoView {
     view! {
         <form class="filters" method="get" action=state.filter_action.clone() aria-label="Filters">
             {(!state.q.is_empty()).then(|| view! { <input type="hidden" name="q" value=state.q.clone() /> })}
-            {select("gender", "Gender", "gender", state.filters.gender.clone())}
-            {select("article_type", "Type", "article_type", state.filters.article_type.clone())}
-            {select("colour", "Colour", "colour", state.filters.colour.clone())}
+            {selects}
             <label class="filter">
                 <span>"Minimum score"</span>
                 <select name="min_score">
@@ -220,7 +246,7 @@ fn FilterBar(state: SearchState, facets: FacetsResponse) -> impl IntoView {
                 </select>
             </label>
             <button type="submit">"Apply filters"</button>
-            {(!state.filters.is_empty()).then(|| view! {
+            {(!state.refinement.is_empty()).then(|| view! {
                 <a class="clear" href=clear_filters(&state)>"Clear filters"</a>
             })}
         </form>
@@ -338,6 +364,9 @@ fn Card(hit: SearchHit) -> impl IntoView {
             data-gender=a.gender.unwrap_or_default()
             data-article-type=a.article_type.unwrap_or_default()
             data-colour=a.colour.unwrap_or_default()
+            data-category=a.category.unwrap_or_default()
+            data-season=a.season.unwrap_or_default()
+            data-usage=a.usage.unwrap_or_default()
             data-score=format!("{:.4}", hit.score)
         >
             <a class="thumb" href=format!("/product/{id}")>
@@ -399,4 +428,110 @@ pub fn product(item: ImageItem, similar: Result<Vec<SearchHit>, Notice>) -> AnyV
         {similar}
     }
     .into_any()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facets(fields: &[(&str, &[&str])]) -> FacetsResponse {
+        FacetsResponse {
+            facets: fields
+                .iter()
+                .map(|(field, values)| {
+                    let values = values
+                        .iter()
+                        .map(|v| FacetValue {
+                            value: (*v).to_owned(),
+                            count: 3,
+                        })
+                        .collect();
+                    ((*field).to_owned(), values)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_filter_bar_offers_every_field_with_a_choice() {
+        let facets = facets(&[
+            ("dataset", &["fashion-product-images"]),
+            ("gender", &["Men", "Women"]),
+            ("category", &["Apparel"]),
+            ("season", &["Fall", "Summer", "Spring"]),
+            ("usage", &["Casual", "Sports"]),
+            ("not_a_filter", &["a", "b"]),
+        ]);
+        let none = Filters::default();
+        assert_eq!(
+            offered_fields(&facets, &none),
+            ["gender", "season", "usage"],
+            "one value is no choice; unknown facets are not filters"
+        );
+        let chosen = Filters {
+            category: Some("Apparel".into()),
+            ..Filters::default()
+        };
+        assert_eq!(
+            offered_fields(&facets, &chosen),
+            ["gender", "category", "season", "usage"],
+            "a filter in force stays visible"
+        );
+
+        let state = SearchState {
+            q: "shirt".into(),
+            refinement: Refinement {
+                filters: Filters {
+                    season: Some("Summer".into()),
+                    ..Filters::default()
+                },
+                min_score: Some(0.25),
+            },
+            filter_action: "/".into(),
+        };
+        let html = document("", &state, Some(&facets), home(None));
+        for field in ["gender", "season", "usage", "min_score"] {
+            assert!(
+                html.contains(&format!("<select name=\"{field}\">")),
+                "{field}"
+            );
+        }
+        assert!(html.contains("<span>Season</span>"));
+        assert!(!html.contains("<select name=\"dataset\">"));
+        assert!(html.contains("<option value=\"Summer\" selected>Summer (3)</option>"));
+        assert!(
+            html.contains("type=\"hidden\" name=\"season\" value=\"Summer\""),
+            "a new query keeps the filter"
+        );
+        assert!(
+            html.contains("href=\"/?q=shirt\""),
+            "clear filters keeps the query"
+        );
+    }
+
+    #[test]
+    fn refinement_pairs_follow_the_field_list() {
+        let refinement = Refinement {
+            filters: Filters {
+                usage: Some("Sports".into()),
+                dataset: Some("fashion-product-images".into()),
+                gender: Some("  ".into()),
+                ..Filters::default()
+            },
+            min_score: Some(0.3),
+        };
+        assert_eq!(
+            refinement.pairs(),
+            [
+                ("dataset", "fashion-product-images".to_owned()),
+                ("usage", "Sports".to_owned()),
+                ("min_score", "0.3".to_owned()),
+            ]
+        );
+        assert!(!refinement.is_empty());
+        assert!(Refinement::default().is_empty());
+        for field in Filters::FIELDS {
+            assert_ne!(field_label(field), *field, "{field} has a label");
+        }
+    }
 }

@@ -131,20 +131,40 @@ fn config(backend_url: String) -> FrontendConfig {
     }
 }
 
+/// One catalogue of 24 real photos, then each page's checks in turn (the stack is the costly
+/// part: nextest runs each test in its own process, so the checks share it by running in one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_against_a_running_catalogue() {
     let stack = Stack::start(24).await;
     let app = frontend::router(&config(stack.backend_url())).expect("router");
+    home_page(&app).await;
+    let page1 = text_results_and_paging(&app, &stack).await;
+    filters_and_bad_input(&app).await;
+    similar_and_product(&app, &page1[0]).await;
+    photo_search(&app).await;
+    page_metrics(&app).await;
+}
 
-    // No query yet: example queries to click, the catalogue's size, filters from the facets.
-    let home = get(&app, "/").await;
+/// No query yet: example queries to click, the catalogue's size, filters from the facets.
+async fn home_page(app: &axum::Router) {
+    let home = get(app, "/").await;
     assert_eq!(home.status, StatusCode::OK);
     for q in EXAMPLE_QUERIES {
         let href = format!("href=\"/?q={}\"", q.replace(' ', "+").replace('\'', "%27"));
         assert!(home.html.contains(&href), "example {q} links to {href}");
     }
     assert!(home.html.contains("24 products in the catalogue"));
-    assert!(home.html.contains("<select name=\"gender\">"));
+    // A select for each filter field with a choice in this catalogue (all 24 are one dataset's
+    // Apparel, so those two offer none).
+    for field in ["gender", "article_type", "colour", "season", "usage"] {
+        assert!(
+            home.html.contains(&format!("<select name=\"{field}\">")),
+            "{field} select"
+        );
+    }
+    for field in ["category", "dataset"] {
+        assert!(!home.html.contains(&format!("<select name=\"{field}\">")));
+    }
     assert!(
         home.html
             .contains("<option value=\"Women\">Women (13)</option>"),
@@ -154,9 +174,14 @@ async fn pages_against_a_running_catalogue() {
         home.html.contains("enctype=\"multipart/form-data\""),
         "a plain upload form"
     );
+}
 
-    // A text search: a page of cards with image, caption as alt text, type, colour, score.
-    let first = get(&app, "/?q=white+skirt").await;
+/// A text search: a page of cards with image, caption as alt text, type, colour, score; paging.
+async fn text_results_and_paging(
+    app: &axum::Router,
+    stack: &Stack,
+) -> Vec<HashMap<String, String>> {
+    let first = get(app, "/?q=white+skirt").await;
     assert_eq!(first.status, StatusCode::OK);
     assert!(
         first.html.contains("value=\"white skirt\""),
@@ -213,7 +238,7 @@ async fn pages_against_a_running_catalogue() {
         first.html.contains("href=\"/?q=white+skirt&amp;page=2\""),
         "next page link"
     );
-    let second = get(&app, "/?q=white+skirt&page=2").await;
+    let second = get(app, "/?q=white+skirt&page=2").await;
     let page2 = cards(&second.html);
     assert_eq!(page2.len(), 8);
     assert!(
@@ -226,11 +251,15 @@ async fn pages_against_a_running_catalogue() {
         second.html.contains("href=\"/?q=white+skirt\""),
         "previous page link"
     );
-    let last = cards(&get(&app, "/?q=white+skirt&page=3").await.html);
+    let last = cards(&get(app, "/?q=white+skirt&page=3").await.html);
     assert_eq!(last.len(), 8, "24 = 3 pages of 8");
+    page1
+}
 
+/// Filters narrow every card; no results is information; bad input a 400 page.
+async fn filters_and_bad_input(app: &axum::Router) {
     // Filters: every card matches; the selects show what is applied.
-    let men = get(&app, "/?q=shirt&gender=Men").await;
+    let men = get(app, "/?q=shirt&gender=Men").await;
     let men_cards = cards(&men.html);
     assert!(!men_cards.is_empty());
     assert!(
@@ -248,34 +277,57 @@ async fn pages_against_a_running_catalogue() {
         "a new query keeps the filter"
     );
 
+    // Every indexed field filters, season and usage too; a field in force keeps its select.
+    let summer = get(app, "/?q=skirt&season=Summer&usage=Casual&category=Apparel").await;
+    assert_eq!(summer.status, StatusCode::OK, "{}", summer.html);
+    let summer_cards = cards(&summer.html);
+    assert!(!summer_cards.is_empty());
+    assert!(
+        summer_cards
+            .iter()
+            .all(|c| c["data-season"] == "Summer" && c["data-usage"] == "Casual"),
+        "only Summer, Casual"
+    );
+    assert!(summer.html.contains("<select name=\"category\">"));
+    assert!(summer.html.contains("<option value=\"Summer\" selected>"));
+    assert!(
+        summer
+            .html
+            .contains("type=\"hidden\" name=\"usage\" value=\"Casual\""),
+        "a new query keeps every filter"
+    );
+
     // No results: a minimum score nothing reaches is an info message, not an error.
-    let none = get(&app, "/?q=shirt&min_score=1").await;
+    let none = get(app, "/?q=shirt&min_score=1").await;
     assert_eq!(none.status, StatusCode::OK);
     assert!(cards(&none.html).is_empty());
     assert!(none.html.contains("No results for “shirt”") && none.html.contains("role=\"status\""));
 
     // Bad input: a clear message with 400, and the page still renders.
-    let bad = get(&app, "/?q=shirt&min_score=7").await;
+    let bad = get(app, "/?q=shirt&min_score=7").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.html.contains("between -1 and 1") && bad.html.contains("role=\"alert\""));
     assert_eq!(
-        get(&app, "/?q=shirt&page=0").await.status,
+        get(app, "/?q=shirt&page=0").await.status,
         StatusCode::BAD_REQUEST
     );
 
     // What the shopper typed is text, never markup.
-    let hostile = get(&app, "/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
+    let hostile = get(app, "/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
     assert!(!hostile.html.contains("<script>alert(1)"));
     assert!(
         hostile
             .html
             .contains("&lt;script&gt;alert(1)&lt;/script&gt;")
     );
+}
 
+/// More like this, from one card, and that card's product page.
+async fn similar_and_product(app: &axum::Router, card: &HashMap<String, String>) {
     // More like this: the source product's caption in the heading, similar cards, paging.
-    let id = page1[0]["data-id"].clone();
-    let caption = page1[0]["img-alt"].clone();
-    let similar = get(&app, &format!("/similar/{id}")).await;
+    let id = card["data-id"].clone();
+    let caption = card["img-alt"].clone();
+    let similar = get(app, &format!("/similar/{id}")).await;
     assert_eq!(similar.status, StatusCode::OK);
     assert!(similar.html.contains(&format!("More like “{caption}”")));
     assert_eq!(cards(&similar.html).len(), 8);
@@ -283,11 +335,11 @@ async fn pages_against_a_running_catalogue() {
         similar.html.contains(&format!("action=\"/similar/{id}\"")),
         "filters refine the same list"
     );
-    let similar_women = cards(&get(&app, &format!("/similar/{id}?gender=Women")).await.html);
+    let similar_women = cards(&get(app, &format!("/similar/{id}?gender=Women")).await.html);
     assert!(!similar_women.is_empty() && similar_women.iter().all(|c| c["data-gender"] == "Women"));
 
     // Product detail: big image, attributes, similar items without itself.
-    let product = get(&app, &format!("/product/{id}")).await;
+    let product = get(app, &format!("/product/{id}")).await;
     assert_eq!(product.status, StatusCode::OK);
     assert!(product.html.contains(&format!("<h1>{caption}</h1>")));
     assert!(product.html.contains("<th scope=\"row\">Colour</th>"));
@@ -295,20 +347,23 @@ async fn pages_against_a_running_catalogue() {
     let related = cards(&product.html);
     assert!(!related.is_empty() && related.iter().all(|c| c["data-id"] != id));
     assert_eq!(
-        get(&app, "/product/not-a-uuid").await.status,
+        get(app, "/product/not-a-uuid").await.status,
         StatusCode::NOT_FOUND
     );
-    let gone = get(&app, &format!("/product/{}", uuid::Uuid::new_v4())).await;
+    let gone = get(app, &format!("/product/{}", uuid::Uuid::new_v4())).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     assert!(gone.html.contains("We could not find that product"));
     assert_eq!(
-        get(&app, "/no/such/page").await.status,
+        get(app, "/no/such/page").await.status,
         StatusCode::NOT_FOUND
     );
+}
 
+/// Search by photo, and each upload problem's page.
+async fn photo_search(app: &axum::Router) {
     // Search by photo: the indexed photo itself comes back first, at similarity ~1.
     let bytes = std::fs::read(photo("10000")).expect("photo 10000");
-    let found = upload(&app, Some(("skirt.jpg", bytes.clone())), &[]).await;
+    let found = upload(app, Some(("skirt.jpg", bytes.clone())), &[]).await;
     assert_eq!(found.status, StatusCode::OK, "{}", found.html);
     let hits = cards(&found.html);
     assert!(!hits.is_empty());
@@ -320,7 +375,7 @@ async fn pages_against_a_running_catalogue() {
     assert!(hits[0]["data-score"].parse::<f32>().expect("score") > 0.999);
     let filtered = cards(
         &upload(
-            &app,
+            app,
             Some(("skirt.jpg", bytes.clone())),
             &[("gender", "Men")],
         )
@@ -330,19 +385,19 @@ async fn pages_against_a_running_catalogue() {
     assert!(!filtered.is_empty() && filtered.iter().all(|c| c["data-gender"] == "Men"));
 
     // Upload problems: each a clear message with its own status.
-    let missing = upload(&app, None, &[]).await;
+    let missing = upload(app, None, &[]).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
     assert!(missing.html.contains("Please choose a photo"));
-    let not_image = upload(&app, Some(("notes.txt", b"just some text".to_vec())), &[]).await;
+    let not_image = upload(app, Some(("notes.txt", b"just some text".to_vec())), &[]).await;
     assert_eq!(not_image.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(not_image.html.contains("not a photo we can read"));
     let mut huge = vec![0xFF, 0xD8, 0xFF, 0xE0];
     huge.resize(200 * 1024, 0);
-    let too_large = upload(&app, Some(("huge.jpg", huge)), &[]).await;
+    let too_large = upload(app, Some(("huge.jpg", huge)), &[]).await;
     assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(too_large.html.contains("That photo is too large"));
     let corrupt = upload(
-        &app,
+        app,
         Some(("broken.jpg", bytes[..bytes.len() / 3].to_vec())),
         &[],
     )
@@ -353,9 +408,12 @@ async fn pages_against_a_running_catalogue() {
         "{}",
         corrupt.html
     );
+}
 
+/// The page and backend-call metrics (after the checks above), and health.
+async fn page_metrics(app: &axum::Router) {
     // Telemetry: the page and backend-call metrics, health.
-    let metrics = get(&app, "/metrics").await.html;
+    let metrics = get(app, "/metrics").await.html;
     for name in frontend::metrics::ALL {
         assert!(
             metrics.contains(&format!("# HELP {name}")),
@@ -367,7 +425,7 @@ async fn pages_against_a_running_catalogue() {
     assert!(metrics.contains(
         "http_requests_total{service=\"frontend\",method=\"GET\",route=\"/similar/{id}\""
     ));
-    assert_eq!(get(&app, "/health/ready").await.status, StatusCode::OK);
+    assert_eq!(get(app, "/health/ready").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
