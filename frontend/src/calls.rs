@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
-use backend_api::{BackendClient, ClientError, FacetsResponse};
+use backend_api::{BackendClient, ClientError, ErrorKind, FacetsResponse};
 use telemetry::rate_limit::ClientIp;
 
 use crate::metrics;
@@ -22,11 +22,23 @@ pub struct AppState {
 }
 
 /// Why a backend call gave nothing to show.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Trouble {
+    /// No answer within the page's timeout.
     Slow,
+    /// Unreachable, or a fault on its side (5xx, an answer that does not decode).
     Down,
-    Rejected { status: u16, message: String },
+    /// The backend refused the request, for the reason its error code names. Its message is for
+    /// operators (it may name routes); the page shows the kind's shopper-safe words.
+    Refused(ErrorKind),
+}
+
+impl Trouble {
+    /// The trouble of a refusal carrying `code`; a code this build does not know is a refusal of
+    /// the request as asked.
+    pub(crate) fn refused(code: &str) -> Self {
+        Self::Refused(ErrorKind::from_code(code).unwrap_or(ErrorKind::InvalidRequest))
+    }
 }
 
 impl AppState {
@@ -51,13 +63,17 @@ impl AppState {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(ClientError::Transport(e))) if e.is_timeout() => Err(Trouble::Slow),
             Ok(Err(ClientError::Rejected {
-                status, message, ..
-            })) => Err(Trouble::Rejected { status, message }),
-            // The backend's per-shopper limit (the frontend calls on the shopper's behalf).
-            Ok(Err(ClientError::RateLimited { message, .. })) => Err(Trouble::Rejected {
-                status: 429,
+                status,
+                code,
                 message,
-            }),
+            })) => {
+                tracing::info!(call, status, code, message, "backend refused the request");
+                Err(Trouble::refused(&code))
+            }
+            // The backend's per-shopper limit (the frontend calls on the shopper's behalf).
+            Ok(Err(ClientError::RateLimited { .. })) => {
+                Err(Trouble::Refused(ErrorKind::RateLimited))
+            }
             Ok(Err(error)) => {
                 tracing::warn!(call, error = %error, "backend call failed");
                 Err(Trouble::Down)
@@ -67,7 +83,7 @@ impl AppState {
             Ok(_) => "ok",
             Err(Trouble::Slow) => "timeout",
             Err(Trouble::Down) => "unavailable",
-            Err(Trouble::Rejected { .. }) => "rejected",
+            Err(Trouble::Refused(_)) => "rejected",
         };
         if matches!(result, Err(Trouble::Slow)) {
             tracing::warn!(

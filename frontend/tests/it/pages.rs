@@ -311,6 +311,23 @@ async fn filters_and_bad_input(app: &axum::Router) {
         get(app, "/?q=shirt&page=0").await.status,
         StatusCode::BAD_REQUEST
     );
+    // A value the catalogue does not hold is the backend's refusal, in shopper's words: the
+    // backend's own message (for API callers, naming its routes) stays off the page.
+    let unknown = get(app, "/?q=shirt&colour=Plaid").await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(
+        unknown.html.contains("We could not use that query"),
+        "{}",
+        unknown.html
+    );
+    assert!(
+        backend_api::ErrorKind::ALL
+            .iter()
+            .any(|kind| unknown.html.contains(kind.shopper_message())),
+        "{}",
+        unknown.html
+    );
+    assert!(!unknown.html.contains("/v1/"), "{}", unknown.html);
 
     // What the shopper typed is text, never markup.
     let hostile = get(app, "/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
