@@ -144,7 +144,9 @@ impl ErrorKind {
             | Self::InvalidJson
             | Self::InvalidId
             | Self::InvalidField
-            | Self::DimensionMismatch => "That search could not be run as asked; change it and try again.",
+            | Self::DimensionMismatch => {
+                "That search could not be run as asked; change it and try again."
+            }
             Self::InvalidMultipart | Self::MissingFile | Self::TooManyParts => {
                 "Choose one photo to upload."
             }
@@ -165,9 +167,7 @@ impl ErrorKind {
             | Self::ModelUnavailable
             | Self::ModelOverloaded
             | Self::IndexUnavailable
-            | Self::StorageUnavailable => {
-                "Search is busy right now; please try again in a moment."
-            }
+            | Self::StorageUnavailable => "Search is busy right now; please try again in a moment.",
             Self::Internal => "Something went wrong on our side; please try again.",
         }
     }
@@ -176,7 +176,9 @@ impl ErrorKind {
     /// 5xx answer says only this (the cause is logged once where it happened).
     pub const fn operator_message(self) -> &'static str {
         match self {
-            Self::InvalidRequest => "a parameter or field is out of bounds or names an unknown value",
+            Self::InvalidRequest => {
+                "a parameter or field is out of bounds or names an unknown value"
+            }
             Self::InvalidQuery => "the query string does not parse or names an unknown key",
             Self::InvalidJson => "the JSON body does not parse",
             Self::InvalidId => "the image id must be a UUID",

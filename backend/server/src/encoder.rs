@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use backend_api::ErrorKind;
 use model_serving_api::{ClientError, ModelInfo, ModelServingClient};
 use tokio::sync::RwLock;
 
@@ -21,13 +22,41 @@ pub enum EncoderError {
     /// Model-serving answered that it is at capacity (or stopping) and said when to come back.
     #[error("the model service is busy; retry after {retry_after:?}")]
     Busy { retry_after: Duration },
-    /// Model-serving refused the input (e.g. not an image).
+    /// Model-serving refused the input (e.g. not an image), as one of our kinds.
     #[error("{message}")]
-    Rejected {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Rejected { kind: ErrorKind, message: String },
+}
+
+impl EncoderError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Unavailable { .. } => ErrorKind::ModelUnavailable,
+            Self::Busy { .. } => ErrorKind::ModelOverloaded,
+            Self::Rejected { kind, .. } => *kind,
+        }
+    }
+
+    /// How long the caller should wait before trying again, for the faults.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } | Self::Busy { retry_after } => {
+                Some(*retry_after)
+            }
+            Self::Rejected { .. } => None,
+        }
+    }
+}
+
+/// Our kind for model-serving's refusal of an input (its code, else its status). A refusal we
+/// cannot place is our fault (we sent something model-serving does not take): internal.
+fn rejection_kind(status: u16, code: &str) -> ErrorKind {
+    match (code, status) {
+        ("image_too_large", _) | (_, 413) => ErrorKind::ImageTooLarge,
+        ("unsupported_image", _) | (_, 415) => ErrorKind::UnsupportedImage,
+        ("invalid_image" | "image_aspect_ratio", _) => ErrorKind::InvalidImage,
+        ("empty_text" | "text_too_long" | "tokenize", _) => ErrorKind::InvalidRequest,
+        _ => ErrorKind::Internal,
+    }
 }
 
 /// The longest `Retry-After` of model-serving passed on to our callers.
@@ -372,11 +401,11 @@ impl QueryEncoder {
                     message,
                 } => {
                     permit.success();
-                    return Err(EncoderError::Rejected {
-                        status,
-                        code,
-                        message,
-                    });
+                    let kind = rejection_kind(status, &code);
+                    if kind == ErrorKind::Internal {
+                        tracing::error!(status, %code, %message, "model-serving refused a call we made");
+                    }
+                    return Err(EncoderError::Rejected { kind, message });
                 }
                 Verdict::Busy { retry_after, cause } => {
                     drop(permit);
@@ -519,7 +548,10 @@ mod tests {
                 .await;
             assert!(matches!(
                 result,
-                Err(EncoderError::Rejected { status: 400, .. })
+                Err(EncoderError::Rejected {
+                    kind: ErrorKind::InvalidImage,
+                    ..
+                })
             ));
         }
         assert_eq!(

@@ -14,7 +14,8 @@ pub mod fetch;
 pub mod index;
 pub mod metrics;
 pub mod search;
-pub mod storage;
+/// Object storage is the catalog's, shared with the ETL.
+pub use catalog::store as storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +34,9 @@ use crate::embedded_s3::EmbeddedS3;
 use crate::encoder::{EncoderSettings, QueryEncoder};
 use crate::index::edge::EdgeIndex;
 use crate::index::server::QdrantServerIndex;
-use crate::index::{Filter, SearchTuning, VectorIndex};
+use crate::index::{SearchTuning, VectorIndex};
 use crate::search::SearchEngine;
-use crate::storage::{ObjectStore, StorageSettings};
+use crate::storage::{ObjectStore, PresignSettings, StorageSettings};
 
 /// A built backend: its router, its engine and what it started.
 pub struct Backend {
@@ -131,13 +132,16 @@ pub async fn build(
     };
     let store = ObjectStore::new(&StorageSettings {
         endpoint: endpoint.clone(),
-        public_endpoint: public.clone(),
         region: config.s3_region.clone(),
         bucket: config.s3_bucket.clone(),
         access_key: access,
         secret_key: secret.into(),
-        presign_ttl: Duration::from_secs(config.presign_ttl_secs),
-    })?;
+        presign: Some(PresignSettings {
+            public_endpoint: public.clone(),
+            ttl: Duration::from_secs(config.presign_ttl_secs),
+        }),
+    })?
+    .on_unavailable(|| metrics::upstream_error("storage"));
     store.ensure_bucket().await.context("S3 bucket")?;
 
     let client =
@@ -233,12 +237,7 @@ fn dependency_probes(engine: &Arc<SearchEngine>, model_serving: ModelServingClie
             let engine = index.upgrade();
             async move {
                 let Some(engine) = engine else { return gone() };
-                engine
-                    .index()
-                    .count(&Filter::default())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                engine.index().probe().await.map_err(|e| e.to_string())
             }
         }),
         Probe::new("storage", move || {

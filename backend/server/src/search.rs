@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backend_api::{
-    FacetValue, FacetsResponse, Filters, ImageAttributes, ImageItem, IngestItem, ListResponse,
-    SearchHit, SearchParams, SearchResponse, StatsResponse,
+    ErrorKind, FacetValue, FacetsResponse, Filters, ImageAttributes, ImageItem, IngestItem,
+    ListResponse, SearchHit, SearchParams, SearchResponse, StatsResponse,
 };
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -43,6 +43,31 @@ pub enum SearchError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl SearchError {
+    /// What kind of failure this is, whatever the transport.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) => ErrorKind::InvalidRequest,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::ObjectGone(_) => ErrorKind::ObjectMissing,
+            Self::Encoder(e) => e.kind(),
+            Self::Index(IndexError::Dimension { .. }) => ErrorKind::DimensionMismatch,
+            Self::Index(IndexError::Unavailable(_)) => ErrorKind::IndexUnavailable,
+            Self::Index(IndexError::Internal(_)) => ErrorKind::Internal,
+            Self::Storage(StorageError::Unavailable(_)) => ErrorKind::StorageUnavailable,
+            Self::Storage(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// How long to wait before trying again, when a dependency said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Encoder(e) => e.retry_after(),
+            _ => None,
+        }
+    }
 }
 
 /// Rebuilds the HNSW graph once writes have been quiet for a while, off the request path.
@@ -239,7 +264,7 @@ impl SearchEngine {
                 .is_some_and(|values| values.iter().any(|v| v.value == value));
             if !known {
                 return Err(SearchError::Invalid(format!(
-                    "unknown {field} {value:?}; see GET /v1/facets for the values in the index"
+                    "unknown {field} {value:?}: no indexed image has it"
                 )));
             }
         }

@@ -1,0 +1,149 @@
+//! The search handlers (text, image, reference-design, similar), facets and stats.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::header;
+use backend_api::{
+    ErrorBody, ErrorKind, FacetsResponse, Filters, SearchParams, SearchResponse, StatsResponse,
+    TextQuery, TextSearchRequest,
+};
+use uuid::Uuid;
+
+use super::extract::{Params, TextSearch, first_file, json_error, path_id};
+use super::images::ImageUpload;
+use super::{ApiError, AppState};
+
+/// Text search with the model's prompt template.
+#[utoipa::path(get, path = "/v1/search", params(TextQuery, SearchParams, Filters),
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
+pub(super) async fn search_text(
+    State(state): State<AppState>,
+    Params(TextSearch { q, params }): Params<TextSearch>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    Ok(Json(state.engine.search_text(&q, &params).await?))
+}
+
+/// Image search: a multipart upload (field `file`), same filters as text search.
+#[utoipa::path(post, path = "/v1/search/image", params(SearchParams, Filters),
+    request_body(content = inline(ImageUpload), content_type = "multipart/form-data"),
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        (status = 413, description = "body or image too large", body = ErrorBody),
+        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
+pub(super) async fn search_image(
+    State(state): State<AppState>,
+    Params(params): Params<SearchParams>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let multipart =
+        multipart.map_err(|e| ApiError::new(ErrorKind::UnsupportedMediaType, e.body_text()))?;
+    let image = first_file(multipart).await?;
+    Ok(Json(state.engine.search_image(image, &params).await?))
+}
+
+/// The reference design's endpoint: JSON `{"text": ..., "k": ...}` or a multipart image.
+#[utoipa::path(post, path = "/search-image", request_body(content(
+        (TextSearchRequest = "application/json"),
+        (inline(ImageUpload) = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        (status = 413, description = "body or image too large", body = ErrorBody),
+        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
+pub(super) async fn search_reference(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::new(ErrorKind::InvalidMultipart, e.body_text()))?;
+        let image = first_file(multipart).await?;
+        return Ok(Json(
+            state
+                .engine
+                .search_image(image, &SearchParams::default())
+                .await?,
+        ));
+    }
+    let Json(body) = Json::<TextSearchRequest>::from_request(request, &state)
+        .await
+        .map_err(json_error)?;
+    let params = SearchParams {
+        k: body.k,
+        ..Default::default()
+    };
+    Ok(Json(state.engine.search_text(&body.text, &params).await?))
+}
+
+/// More like this: the images nearest to an indexed one.
+#[utoipa::path(get, path = "/v1/images/{id}/similar", params(("id" = Uuid, Path,), SearchParams, Filters),
+    responses(
+        (status = 200, body = SearchResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 404, description = "no such image", body = ErrorBody),
+        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
+pub(super) async fn similar(
+    State(state): State<AppState>,
+    id: Result<Path<Uuid>, PathRejection>,
+    Params(params): Params<SearchParams>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let id = path_id(id)?;
+    Ok(Json(state.engine.similar(id, &params).await?))
+}
+
+#[utoipa::path(get, path = "/v1/stats",
+    responses(
+        (status = 200, body = StatsResponse),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
+pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
+    Ok(Json(state.engine.stats().await?))
+}
+
+#[utoipa::path(get, path = "/v1/facets",
+    responses(
+        (status = 200, body = FacetsResponse),
+        (status = 500, description = "internal error", body = ErrorBody),
+        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+    )
+)]
+pub(super) async fn facets(
+    State(state): State<AppState>,
+) -> Result<Json<FacetsResponse>, ApiError> {
+    Ok(Json(state.engine.facets().await?))
+}
