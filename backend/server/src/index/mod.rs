@@ -126,6 +126,10 @@ pub trait VectorIndex: Send + Sync {
         field: &'static str,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, IndexError>;
+    /// Readiness: whether the index answers at all (a server is reachable), whatever it holds.
+    async fn probe(&self) -> Result<(), IndexError> {
+        self.count(&Filter::default()).await.map(drop)
+    }
     /// Makes every acknowledged write durable.
     async fn flush(&self) -> Result<(), IndexError>;
     /// Builds the HNSW graph over what was written (off the request path).

@@ -144,6 +144,12 @@ impl VectorIndex for QdrantServerIndex {
         *self.dim.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The server's health check: answers even before the collection exists (a count would not
+    /// reach the server then).
+    async fn probe(&self) -> Result<(), IndexError> {
+        self.client.health_check().await.map(drop).map_err(unavailable)
+    }
+
     async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {
         let Some(dim) = points.first().map(|p| p.vector.len()) else {
             return Ok(());
