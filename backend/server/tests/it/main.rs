@@ -5,5 +5,6 @@
 mod edge;
 mod helpers;
 mod hostile;
+mod qdrant_live;
 mod qdrant_server;
 mod search;
