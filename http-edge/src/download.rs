@@ -282,24 +282,6 @@ fn digest(path: &Path, checksum: &Checksum) -> std::io::Result<String> {
     }
 }
 
-/// For tests of download code: a response that announces all of `bytes`, sends the first half,
-/// then drops the connection (after a pause, so the half reaches the client first).
-pub fn cut_halfway(bytes: &[u8]) -> axum::response::Response {
-    let half = bytes[..bytes.len() / 2].to_vec();
-    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(half) }).chain(
-        futures::stream::once(async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Err(std::io::Error::other("connection reset"))
-        }),
-    );
-    let mut response = axum::response::Response::new(axum::body::Body::from_stream(stream));
-    response.headers_mut().insert(
-        http::header::CONTENT_LENGTH,
-        http::HeaderValue::from(bytes.len()),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,8 @@ pub mod rate_limit;
 pub mod reject;
 pub mod retry;
 pub mod serve;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use client::{CallError, send_json};
 pub use error::ErrorResponse;

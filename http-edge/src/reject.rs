@@ -149,87 +149,61 @@ mod tests {
             .expect("request")
     }
 
+    /// The status and code a refused extraction is answered with.
+    fn answer<T, R>(extracted: Result<T, R>, map: fn(R) -> ErrorResponse) -> (StatusCode, String) {
+        let error = map(extracted.err().expect("refused"));
+        (error.status, error.code.into_owned())
+    }
+
     #[tokio::test]
     async fn real_rejections_become_4xx_codes() {
-        let bad = Json::<Vec<u32>>::from_request(request("application/json", "{"), &())
-            .await
-            .expect_err("malformed");
-        let error = json(bad);
-        assert_eq!(
-            (error.status, &*error.code),
-            (StatusCode::BAD_REQUEST, "invalid_json")
-        );
-
-        let wrong = Json::<Vec<u32>>::from_request(request("text/plain", "[1]"), &())
-            .await
-            .expect_err("not json");
-        assert_eq!(json(wrong).status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-
         #[derive(serde::Deserialize, Debug)]
         #[allow(dead_code)]
         struct K {
             k: u32,
         }
-        let rejection = Query::<K>::from_request(request("application/json", ""), &())
-            .await
-            .expect_err("k is not a number");
-        let error = query(rejection);
-        assert_eq!(
-            (error.status, &*error.code),
-            (StatusCode::BAD_REQUEST, "invalid_query")
+        let bad = |code: &str| (StatusCode::BAD_REQUEST, code.to_owned());
+        let unsupported = (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type".to_owned(),
         );
 
-        let rejection = Multipart::from_request(request("application/json", ""), &())
-            .await
-            .expect_err("no boundary");
-        assert_eq!(
-            multipart(rejection).status,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE
-        );
-
+        let malformed = Json::<Vec<u32>>::from_request(request("application/json", "{"), &()).await;
+        assert_eq!(answer(malformed, json), bad("invalid_json"));
+        let not_json = Json::<Vec<u32>>::from_request(request("text/plain", "[1]"), &()).await;
+        assert_eq!(answer(not_json, json), unsupported);
+        let not_a_number = Query::<K>::from_request(request("application/json", ""), &()).await;
+        assert_eq!(answer(not_a_number, query), bad("invalid_query"));
+        let no_boundary = Multipart::from_request(request("application/json", ""), &()).await;
+        assert_eq!(answer(no_boundary, multipart), unsupported);
         let mut parts = Multipart::from_request(
             request("multipart/form-data; boundary=b", "--b\r\nnonsense"),
             &(),
         )
         .await
         .expect("a boundary is enough to start");
-        let error = parts.next_field().await.expect_err("truncated part");
-        let error = multipart_field(error);
-        assert_eq!(
-            (error.status, &*error.code),
-            (StatusCode::BAD_REQUEST, "invalid_multipart")
-        );
+        let truncated = parts.next_field().await;
+        assert_eq!(answer(truncated, multipart_field), bad("invalid_multipart"));
     }
 
     #[tokio::test]
     async fn json_or_multipart_dispatches_on_the_content_type() {
-        let body =
-            JsonOrMultipart::<Vec<u32>>::from_request(request("application/json", "[1,2]"), &())
-                .await
-                .map_err(|e| e.code)
-                .expect("json");
-        assert!(matches!(body, JsonOrMultipart::Json(v) if v == [1, 2]));
-        let body = JsonOrMultipart::<Vec<u32>>::from_request(
-            request("multipart/form-data; boundary=b", "--b--\r\n"),
-            &(),
-        )
-        .await
-        .map_err(|e| e.code)
-        .expect("multipart");
-        assert!(matches!(body, JsonOrMultipart::Multipart(_)));
-        let refused = JsonOrMultipart::<Vec<u32>>::from_request(request("text/plain", "x"), &())
-            .await
-            .err()
-            .expect("refused");
-        assert_eq!(refused.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        let refused =
-            JsonOrMultipart::<Vec<u32>>::from_request(request("multipart/form-data", ""), &())
-                .await
-                .err()
-                .expect("no boundary");
+        type Body = JsonOrMultipart<Vec<u32>>;
+        let json = Body::from_request(request("application/json", "[1,2]"), &()).await;
+        assert!(matches!(json, Ok(JsonOrMultipart::Json(v)) if v == [1, 2]));
+        let form = request("multipart/form-data; boundary=b", "--b--\r\n");
+        let form = Body::from_request(form, &()).await;
+        assert!(matches!(form, Ok(JsonOrMultipart::Multipart(_))));
+
+        let text = Body::from_request(request("text/plain", "x"), &()).await;
         assert_eq!(
-            (refused.status, &*refused.code),
-            (StatusCode::BAD_REQUEST, "invalid_multipart")
+            answer(text, std::convert::identity).0,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        let no_boundary = Body::from_request(request("multipart/form-data", ""), &()).await;
+        assert_eq!(
+            answer(no_boundary, std::convert::identity),
+            (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned())
         );
     }
 }

@@ -126,32 +126,26 @@ mod tests {
         assert_eq!(out.expect("third call succeeds"), 2);
     }
 
+    /// Calls made by a retry of a call that always fails this way.
+    async fn calls_when_always(transient: bool) -> usize {
+        let calls = AtomicUsize::new(0);
+        let out: Result<(), _> = retry(&QUICK, "test", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Failure {
+                transient,
+                retry_after: None,
+            })
+        })
+        .await;
+        assert!(out.is_err());
+        calls.load(Ordering::SeqCst)
+    }
+
     #[tokio::test]
     async fn refusals_are_not_retried_and_attempts_are_bounded() {
-        let calls = AtomicUsize::new(0);
-        let out: Result<(), _> = retry(&QUICK, "test", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(Failure {
-                transient: false,
-                retry_after: None,
-            })
-        })
-        .await;
-        assert!(out.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-
-        let calls = AtomicUsize::new(0);
-        let out: Result<(), _> = retry(&QUICK, "test", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(Failure {
-                transient: true,
-                retry_after: None,
-            })
-        })
-        .await;
-        assert!(out.is_err());
+        assert_eq!(calls_when_always(false).await, 1);
         assert_eq!(
-            calls.load(Ordering::SeqCst),
+            calls_when_always(true).await,
             4,
             "attempts, the first included"
         );

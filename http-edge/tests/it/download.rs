@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_edge::download::{Checksum, DownloadError, Downloader, cut_halfway, part_path};
+use http_edge::download::{Checksum, DownloadError, Downloader, part_path};
 use http_edge::retry::Backoff;
+use http_edge::testing::{cut_halfway, ranged};
 use sha2::Digest as _;
 
 #[derive(Clone)]
@@ -34,24 +34,9 @@ async fn serve_file(
     let Some(bytes) = files.files.get(&name) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let start = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.trim_end_matches('-').parse::<usize>().ok());
-    if let Some(start) = start {
+    if let Some(partial) = ranged(bytes, &headers) {
         files.ranges.fetch_add(1, Ordering::SeqCst);
-        if start >= bytes.len() {
-            return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-        }
-        return Response::builder()
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()),
-            )
-            .body(Body::from(bytes[start..].to_vec()))
-            .expect("response");
+        return partial;
     }
     if name == "big.bin" && !files.cut.swap(true, Ordering::SeqCst) {
         return cut_halfway(bytes);

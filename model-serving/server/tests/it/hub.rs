@@ -13,6 +13,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use http_edge::testing::{cut_halfway, ranged};
 use model_serving::hub::{self, ModelSource};
 use model_serving::model::ModelSpec;
 use sha1::Digest as _;
@@ -74,28 +75,13 @@ async fn cdn(
     let Some(bytes) = hub.files.get(&format!("{owner}/{repo}/{path}")).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let start = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.trim_end_matches('-').parse::<usize>().ok());
-    if let Some(start) = start {
+    if let Some(partial) = ranged(&bytes, &headers) {
         hub.range_requests.fetch_add(1, Ordering::SeqCst);
-        if start >= bytes.len() {
-            return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-        }
-        return Response::builder()
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()),
-            )
-            .body(Body::from(bytes[start..].to_vec()))
-            .expect("response");
+        return partial;
     }
     if is_lfs(&path) && hub.cut_once.fetch_sub(1, Ordering::SeqCst) == 1 {
         // Announce the whole file, send half of it, then the connection drops.
-        return http_edge::download::cut_halfway(&bytes);
+        return cut_halfway(&bytes);
     }
     bytes.into_response()
 }

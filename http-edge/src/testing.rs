@@ -1,0 +1,51 @@
+//! A file server's two behaviours that download code must cope with, for tests (feature
+//! `testing`): answering `Range` requests, and dropping a connection mid-transfer.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+/// The answer to a `Range: bytes=N-` request for `bytes` (206 with the rest, or 416 past the
+/// end); `None` when the request asks for no range.
+pub fn ranged(bytes: &[u8], headers: &HeaderMap) -> Option<Response> {
+    let start = headers
+        .get(header::RANGE)?
+        .to_str()
+        .ok()?
+        .strip_prefix("bytes=")?
+        .trim_end_matches('-')
+        .parse::<usize>()
+        .ok()?;
+    if start >= bytes.len() {
+        return Some(StatusCode::RANGE_NOT_SATISFIABLE.into_response());
+    }
+    let range = format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len());
+    Some(
+        (
+            StatusCode::PARTIAL_CONTENT,
+            [(header::CONTENT_RANGE, range)],
+            bytes[start..].to_vec(),
+        )
+            .into_response(),
+    )
+}
+
+/// A response that announces all of `bytes`, sends the first half, then drops the connection
+/// (after a pause, so the half reaches the client first).
+pub fn cut_halfway(bytes: &[u8]) -> Response {
+    let half = bytes[..bytes.len() / 2].to_vec();
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(half) }).chain(
+        futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Err(std::io::Error::other("connection reset"))
+        }),
+    );
+    let mut response = Response::new(Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    response
+}
