@@ -20,7 +20,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use backend_api::BackendClient;
 use telemetry::ops::{Probe, Readiness};
-use telemetry::rate_limit::RateLimit;
+use http_edge::rate_limit::RateLimit;
 use tokio::net::TcpListener;
 
 pub use config::FrontendConfig;
@@ -83,26 +83,26 @@ pub fn router(config: &FrontendConfig) -> anyhow::Result<Router> {
         .fallback(pages::fallback)
         .with_state(state)
         // The shopper each page calls the backend for (forwarded as X-Forwarded-For).
-        .layer(telemetry::rate_limit::client_address(
+        .layer(http_edge::rate_limit::client_address(
             config.trusted_proxies.0.clone(),
         ));
     Ok(Router::new()
-        .merge(telemetry::edge::protect(
+        .merge(http_edge::protect(
             pages,
             SERVICE,
             &config.edge_limits(),
         ))
         .merge(telemetry::ops_router(metrics_handle, readiness))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .layer(http_edge::panic::catch_panic_with(error_page))
         .layer(middleware::from_fn_with_state(
             SERVICE,
             telemetry::http::track_requests,
         )))
 }
 
-fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+/// What a shopper sees when a page handler panicked (the panic is logged by the layer).
+fn error_page() -> axum::response::Response {
     use axum::response::IntoResponse;
-    tracing::error!("page handler panicked");
     (
         axum::http::StatusCode::INTERNAL_SERVER_ERROR,
         axum::response::Html("<!DOCTYPE html><title>Error</title><h1>Something went wrong</h1><p><a href=\"/\">Back to the start</a></p>"),
@@ -135,7 +135,7 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let header_timeout = Duration::from_secs(telemetry::edge::DEFAULT_HEADER_TIMEOUT_SECS);
+    let header_timeout = Duration::from_secs(http_edge::limits::DEFAULT_HEADER_TIMEOUT_SECS);
     serve_with(listener, app, header_timeout, shutdown).await
 }
 
@@ -147,7 +147,7 @@ pub async fn serve_with(
     header_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    telemetry::edge::serve(listener, app, header_timeout, shutdown).await?;
+    http_edge::serve(listener, app, header_timeout, shutdown).await?;
     tracing::info!("frontend stopped");
     Ok(())
 }

@@ -26,7 +26,7 @@ use model_serving_api::ModelServingClient;
 use secrecy::ExposeSecret;
 use telemetry::Readiness;
 use telemetry::ops::{Probe, ProbeTask};
-use telemetry::rate_limit::RateLimit;
+use http_edge::rate_limit::RateLimit;
 use tokio::net::TcpListener;
 
 use crate::config::BackendConfig;
@@ -273,7 +273,7 @@ pub async fn serve(
         probes,
         header_timeout,
     } = backend;
-    telemetry::edge::serve(listener, app, header_timeout, shutdown).await?;
+    http_edge::serve(listener, app, header_timeout, shutdown).await?;
     drop(probes);
     engine.shutdown().await.context("index flush")?;
     if let Some(s3) = embedded_s3 {
