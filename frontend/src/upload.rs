@@ -8,13 +8,9 @@ use axum::http::StatusCode;
 use crate::notices::problem;
 use crate::views::Notice;
 
-/// Image formats the model can read, by their first bytes.
+/// Image formats the model can read, by their first bytes (the catalogue's one sniffer).
 pub(crate) fn looks_like_image(bytes: &[u8]) -> bool {
-    bytes.starts_with(&[0xFF, 0xD8, 0xFF])
-        || bytes.starts_with(b"\x89PNG\r\n\x1a\n")
-        || bytes.starts_with(b"GIF87a")
-        || bytes.starts_with(b"GIF89a")
-        || (bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP")
+    catalog::sniff_image(bytes).is_some()
 }
 
 /// What an upload form carried.
