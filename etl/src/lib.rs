@@ -2,19 +2,25 @@
 //! content-addressed key) → the backend's batch API (vector + payload).
 //!
 //! Stages overlap: a blocking reader feeds a bounded channel; up to `concurrency` batches are
-//! encoded, stored and upserted at once. Point ids are UUIDv5 of dataset and item id, so a rerun
-//! (after a crash, or to top up) skips what is indexed, without re-encoding, and never duplicates.
+//! encoded, stored and upserted at once. Point ids are [`catalog::point_id`]s of dataset and image
+//! content (the scheme the backend's API uses too), so a rerun (after a crash, or to top up) skips
+//! what is indexed, without re-encoding, and never duplicates; a photo the API added is not loaded
+//! twice.
 
 pub mod datasets;
 pub mod download;
+pub mod errors;
 pub mod metrics;
+pub mod run_secrets;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use backend::search::{content_key, sniff_image};
-use backend::storage::ObjectStore;
 use backend_api::{BackendClient, IngestItem};
+use catalog::store::{ObjectStore, StorageError};
+use catalog::{ImageObject, content_key};
 use futures::StreamExt;
 use model_serving_api::ModelServingClient;
 use uuid::Uuid;
@@ -67,12 +73,19 @@ pub enum LoadError {
     Reader,
 }
 
-/// The point id of an item: stable across runs.
-pub fn point_id(dataset: DatasetKind, key: &str) -> Uuid {
-    Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("{}/{key}", dataset.name()).as_bytes(),
-    )
+/// Where an item's bytes are stored. Model-serving refuses what is not an image, so the
+/// octet-stream fallback is only reached by bytes it could decode but the sniffer does not know.
+pub fn stored_object(bytes: &[u8]) -> ImageObject {
+    ImageObject::of_image(bytes).unwrap_or_else(|| ImageObject {
+        key: content_key(bytes, "bin"),
+        content_type: "application/octet-stream",
+    })
+}
+
+/// The point id of an item's image: stable across runs, and the one the backend's API gives the
+/// same photo.
+pub fn point_id(dataset: DatasetKind, bytes: &[u8]) -> Uuid {
+    catalog::point_id(dataset.name(), &stored_object(bytes).key)
 }
 
 const ATTEMPTS: u32 = 6;
@@ -103,7 +116,7 @@ impl Transient for telemetry::client::CallError {
 }
 
 /// Object storage failures are network or server faults: worth another try.
-impl Transient for backend::storage::StorageError {
+impl Transient for StorageError {
     fn transient(&self) -> bool {
         true
     }
@@ -171,7 +184,7 @@ struct BatchOutcome {
 
 async fn encode(
     clients: &Clients,
-    items: &[Item],
+    items: &[&Item],
 ) -> Result<Vec<Result<Vec<f32>, String>>, LoadError> {
     let bytes: Vec<Vec<u8>> = items.iter().map(|i| i.bytes.clone()).collect();
     match retry("encode", || clients.model.encode_images(bytes.clone())).await {
@@ -206,8 +219,24 @@ async fn process_batch(
     clients: &Clients,
     dataset: DatasetKind,
     items: Vec<Item>,
+    claimed: &Mutex<HashSet<Uuid>>,
 ) -> Result<BatchOutcome, LoadError> {
-    let ids: Vec<Uuid> = items.iter().map(|i| point_id(dataset, &i.key)).collect();
+    let mut entries: Vec<(Item, ImageObject, Uuid)> = items
+        .into_iter()
+        .map(|item| {
+            let object = stored_object(&item.bytes);
+            let id = catalog::point_id(dataset.name(), &object.key);
+            (item, object, id)
+        })
+        .collect();
+    // The same photo twice in a run is one product: whichever batch claims it first loads it.
+    let before = entries.len();
+    {
+        let mut claimed = claimed.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|(_, _, id)| claimed.insert(*id));
+    }
+    let duplicates = before - entries.len();
+    let ids: Vec<Uuid> = entries.iter().map(|(_, _, id)| *id).collect();
     let started = Instant::now();
     let existing = match retry("exists", || clients.backend.existing(ids.clone())).await {
         Ok(existing) => existing,
@@ -221,10 +250,10 @@ async fn process_batch(
         }
     };
     metrics::stage("exists", started.elapsed());
-    let present = existing.len();
-    let todo: Vec<Item> = items
+    let present = existing.len() + duplicates;
+    let todo: Vec<(Item, ImageObject, Uuid)> = entries
         .into_iter()
-        .filter(|i| !existing.contains(&point_id(dataset, &i.key)))
+        .filter(|(_, _, id)| !existing.contains(id))
         .collect();
     let mut outcome = BatchOutcome {
         loaded: 0,
@@ -235,25 +264,23 @@ async fn process_batch(
         return Ok(outcome);
     }
     let started = Instant::now();
-    let vectors = encode(clients, &todo).await?;
+    let images: Vec<&Item> = todo.iter().map(|(item, _, _)| item).collect();
+    let vectors = encode(clients, &images).await?;
     metrics::stage("encode", started.elapsed());
     let started = Instant::now();
     let mut encoded = Vec::new();
-    for (item, vector) in todo.into_iter().zip(vectors) {
+    for ((item, object, id), vector) in todo.into_iter().zip(vectors) {
         match vector {
-            Ok(v) => encoded.push((item, v)),
+            Ok(v) => encoded.push((item, object, id, v)),
             Err(reason) => outcome.failed.push((item.key, reason)),
         }
     }
     // Store the batch's images concurrently: S3 round trips, not CPU, bound this stage.
     let store = &clients.store;
     let stored: Vec<Result<IngestItem, LoadError>> = futures::stream::iter(encoded)
-        .map(|(item, vector)| async move {
-            let (extension, content_type) =
-                sniff_image(&item.bytes).unwrap_or(("bin", "application/octet-stream"));
-            let key = content_key(&item.bytes, extension);
+        .map(|(item, object, id, vector)| async move {
             match retry("store", || {
-                store.put(&key, item.bytes.clone(), content_type)
+                store.put(&object.key, item.bytes.clone(), object.content_type)
             })
             .await
             {
@@ -261,9 +288,9 @@ async fn process_batch(
                 Err(RetryError::Persistent(e)) => return Err(e),
             }
             Ok(IngestItem {
-                id: point_id(dataset, &item.key),
+                id,
                 vector,
-                s3_key: key,
+                s3_key: object.key,
                 attributes: item.attributes,
             })
         })
@@ -355,8 +382,9 @@ pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, L
         summary.elapsed = started.elapsed();
         return Ok(summary);
     }
+    let claimed = Mutex::new(HashSet::new());
     let mut results = batches
-        .map(|batch| process_batch(clients, options.dataset, batch))
+        .map(|batch| process_batch(clients, options.dataset, batch, &claimed))
         .buffer_unordered(options.concurrency.max(1));
     let mut error = None;
     while let Some(result) = results.next().await {

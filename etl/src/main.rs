@@ -1,12 +1,14 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use backend::storage::{ObjectStore, StorageSettings};
 use backend_api::BackendClient;
+use catalog::store::{ObjectStore, StorageSettings};
 use clap::{Args, Parser, Subcommand};
 use etl::datasets::DatasetKind;
+use etl::run_secrets::RunSecrets;
 use etl::{Clients, LoadOptions};
 use model_serving_api::ModelServingClient;
 use secrecy::{ExposeSecret, SecretString};
@@ -19,6 +21,9 @@ use secrecy::{ExposeSecret, SecretString};
     about = "Load fashion datasets into the search index"
 )]
 struct Cli {
+    /// On failure, print the whole error chain (and a backtrace when RUST_BACKTRACE=1).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(flatten)]
     services: Services,
     #[command(subcommand)]
@@ -35,7 +40,7 @@ struct Services {
         default_value = "http://127.0.0.1:8001"
     )]
     model_serving_url: String,
-    /// The backend's write key (x-api-key).
+    /// The backend's write key (x-api-key). Unset: read from the keys `make run` generated.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     api_key: Option<SecretString>,
     #[arg(long, env = "S3_ENDPOINT", default_value = "http://127.0.0.1:9000")]
@@ -51,6 +56,60 @@ struct Services {
     /// Prometheus Pushgateway to push the job's metrics to (at the end, and every 10 s).
     #[arg(long, env = "PUSHGATEWAY_URL")]
     pushgateway_url: Option<String>,
+    /// Where `make run` keeps the keys it generated (`api-key`, `s3-access-key`,
+    /// `s3-secret-key`), read for the keys not set above. Default: `var/run` of the checkout
+    /// around the working directory.
+    #[arg(long, env = "ETL_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+impl Services {
+    /// Fills the keys left unset from the files `make run` generated, as the services get them.
+    fn fill_from_run_dir(&mut self) -> anyhow::Result<()> {
+        let missing =
+            self.api_key.is_none() || self.s3_access_key.is_none() || self.s3_secret_key.is_none();
+        if !missing {
+            return Ok(());
+        }
+        let secrets = match &self.run_dir {
+            Some(dir) => RunSecrets::read(dir)?,
+            None => match std::env::current_dir()
+                .ok()
+                .and_then(|cwd| RunSecrets::discover(&cwd))
+            {
+                Some(dir) => RunSecrets::read(&dir)?,
+                None => return Ok(()),
+            },
+        };
+        let mut read = Vec::new();
+        for (slot, value, file) in [
+            (&mut self.api_key, secrets.api_key, RunSecrets::API_KEY),
+            (
+                &mut self.s3_access_key,
+                secrets.s3_access_key,
+                RunSecrets::S3_ACCESS_KEY,
+            ),
+            (
+                &mut self.s3_secret_key,
+                secrets.s3_secret_key,
+                RunSecrets::S3_SECRET_KEY,
+            ),
+        ] {
+            if slot.is_none()
+                && let Some(value) = value
+            {
+                *slot = Some(value);
+                read.push(secrets.dir.join(file).display().to_string());
+            }
+        }
+        if !read.is_empty() {
+            tracing::info!(
+                files = read.join(", "),
+                "keys read from the files make run generated"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,20 +144,60 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let _telemetry = telemetry::init("etl").context("telemetry")?;
-    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
-    let result = runtime.block_on(run(cli));
-    if let Err(error) = &result {
-        tracing::error!(error = format!("{error:#}"), "etl failed");
-        eprintln!("etl: {error:#}");
+/// A failure is one line on stderr (`etl: what went wrong: why`), unless `--verbose` or
+/// `RUST_BACKTRACE` asks for the chain and the backtrace.
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
+    let verbose = cli.verbose || etl::errors::backtrace_requested();
+    let result = telemetry::init("etl")
+        .context("telemetry")
+        .and_then(|guard| {
+            let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            let result = runtime.block_on(run(cli));
+            drop(guard);
+            result
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let line = etl::errors::one_line(&error);
+            tracing::error!(error = %line, "etl failed");
+            if verbose {
+                eprintln!("etl: {error:?}");
+            } else {
+                eprintln!("etl: {line}");
+            }
+            ExitCode::FAILURE
+        }
     }
-    result
+}
+
+/// `--help` and `--version` as clap prints them; a bad argument as one line.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    eprintln!("etl: {} (see etl --help)", etl::errors::clap_line(error));
+    ExitCode::from(2)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let s = cli.services;
+    let mut s = cli.services;
+    s.fill_from_run_dir()?;
     tracing::info!(services = ?s, "etl configuration");
     let mut backend = BackendClient::new(s.backend_url.clone(), Duration::from_secs(60))?;
     if let Some(key) = &s.api_key {
@@ -137,21 +236,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
             dry_run,
         } => {
-            let required = |v: &Option<SecretString>, name: &str| {
-                v.clone()
-                    .with_context(|| format!("{name} is required to store images"))
+            let required = |v: &Option<SecretString>, name: &str, file: &str| {
+                v.clone().with_context(|| {
+                    format!(
+                        "{name} is required to store images: set it, or start the stack with \
+                         `make run`, which writes it to var/run/{file}"
+                    )
+                })
             };
+            // The job only writes: no pre-signing, so no URL lifetime to make up.
             let store = ObjectStore::new(&StorageSettings {
                 endpoint: s.s3_endpoint.clone(),
-                public_endpoint: s.s3_endpoint.clone(),
                 region: s.s3_region.clone(),
                 bucket: s.s3_bucket.clone(),
                 // The access key is not secret (it is in every pre-signed URL).
-                access_key: required(&s.s3_access_key, "S3_ACCESS_KEY")?
+                access_key: required(&s.s3_access_key, "S3_ACCESS_KEY", RunSecrets::S3_ACCESS_KEY)?
                     .expose_secret()
                     .to_owned(),
-                secret_key: required(&s.s3_secret_key, "S3_SECRET_KEY")?,
-                presign_ttl: Duration::from_secs(60),
+                secret_key: required(&s.s3_secret_key, "S3_SECRET_KEY", RunSecrets::S3_SECRET_KEY)?,
+                presign: None,
             })?;
             let clients = Clients {
                 backend,

@@ -258,12 +258,11 @@ mod tests {
         }
         let storage = StorageSettings {
             endpoint: "http://127.0.0.1:9000".into(),
-            public_endpoint: "http://127.0.0.1:9000".into(),
             region: "us-east-1".into(),
             bucket: "b".into(),
             access_key: "access-id".into(),
             secret_key: "s3-secret-0123456789".into(),
-            presign_ttl: Duration::from_secs(60),
+            presign: None,
         };
         let debug = format!("{storage:?}");
         assert!(!debug.contains("s3-secret"), "{debug}");

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use backend::storage::{ObjectStore, StorageSettings};
 use backend_api::BackendClient;
+use catalog::store::{ObjectStore, StorageSettings};
 use etl::datasets::DatasetKind;
 use etl::{Clients, LoadOptions};
 use model_serving::batcher::BatchConfig;
@@ -166,12 +166,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         model: ModelServingClient::new(format!("http://{ms_addr}"), Duration::from_secs(300))?,
         store: ObjectStore::new(&StorageSettings {
             endpoint: format!("http://{s3_addr}"),
-            public_endpoint: format!("http://{s3_addr}"),
             region: "us-east-1".into(),
             bucket: "fashion-images".into(),
             access_key: S3_KEY.into(),
             secret_key: S3_SECRET.into(),
-            presign_ttl: Duration::from_secs(300),
+            presign: None,
         })?,
     };
     let options = LoadOptions {

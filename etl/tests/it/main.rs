@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend::storage::{ObjectStore, StorageSettings};
 use backend_api::{BackendClient, SearchParams};
+use catalog::store::{ObjectStore, StorageSettings};
 use etl::datasets::DatasetKind;
 use etl::{Clients, LoadOptions, point_id};
 use model_serving_api::ModelServingClient;
@@ -19,6 +19,26 @@ const S3_KEY: &str = "etl-test-access";
 const S3_SECRET: &str = "etl-test-secret-0123456789";
 
 use local_stack::dataset_dir;
+
+mod cli;
+
+/// The photo of a product of the real dataset.
+fn photo(product: &str) -> Vec<u8> {
+    std::fs::read(dataset_dir().join("images").join(format!("{product}.jpg"))).expect("photo")
+}
+
+/// The bytes the ETL stores for the first entry of a dataset (Fashion-MNIST's are PNG it encodes).
+async fn first_item_bytes(kind: DatasetKind, source: PathBuf) -> Vec<u8> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || etl::datasets::extract(kind, &source, Some(1), &tx))
+        .await
+        .expect("join")
+        .expect("extract");
+    match rx.recv().await {
+        Some(etl::datasets::Extracted::Item(item)) => item.bytes,
+        _ => panic!("no first item"),
+    }
+}
 
 fn env_path(var: &str, default: PathBuf) -> PathBuf {
     std::env::var_os(var).map_or(default, PathBuf::from)
@@ -55,12 +75,11 @@ impl Stack {
             .expect("model client"),
             store: ObjectStore::new(&StorageSettings {
                 endpoint: format!("http://{}", self.s3),
-                public_endpoint: format!("http://{}", self.s3),
                 region: "us-east-1".into(),
                 bucket: "fashion-images".into(),
                 access_key: S3_KEY.into(),
                 secret_key: S3_SECRET.into(),
-                presign_ttl: Duration::from_secs(60),
+                presign: None,
             })
             .expect("store"),
         }
@@ -140,7 +159,7 @@ async fn loads_real_photos_then_a_rerun_skips_them() {
     let row: Vec<&str> = csv.lines().nth(1).expect("row").splitn(10, ',').collect();
     let item = clients
         .backend
-        .get_image(point_id(DatasetKind::FashionProductImages, row[0]))
+        .get_image(point_id(DatasetKind::FashionProductImages, &photo(row[0])))
         .await
         .expect("first product indexed");
     assert_eq!(item.attributes.caption, row[9]);
@@ -210,19 +229,24 @@ async fn bad_files_are_skipped_counted_and_explained() {
     )
     .await
     .expect("load");
-    assert_eq!(summary.loaded, 6, "{summary:?}");
+    // sub/nested.jpg is a copy of good-1.jpg: one photo, one product.
+    assert_eq!(
+        (summary.loaded, summary.already_present),
+        (5, 1),
+        "{summary:?}"
+    );
     let failed: Vec<&str> = summary.failed.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(failed.len(), 2, "{summary:?}");
     assert!(failed.contains(&"truncated.jpg") && failed.contains(&"notes.png"));
     assert!(summary.failed.iter().all(|(_, reason)| !reason.is_empty()));
     let captioned = clients
         .backend
-        .get_image(point_id(DatasetKind::Folder, "good-0.jpg"))
+        .get_image(point_id(DatasetKind::Folder, &bytes))
         .await
         .expect("item");
     assert_eq!(captioned.attributes.caption, "a red scarf");
     assert_eq!(captioned.attributes.colour.as_deref(), Some("Red"));
-    assert_eq!(clients.backend.stats().await.expect("stats").total, 6);
+    assert_eq!(clients.backend.stats().await.expect("stats").total, 5);
     stack.stop().await;
 }
 
@@ -237,6 +261,7 @@ async fn fashion_mnist_from_the_debian_package() {
         "Fashion-MNIST missing at {} (Debian package dataset-fashion-mnist; `make system-deps`)",
         source.display()
     );
+    let first = first_item_bytes(DatasetKind::FashionMnist, source.clone()).await;
     let stack = start_stack().await;
     let clients = stack.clients();
     let summary = etl::load(
@@ -248,7 +273,7 @@ async fn fashion_mnist_from_the_debian_package() {
     assert_eq!((summary.loaded, summary.failed.len()), (50, 0));
     let item = clients
         .backend
-        .get_image(point_id(DatasetKind::FashionMnist, "train-0"))
+        .get_image(point_id(DatasetKind::FashionMnist, &first))
         .await
         .expect("item");
     // The first training image of Fashion-MNIST is an ankle boot (label 9).
@@ -324,10 +349,6 @@ async fn kill_9_mid_load_then_rerun_completes_without_duplicates() {
     .await
     .expect("dry run");
     let valid = 400 - dry.failed.len();
-    assert_eq!(
-        clients.backend.stats().await.expect("stats").total as usize,
-        valid
-    );
     let csv = std::fs::read_to_string(dataset_dir().join("styles.csv")).expect("csv");
     let ids: Vec<_> = csv
         .lines()
@@ -335,9 +356,20 @@ async fn kill_9_mid_load_then_rerun_completes_without_duplicates() {
         .take(400)
         .filter_map(|l| l.split(',').next())
         .filter(|id| !dry.failed.iter().any(|(k, _)| k == id))
-        .map(|id| point_id(DatasetKind::FashionProductImages, id))
+        .map(|id| point_id(DatasetKind::FashionProductImages, &photo(id)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
-    assert_eq!(ids.len(), valid);
+    // Products whose photos are byte-identical (10200 and 10244 among these) are one product.
+    assert!(
+        ids.len() < valid && ids.len() + 5 > valid,
+        "{} of {valid}",
+        ids.len()
+    );
+    assert_eq!(
+        clients.backend.stats().await.expect("stats").total as usize,
+        ids.len()
+    );
     for chunk in ids.chunks(200) {
         let present = clients
             .backend
