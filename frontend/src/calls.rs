@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Extension;
 use backend_api::{BackendClient, ClientError, ErrorKind, FacetsResponse};
-use telemetry::rate_limit::ClientIp;
+use http_edge::rate_limit::ClientIp;
 
 use crate::metrics;
 

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use telemetry::edge::{self, EdgeLimits};
-use telemetry::rate_limit::{Rate, TrustedProxies};
+use http_edge::limits::{self as edge, EdgeLimits};
+use http_edge::rate_limit::{Rate, TrustedProxies};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FrontendConfig {

@@ -19,8 +19,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use backend_api::BackendClient;
-use telemetry::ops::{Probe, Readiness};
 use http_edge::rate_limit::RateLimit;
+use telemetry::ops::{Probe, Readiness};
 use tokio::net::TcpListener;
 
 pub use config::FrontendConfig;
@@ -87,11 +87,7 @@ pub fn router(config: &FrontendConfig) -> anyhow::Result<Router> {
             config.trusted_proxies.0.clone(),
         ));
     Ok(Router::new()
-        .merge(http_edge::protect(
-            pages,
-            SERVICE,
-            &config.edge_limits(),
-        ))
+        .merge(http_edge::protect(pages, SERVICE, &config.edge_limits()))
         .merge(telemetry::ops_router(metrics_handle, readiness))
         .layer(http_edge::panic::catch_panic_with(error_page))
         .layer(middleware::from_fn_with_state(

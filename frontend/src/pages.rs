@@ -8,7 +8,7 @@ use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use backend_api::SearchResponse;
-use telemetry::rate_limit::ClientIp;
+use http_edge::rate_limit::ClientIp;
 use uuid::Uuid;
 
 use crate::calls::AppState;
