@@ -17,10 +17,13 @@ pub mod onnx;
 pub mod preprocess;
 pub mod tokenize;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use telemetry::Readiness;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 pub use api::{AppState, HttpLimits, router};
 pub use encoder::{ClipEncoder, EncoderConfig};
@@ -44,4 +47,31 @@ pub async fn serve(
     let header_timeout = limits.header_timeout;
     let app = router(AppState { encoder, limits }, metrics, readiness);
     http_edge::serve(listener, app, header_timeout, shutdown).await
+}
+
+/// A service serving on a loopback port of its own (benchmarks, tests).
+pub struct LocalService {
+    pub addr: SocketAddr,
+    /// Send (or drop) to start a graceful shutdown.
+    pub shutdown: oneshot::Sender<()>,
+    /// The serve loop; it ends once in-flight requests are drained.
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves `encoder` on `127.0.0.1:0` in a task of its own.
+pub async fn start_local(
+    encoder: Arc<ClipEncoder>,
+    limits: HttpLimits,
+) -> std::io::Result<LocalService> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, encoder, limits, async move {
+        let _ = stop.await;
+    }));
+    Ok(LocalService {
+        addr,
+        shutdown,
+        task,
+    })
 }

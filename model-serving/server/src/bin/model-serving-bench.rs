@@ -122,27 +122,18 @@ async fn start_service(settings: &Settings, max_batch: usize) -> anyhow::Result<
         ..defaults
     };
     let encoder = tokio::task::spawn_blocking(move || ClipEncoder::load(config)).await??;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
     let limits = HttpLimits {
         max_body_bytes: 32 << 20,
         request_timeout: Duration::from_secs(300),
         ..HttpLimits::default()
     };
-    let server = tokio::spawn(model_serving::serve(
-        listener,
-        Arc::new(encoder),
-        limits,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    let client = ModelServingClient::new(format!("http://{addr}"), Duration::from_secs(300))?;
+    let local = model_serving::start_local(Arc::new(encoder), limits).await?;
+    let client =
+        ModelServingClient::new(format!("http://{}", local.addr), Duration::from_secs(300))?;
     Ok(Service {
         client,
-        shutdown,
-        server,
+        shutdown: local.shutdown,
+        server: local.task,
     })
 }
 

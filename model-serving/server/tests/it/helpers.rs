@@ -148,27 +148,17 @@ pub async fn spawn_app_with(config: EncoderConfig, limits: HttpLimits) -> TestAp
         .await
         .expect("join")
         .expect("model loads");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let local = model_serving::start_local(Arc::new(encoder), limits)
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(model_serving::serve(
-        listener,
-        Arc::new(encoder),
-        limits,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    let client =
-        ModelServingClient::new(format!("http://{addr}"), Duration::from_secs(30)).expect("client");
+        .expect("serves");
+    let client = ModelServingClient::new(format!("http://{}", local.addr), Duration::from_secs(30))
+        .expect("client");
     TestApp {
-        addr,
+        addr: local.addr,
         client,
         http: reqwest::Client::new(),
-        shutdown: Some(tx),
-        server,
+        shutdown: Some(local.shutdown),
+        server: local.task,
     }
 }
 

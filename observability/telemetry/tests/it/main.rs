@@ -15,6 +15,15 @@ use telemetry::testing::{attribute, hex, otlp_receiver};
 use telemetry::{Readiness, TelemetryConfig, http::track_requests, ops_router};
 use tokio::net::TcpListener;
 
+/// `GET http://{addr}{path}`, which must be answered.
+async fn fetch(client: &reqwest::Client, addr: SocketAddr, path: &str) -> reqwest::Response {
+    client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
 async fn serve(router: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -134,32 +143,17 @@ fn declared_metrics_appear_after_a_request() {
         let addr = serve(app).await;
         let client = reqwest::Client::new();
 
-        let ready = client
-            .get(format!("http://{addr}/health/ready"))
-            .send()
-            .await
-            .expect("ready");
+        let ready = fetch(&client, addr, "/health/ready").await;
         assert_eq!(ready.status(), 503, "not ready while a check fails");
         readiness.set_ready("model");
-        let ready = client
-            .get(format!("http://{addr}/health/ready"))
-            .send()
-            .await
-            .expect("ready");
+        let ready = fetch(&client, addr, "/health/ready").await;
         assert_eq!(ready.status(), 200);
 
         for path in ["/items/1", "/items/2", "/nope"] {
-            client
-                .get(format!("http://{addr}{path}"))
-                .send()
-                .await
-                .expect("request");
+            fetch(&client, addr, path).await;
         }
-        let text = client
-            .get(format!("http://{addr}/metrics"))
-            .send()
+        let text = fetch(&client, addr, "/metrics")
             .await
-            .expect("metrics")
             .text()
             .await
             .expect("metrics body");

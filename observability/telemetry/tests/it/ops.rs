@@ -46,11 +46,7 @@ async fn readiness_follows_its_probes() {
     let addr = crate::serve(Router::new().merge(ops_router(metrics, readiness))).await;
     let client = reqwest::Client::new();
     let ready = || async {
-        let response = client
-            .get(format!("http://{addr}/health/ready"))
-            .send()
-            .await
-            .expect("ready");
+        let response = crate::fetch(&client, addr, "/health/ready").await;
         let status = response.status().as_u16();
         let body: serde_json::Value = response.json().await.expect("json");
         (status, body)
@@ -83,11 +79,7 @@ async fn readiness_follows_its_probes() {
     hang.store(false, Ordering::SeqCst);
     wait_for(200).await;
     // Liveness does not follow dependencies.
-    let live = client
-        .get(format!("http://{addr}/health/live"))
-        .send()
-        .await
-        .expect("live");
+    let live = crate::fetch(&client, addr, "/health/live").await;
     assert_eq!(live.status(), 200);
 }
 
