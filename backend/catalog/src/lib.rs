@@ -18,7 +18,10 @@
 //! and added through the API is one product, adding it again is idempotent, and the ETL still skips
 //! what is indexed before it calls model-serving (hashing a photo costs microseconds; encoding it,
 //! a model call). It is the scheme the API already used, so ids the API handed out stay valid.
-//! Within a dataset, identical photos are one product (the later attributes win).
+//! Within a dataset, identical photos are one product (the later attributes win; the ETL loads the
+//! first it meets in a run): of the 8,007 photos of `fashion-product-images-small`, 77 are
+//! byte-identical to another product's (e.g. 10200 and 10244), so that dataset loads as 7,930
+//! products.
 //!
 //! ## Migration (indexes built before this scheme)
 //!
