@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backend_api::SearchResponse;
+use backend_api::{FacetsResponse, SearchResponse};
 use http_edge::rate_limit::ClientIp;
 use uuid::Uuid;
 
@@ -45,6 +45,37 @@ fn summary(response: &SearchResponse) -> String {
     }
 }
 
+/// A list page (text results, photo results, "more like this"): the grid or its empty notice,
+/// or the trouble's page; counted by what it showed.
+fn list_page(
+    page_name: &'static str,
+    title: &str,
+    view_state: &SearchState,
+    facets: Option<&FacetsResponse>,
+    shown: Result<(ResultsPage, Notice), (StatusCode, Notice)>,
+) -> Response {
+    match shown {
+        Ok((results, empty)) => {
+            let shown = if results.hits.is_empty() {
+                "empty"
+            } else {
+                "ok"
+            };
+            metrics::page(page_name, shown);
+            let main = views::results(results, empty);
+            page(
+                StatusCode::OK,
+                views::document(title, view_state, facets, main),
+            )
+        }
+        Err((status, notice)) => {
+            metrics::page(page_name, "error");
+            let main = views::notice(notice);
+            page(status, views::document(title, view_state, facets, main))
+        }
+    }
+}
+
 /// `GET /`: the start page without a query, the results with one.
 pub async fn search(
     State(state): State<AppState>,
@@ -79,18 +110,11 @@ pub async fn search(
     let search_params = params(&refinement, state.page_size, offset);
     let search = state.call("search_text", backend.search_text(&q, &search_params));
     let (facets, found) = tokio::join!(state.facets(), search);
-    let title = format!("“{q}”");
-    match found {
-        Ok(response) => {
+    let shown = found
+        .map(|response| {
             let mut base = vec![("q", q.clone())];
             base.extend(refinement.pairs());
             let (previous, next) = pager("/", &base, page_no, state.page_size, response.hits.len());
-            let shown = if response.hits.is_empty() {
-                "empty"
-            } else {
-                "ok"
-            };
-            metrics::page("results", shown);
             let results = ResultsPage {
                 heading: format!("Results for “{q}”"),
                 detail: Some(summary(&response)),
@@ -106,21 +130,11 @@ pub async fn search(
                     "Try fewer filters or a lower minimum score."
                 },
             );
-            let html = views::document(
-                &title,
-                &view_state,
-                facets.as_ref(),
-                views::results(results, empty),
-            );
-            page(StatusCode::OK, html)
-        }
-        Err(trouble) => {
-            metrics::page("results", "error");
-            let (status, notice) = trouble_notice(trouble, state.timeout, "query");
-            let html = views::document(&title, &view_state, facets.as_ref(), views::notice(notice));
-            page(status, html)
-        }
-    }
+            (results, empty)
+        })
+        .map_err(|trouble| trouble_notice(trouble, state.timeout, "query"));
+    let title = format!("“{q}”");
+    list_page("results", &title, &view_state, facets.as_ref(), shown)
 }
 
 /// `POST /search/image`: a multipart upload (works without JavaScript).
@@ -166,16 +180,8 @@ pub async fn search_image(
         backend.search_image(upload.image, &search_params),
     );
     let (facets, found) = tokio::join!(state.facets(), search);
-    match found {
-        Ok(response) => {
-            metrics::page(
-                "image_results",
-                if response.hits.is_empty() {
-                    "empty"
-                } else {
-                    "ok"
-                },
-            );
+    let shown = found
+        .map(|response| {
             let results = ResultsPage {
                 heading: "Items like your photo".into(),
                 detail: Some(summary(&response)),
@@ -186,19 +192,16 @@ pub async fn search_image(
                 "Nothing close to your photo",
                 "Try another photo or fewer filters.",
             );
-            let html = views::document(
-                "Photo search",
-                &view_state,
-                facets.as_ref(),
-                views::results(results, empty),
-            );
-            page(StatusCode::OK, html)
-        }
-        Err(trouble) => {
-            let (status, notice) = trouble_notice(trouble, state.timeout, "photo");
-            fail(status, notice, &view_state)
-        }
-    }
+            (results, empty)
+        })
+        .map_err(|trouble| trouble_notice(trouble, state.timeout, "photo"));
+    list_page(
+        "image_results",
+        "Photo search",
+        &view_state,
+        facets.as_ref(),
+        shown,
+    )
 }
 
 fn parse_id(raw: &str) -> Option<Uuid> {
@@ -245,8 +248,8 @@ pub async fn similar(
         state.call("get_image", backend.get_image(id)),
         state.call("similar", backend.similar(id, &search_params)),
     );
-    match found {
-        Ok(response) => {
+    let shown = found
+        .map(|response| {
             let (previous, next) = pager(
                 &format!("/similar/{id}"),
                 &refinement.pairs(),
@@ -260,14 +263,6 @@ pub async fn similar(
                 }
                 _ => "More like this".to_owned(),
             };
-            metrics::page(
-                "similar",
-                if response.hits.is_empty() {
-                    "empty"
-                } else {
-                    "ok"
-                },
-            );
             let results = ResultsPage {
                 heading,
                 detail: Some(summary(&response)),
@@ -279,26 +274,16 @@ pub async fn similar(
                 "Nothing similar found",
                 "Try fewer filters or a lower minimum score.",
             );
-            let html = views::document(
-                "More like this",
-                &view_state,
-                facets.as_ref(),
-                views::results(results, empty),
-            );
-            page(StatusCode::OK, html)
-        }
-        Err(trouble) => {
-            metrics::page("similar", "error");
-            let (status, notice) = trouble_notice(trouble, state.timeout, "product");
-            let html = views::document(
-                "More like this",
-                &view_state,
-                facets.as_ref(),
-                views::notice(notice),
-            );
-            page(status, html)
-        }
-    }
+            (results, empty)
+        })
+        .map_err(|trouble| trouble_notice(trouble, state.timeout, "product"));
+    list_page(
+        "similar",
+        "More like this",
+        &view_state,
+        facets.as_ref(),
+        shown,
+    )
 }
 
 /// `GET /product/{id}`: one product and similar items.
