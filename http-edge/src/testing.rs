@@ -1,5 +1,6 @@
-//! A file server's two behaviours that download code must cope with, for tests (feature
-//! `testing`): answering `Range` requests, and dropping a connection mid-transfer.
+//! Stand-in servers for tests of client code (feature `testing`): a router served on a loopback
+//! port, and the two behaviours of a file server that download code must cope with (answering
+//! `Range` requests, dropping a connection mid-transfer).
 
 use std::time::Duration;
 
@@ -7,6 +8,18 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+/// Serves `app` on `127.0.0.1:0` for the rest of the test; returns its address.
+pub async fn serve_local(app: axum::Router) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "test server stopped");
+        }
+    });
+    Ok(addr)
+}
 
 /// The answer to a `Range: bytes=N-` request for `bytes` (206 with the rest, or 416 past the
 /// end); `None` when the request asks for no range.

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_edge::download::{Checksum, DownloadError, Downloader, part_path};
 use http_edge::retry::Backoff;
-use http_edge::testing::{cut_halfway, ranged};
+use http_edge::testing::{cut_halfway, ranged, serve_local};
 use sha2::Digest as _;
 
 #[derive(Clone)]
@@ -58,11 +58,7 @@ async fn file_server() -> (SocketAddr, Files, Vec<u8>) {
     let app = Router::new()
         .route("/{name}", get(serve_file))
         .with_state(files.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    let addr = serve_local(app).await.expect("serves");
     (addr, files, big)
 }
 

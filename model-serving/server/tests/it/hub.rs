@@ -13,7 +13,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_edge::testing::{cut_halfway, ranged};
+use http_edge::testing::{cut_halfway, ranged, serve_local};
 use model_serving::hub::{self, ModelSource};
 use model_serving::model::ModelSpec;
 use sha1::Digest as _;
@@ -133,11 +133,7 @@ async fn start_hub(corrupt: Vec<String>) -> (SocketAddr, Hub) {
         .route("/{owner}/{repo}/resolve/{rev}/{*path}", get(resolve))
         .route("/cdn/{owner}/{repo}/{*path}", get(cdn))
         .with_state(hub.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("hub") });
+    let addr = serve_local(app).await.expect("serves");
     (addr, hub)
 }
 
