@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use backend_api::ErrorKind;
 use model_serving_api::{ClientError, ModelInfo, ModelServingClient};
-use tokio::sync::RwLock;
 
 use crate::metrics;
 
@@ -278,12 +277,28 @@ fn verdict(error: ClientError) -> Verdict {
     }
 }
 
+/// What the search engine needs of the model: embeddings and the model's identity. The engine
+/// knows only this trait (its unit tests use a fake); [`QueryEncoder`] is model-serving's.
+#[async_trait::async_trait]
+pub trait Embedder: Send + Sync {
+    /// A text query as `(caption embedded, vector)`: the model's prompt template applied.
+    async fn embed_query(&self, query: &str) -> Result<(String, Vec<f32>), EncoderError>;
+    async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, EncoderError>;
+    /// The model's name as last reported, without a call; `None` before model-serving was first
+    /// reached.
+    fn model(&self) -> Option<String>;
+    /// Whether calls are being turned away (model-serving failing).
+    fn breaker_open(&self) -> bool;
+}
+
 pub struct QueryEncoder {
     client: ModelServingClient,
     settings: EncoderSettings,
     breaker: Breaker,
     cache: moka::future::Cache<(String, String), std::sync::Arc<Vec<f32>>>,
-    info: RwLock<Option<ModelInfo>>,
+    /// The model's identity: fetched at start-up (or on first use when model-serving was down),
+    /// and again when an embedding response names another model.
+    info: std::sync::RwLock<Option<ModelInfo>>,
 }
 
 /// Lowercase, trimmed, whitespace collapsed: "Red  Dress " and "red dress" share a cache entry.
@@ -304,18 +319,35 @@ impl QueryEncoder {
             client,
             settings,
             cache,
-            info: RwLock::new(None),
+            info: std::sync::RwLock::new(None),
         }
     }
 
-    /// The model's description, fetched once from model-serving and kept.
+    fn known(&self) -> Option<ModelInfo> {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The model's description: kept from the last fetch, fetched when there is none.
     pub async fn model_info(&self) -> Result<ModelInfo, EncoderError> {
-        if let Some(info) = self.info.read().await.as_ref() {
-            return Ok(info.clone());
+        if let Some(info) = self.known() {
+            return Ok(info);
         }
         let info = self.call(|| self.client.model_info()).await?;
-        *self.info.write().await = Some(info.clone());
+        *self.info.write().unwrap_or_else(|e| e.into_inner()) = Some(info.clone());
         Ok(info)
+    }
+
+    /// An embedding response names its model: when that is not the model we know, model-serving
+    /// has changed it; forget ours so the next query fetches its description (and prompt) again.
+    fn observe(&self, model: &str) {
+        let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
+        if info.as_ref().is_some_and(|known| known.name != model) {
+            tracing::info!(
+                model,
+                "model-serving reports another model; refreshing its description"
+            );
+            *info = None;
+        }
     }
 
     /// The caption a shopper's query is embedded as: the model's prompt template, unless the
@@ -341,6 +373,7 @@ impl QueryEncoder {
         metrics::cache(false);
         let texts = [caption.clone()];
         let response = self.call(|| self.client.encode_text(&texts)).await?;
+        self.observe(&response.model);
         let vector = first_row(response.embeddings)?;
         self.cache
             .insert(key, std::sync::Arc::new(vector.clone()))
@@ -352,6 +385,7 @@ impl QueryEncoder {
         let response = self
             .call(|| self.client.encode_images(images.clone()))
             .await?;
+        self.observe(&response.model);
         Ok(response.embeddings)
     }
 
@@ -433,6 +467,25 @@ impl QueryEncoder {
             message: last.unwrap_or_else(|| "no attempt made".into()),
             retry_after: Duration::from_secs(1),
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Embedder for QueryEncoder {
+    async fn embed_query(&self, query: &str) -> Result<(String, Vec<f32>), EncoderError> {
+        QueryEncoder::embed_query(self, query).await
+    }
+
+    async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, EncoderError> {
+        QueryEncoder::embed_images(self, images).await
+    }
+
+    fn model(&self) -> Option<String> {
+        self.known().map(|info| info.name)
+    }
+
+    fn breaker_open(&self) -> bool {
+        QueryEncoder::breaker_open(self)
     }
 }
 

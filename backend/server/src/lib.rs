@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::http::HeaderName;
+use http_edge::rate_limit::RateLimit;
 use model_serving_api::ModelServingClient;
 use secrecy::ExposeSecret;
 use telemetry::Readiness;
 use telemetry::ops::{Probe, ProbeTask};
-use http_edge::rate_limit::RateLimit;
 use tokio::net::TcpListener;
 
 use crate::config::BackendConfig;
@@ -178,7 +178,7 @@ pub async fn build(
     let engine = SearchEngine::new(
         index,
         store,
-        encoder,
+        Arc::new(encoder),
         Duration::from_secs(config.optimize_after_secs),
     );
     readiness.set_ready("index");

@@ -92,7 +92,7 @@ pub struct SearchTuning {
     pub exact: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IndexError {
     #[error("the index is unavailable: {0}")]
     Unavailable(String),

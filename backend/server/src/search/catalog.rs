@@ -1,0 +1,139 @@
+//! Reading and removing what is indexed: one image, pages of images, stats.
+
+use std::time::Instant;
+
+use backend_api::{Filters, ImageItem, ListResponse, StatsResponse};
+use uuid::Uuid;
+
+use super::{MAX_BATCH, MAX_DEPTH, MAX_K, SearchEngine, SearchError};
+use crate::index::{Filter, StoredPayload};
+use crate::metrics;
+
+impl SearchEngine {
+    pub(super) async fn item(
+        &self,
+        id: Uuid,
+        payload: StoredPayload,
+    ) -> Result<ImageItem, SearchError> {
+        let url = self.store.presign_get(&payload.s3_key).await?;
+        Ok(ImageItem {
+            id,
+            s3_key: payload.s3_key,
+            created_at: payload.created_at,
+            attributes: payload.attributes,
+            url,
+        })
+    }
+
+    /// Items with pre-signed URLs, in order. Presigning is local signing (no call to storage), so
+    /// all of a page's are made at once rather than one await after another.
+    pub(super) async fn items(
+        &self,
+        records: impl IntoIterator<Item = (Uuid, StoredPayload)>,
+    ) -> Result<Vec<ImageItem>, SearchError> {
+        futures::future::try_join_all(
+            records
+                .into_iter()
+                .map(|(id, payload)| self.item(id, payload)),
+        )
+        .await
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<ImageItem, SearchError> {
+        let record = self
+            .index
+            .retrieve(&[id], false)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(SearchError::NotFound(id))?;
+        self.item(record.id, record.payload).await
+    }
+
+    /// Removes the point, and its object when no other point shares it.
+    pub async fn delete(&self, id: Uuid) -> Result<(), SearchError> {
+        let record = self
+            .index
+            .retrieve(&[id], false)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(SearchError::NotFound(id))?;
+        let key = record.payload.s3_key;
+        let guard = self.lock_objects([key.as_str()]).await;
+        let started = Instant::now();
+        self.index.delete(&[id]).await?;
+        metrics::index_operation("delete", started.elapsed());
+        let shared = self.index.count(&Filter::s3_key(key.clone())).await?;
+        if shared == 0 {
+            self.store.delete(&key).await?;
+            self.remember_deleted(&key);
+        }
+        drop(guard);
+        self.after_write().await;
+        tracing::info!(%id, s3_key = %key, object_deleted = shared == 0, "image deleted");
+        Ok(())
+    }
+
+    pub async fn list(
+        &self,
+        offset: usize,
+        limit: usize,
+        filters: &Filters,
+    ) -> Result<ListResponse, SearchError> {
+        if !(1..=MAX_K).contains(&limit) {
+            return Err(SearchError::Invalid(format!(
+                "limit must be between 1 and {MAX_K}"
+            )));
+        }
+        if offset
+            .checked_add(limit)
+            .is_none_or(|depth| depth > MAX_DEPTH)
+        {
+            return Err(SearchError::Invalid(format!(
+                "limit + offset must be at most {MAX_DEPTH}"
+            )));
+        }
+        self.check_filters(filters).await?;
+        let filter = Filter::attributes(filters.clone());
+        let (records, total) = tokio::try_join!(
+            self.index.list(offset, limit, &filter),
+            self.index.count(&filter)
+        )?;
+        let items = self
+            .items(records.into_iter().map(|r| (r.id, r.payload)))
+            .await?;
+        Ok(ListResponse {
+            items,
+            offset,
+            limit,
+            total,
+        })
+    }
+
+    pub async fn stats(&self) -> Result<StatsResponse, SearchError> {
+        let total = self.index.count(&Filter::default()).await?;
+        let as_map = |values: Vec<(String, u64)>| values.into_iter().collect();
+        Ok(StatsResponse {
+            total,
+            by_dataset: as_map(self.index.facet("dataset", 1000).await?),
+            by_category: as_map(self.index.facet("category", 1000).await?),
+        })
+    }
+
+    /// Which of `ids` are indexed.
+    pub async fn existing(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, SearchError> {
+        if ids.len() > MAX_BATCH {
+            return Err(SearchError::Invalid(format!(
+                "at most {MAX_BATCH} ids per request"
+            )));
+        }
+        Ok(self
+            .index
+            .retrieve(ids, false)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
+}

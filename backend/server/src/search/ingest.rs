@@ -1,0 +1,182 @@
+//! The write path: batches of ready-made vectors (the ETL's), single images (encoded here), and
+//! the per-object locks that keep a delete from removing an object a new point uses.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use backend_api::{ImageAttributes, ImageItem, IngestItem};
+use uuid::Uuid;
+
+use super::{
+    MAX_BATCH, RECENTLY_DELETED_FOR, RECENTLY_DELETED_MAX, SearchEngine, SearchError, now_rfc3339,
+    object_stripe,
+};
+use crate::index::{Point, StoredPayload};
+use crate::metrics;
+
+impl SearchEngine {
+    /// Holds the lock stripes of `keys`, taken in stripe order so two writers cannot deadlock.
+    pub(super) async fn lock_objects<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.into_iter().map(object_stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.object_locks[stripe].lock().await);
+        }
+        guards
+    }
+
+    fn recently_deleted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.recently_deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn remember_deleted(&self, key: &str) {
+        let mut deleted = self.recently_deleted();
+        if deleted.len() >= RECENTLY_DELETED_MAX {
+            deleted.retain(|_, at| at.elapsed() < RECENTLY_DELETED_FOR);
+        }
+        if deleted.len() < RECENTLY_DELETED_MAX {
+            deleted.insert(key.to_owned(), Instant::now());
+        }
+    }
+
+    /// Under the keys' locks: every object a delete removed lately must be back before a point
+    /// may name it.
+    async fn check_objects(&self, points: &[Point]) -> Result<(), SearchError> {
+        let suspects: Vec<String> = {
+            let deleted = self.recently_deleted();
+            if deleted.is_empty() {
+                return Ok(());
+            }
+            let mut keys: Vec<String> = points
+                .iter()
+                .map(|p| &p.payload.s3_key)
+                .filter(|k| deleted.contains_key(*k))
+                .cloned()
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        };
+        for key in suspects {
+            if !self.store.exists(&key).await? {
+                return Err(SearchError::ObjectGone(key));
+            }
+            self.recently_deleted().remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Idempotent upsert of ready-made vectors (the ETL's path).
+    #[tracing::instrument(skip_all, fields(items = items.len()))]
+    pub async fn ingest(&self, items: Vec<IngestItem>) -> Result<usize, SearchError> {
+        let points = self.points(items)?;
+        let guards = self
+            .lock_objects(points.iter().map(|p| p.payload.s3_key.as_str()))
+            .await;
+        self.check_objects(&points).await?;
+        let n = self.upsert(points).await?;
+        drop(guards);
+        self.after_write().await;
+        Ok(n)
+    }
+
+    /// Checks ingest items and makes them points.
+    fn points(&self, items: Vec<IngestItem>) -> Result<Vec<Point>, SearchError> {
+        if items.is_empty() {
+            return Err(SearchError::Invalid("no items".into()));
+        }
+        if items.len() > MAX_BATCH {
+            return Err(SearchError::Invalid(format!(
+                "at most {MAX_BATCH} items per batch"
+            )));
+        }
+        let dim = match self.index.dim() {
+            Some(dim) => dim,
+            None => items[0].vector.len(),
+        };
+        let created_at = now_rfc3339();
+        let mut points = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            if item.vector.len() != dim {
+                return Err(SearchError::Invalid(format!(
+                    "item {i}: vector has {} dimensions; the index holds {dim}",
+                    item.vector.len()
+                )));
+            }
+            if item.vector.iter().any(|x| !x.is_finite()) || item.vector.iter().all(|x| *x == 0.0) {
+                return Err(SearchError::Invalid(format!(
+                    "item {i}: vector must be finite and non-zero"
+                )));
+            }
+            if item.s3_key.trim().is_empty() || item.attributes.dataset.trim().is_empty() {
+                return Err(SearchError::Invalid(format!(
+                    "item {i}: s3_key and dataset are required"
+                )));
+            }
+            points.push(Point {
+                id: item.id,
+                vector: item.vector,
+                payload: StoredPayload {
+                    s3_key: item.s3_key,
+                    created_at: created_at.clone(),
+                    attributes: item.attributes,
+                },
+            });
+        }
+        Ok(points)
+    }
+
+    async fn upsert(&self, points: Vec<Point>) -> Result<usize, SearchError> {
+        let n = points.len();
+        let started = Instant::now();
+        self.index.upsert(points).await?;
+        metrics::index_operation("upsert", started.elapsed());
+        metrics::ingested(n);
+        Ok(n)
+    }
+
+    /// Adds one image: encode through model-serving, store the bytes, index the vector.
+    pub async fn add_image(
+        &self,
+        bytes: Vec<u8>,
+        attributes: ImageAttributes,
+        id: Option<Uuid>,
+    ) -> Result<ImageItem, SearchError> {
+        let object = ::catalog::ImageObject::of_image(&bytes).ok_or_else(|| {
+            SearchError::Invalid("not an image (JPEG, PNG, WebP or GIF expected)".into())
+        })?;
+        if attributes.dataset.trim().is_empty() {
+            return Err(SearchError::Invalid("dataset is required".into()));
+        }
+        let vector = self
+            .encoder
+            .embed_images(vec![bytes.clone()])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
+        let (key, content_type) = (object.key, object.content_type);
+        // Deterministic per dataset and content (the ETL's ids too): adding it again is idempotent.
+        let id = id.unwrap_or_else(|| ::catalog::point_id(&attributes.dataset, &key));
+        let points = self.points(vec![IngestItem {
+            id,
+            vector,
+            s3_key: key.clone(),
+            attributes,
+        }])?;
+        let guard = self.lock_objects([key.as_str()]).await;
+        self.store.put(&key, bytes, content_type).await?;
+        self.recently_deleted().remove(&key);
+        self.upsert(points).await?;
+        drop(guard);
+        self.after_write().await;
+        self.get(id).await
+    }
+}

@@ -1,0 +1,220 @@
+//! Searches: a [`SearchPlan`] is made once from the parameters (paging, score floor, filters),
+//! then the query vector (embedded, or stored for "more like this") is found while the filters
+//! are checked against the facet snapshot, then one index search, then pre-signed URLs.
+
+use std::time::Instant;
+
+use backend_api::{SearchHit, SearchParams, SearchResponse};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{DEFAULT_K, MAX_DEPTH, MAX_K, MAX_QUERY_CHARS, SearchEngine, SearchError};
+use crate::index::{Filter, SearchRequest};
+use crate::metrics;
+
+/// A checked search: what to fetch from the index, made once per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPlan {
+    pub k: usize,
+    pub offset: usize,
+    pub filter: Filter,
+    pub min_score: Option<f32>,
+    /// Left out of the results (the source image of "more like this").
+    pub exclude: Option<Uuid>,
+}
+
+impl SearchPlan {
+    /// Checks paging and the score floor. Filter values are checked against the facet
+    /// snapshot separately ([`SearchEngine::check_filters`]), alongside the embedding.
+    pub fn new(params: &SearchParams) -> Result<Self, SearchError> {
+        let k = params.k.unwrap_or(DEFAULT_K);
+        let offset = params.offset.unwrap_or(0);
+        if !(1..=MAX_K).contains(&k) {
+            return Err(SearchError::Invalid(format!(
+                "k must be between 1 and {MAX_K}"
+            )));
+        }
+        if k.checked_add(offset).is_none_or(|depth| depth > MAX_DEPTH) {
+            return Err(SearchError::Invalid(format!(
+                "k + offset must be at most {MAX_DEPTH}"
+            )));
+        }
+        if let Some(min) = params.min_score
+            && !(-1.0..=1.0).contains(&min)
+        {
+            return Err(SearchError::Invalid(
+                "min_score must be between -1 and 1".into(),
+            ));
+        }
+        Ok(Self {
+            k,
+            offset,
+            filter: Filter::attributes(params.filters.clone()),
+            min_score: params.min_score,
+            exclude: None,
+        })
+    }
+
+    pub fn excluding(self, id: Uuid) -> Self {
+        Self {
+            exclude: Some(id),
+            ..self
+        }
+    }
+
+    fn request(&self, vector: Vec<f32>) -> SearchRequest {
+        SearchRequest {
+            vector,
+            limit: self.k,
+            offset: self.offset,
+            filter: self.filter.clone(),
+            min_score: self.min_score,
+            exclude: self.exclude,
+        }
+    }
+}
+
+/// The query vector of a search and what it says of itself.
+struct Query {
+    kind: &'static str,
+    vector: Vec<f32>,
+    embedded_text: Option<String>,
+}
+
+impl SearchEngine {
+    #[tracing::instrument(skip(self, params), fields(q.chars = q.chars().count()))]
+    pub async fn search_text(
+        &self,
+        q: &str,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, SearchError> {
+        let started = Instant::now();
+        let q = q.trim();
+        if q.is_empty() {
+            return Err(SearchError::Invalid("the query is empty".into()));
+        }
+        if q.chars().count() > MAX_QUERY_CHARS {
+            return Err(SearchError::Invalid(format!(
+                "the query is longer than {MAX_QUERY_CHARS} characters"
+            )));
+        }
+        let plan = SearchPlan::new(params)?;
+        let embed = async {
+            let encode = Instant::now();
+            let embedded = self
+                .encoder
+                .embed_query(q)
+                .instrument(tracing::info_span!("encode"))
+                .await?;
+            metrics::stage("encode", encode.elapsed());
+            Ok::<_, SearchError>(embedded)
+        };
+        let ((caption, vector), ()) =
+            tokio::try_join!(embed, self.check_filters(&plan.filter.attributes))?;
+        let query = Query {
+            kind: "text",
+            vector,
+            embedded_text: Some(caption),
+        };
+        self.run(query, &plan, started).await
+    }
+
+    #[tracing::instrument(skip_all, fields(bytes = image.len()))]
+    pub async fn search_image(
+        &self,
+        image: Vec<u8>,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, SearchError> {
+        let started = Instant::now();
+        if image.is_empty() {
+            return Err(SearchError::Invalid("the uploaded image is empty".into()));
+        }
+        let plan = SearchPlan::new(params)?;
+        let embed = async {
+            let encode = Instant::now();
+            let vector = self
+                .encoder
+                .embed_images(vec![image])
+                .instrument(tracing::info_span!("encode"))
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
+            metrics::stage("encode", encode.elapsed());
+            Ok::<_, SearchError>(vector)
+        };
+        let (vector, ()) = tokio::try_join!(embed, self.check_filters(&plan.filter.attributes))?;
+        let query = Query {
+            kind: "image",
+            vector,
+            embedded_text: None,
+        };
+        self.run(query, &plan, started).await
+    }
+
+    /// More like this: the stored vector of `id` as the query, `id` itself left out. No model
+    /// is called.
+    #[tracing::instrument(skip(self, params))]
+    pub async fn similar(
+        &self,
+        id: Uuid,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, SearchError> {
+        let started = Instant::now();
+        let plan = SearchPlan::new(params)?.excluding(id);
+        let stored = async {
+            let record = self.index.retrieve(&[id], true).await?.into_iter().next();
+            record
+                .and_then(|r| r.vector)
+                .ok_or(SearchError::NotFound(id))
+        };
+        let (vector, ()) = tokio::try_join!(stored, self.check_filters(&plan.filter.attributes))?;
+        let query = Query {
+            kind: "similar",
+            vector,
+            embedded_text: None,
+        };
+        self.run(query, &plan, started).await
+    }
+
+    async fn run(
+        &self,
+        query: Query,
+        plan: &SearchPlan,
+        started: Instant,
+    ) -> Result<SearchResponse, SearchError> {
+        let search = Instant::now();
+        let hits = self
+            .index
+            .search(plan.request(query.vector))
+            .instrument(tracing::info_span!(
+                "index_search",
+                k = plan.k,
+                offset = plan.offset
+            ))
+            .await?;
+        metrics::stage("index_search", search.elapsed());
+        let presign = Instant::now();
+        let (scores, records): (Vec<f32>, Vec<_>) = hits
+            .into_iter()
+            .map(|hit| (hit.score, (hit.id, hit.payload)))
+            .unzip();
+        let hits = scores
+            .into_iter()
+            .zip(self.items(records).await?)
+            .map(|(score, item)| SearchHit { score, item })
+            .collect();
+        metrics::stage("presign", presign.elapsed());
+        metrics::stage("total", started.elapsed());
+        metrics::search(query.kind);
+        Ok(SearchResponse {
+            hits,
+            k: plan.k,
+            offset: plan.offset,
+            embedded_text: query.embedded_text,
+            // The identity model-serving last reported: no call per search.
+            model: self.encoder.model().unwrap_or_else(|| "unknown".to_owned()),
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}

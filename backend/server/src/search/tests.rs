@@ -1,0 +1,386 @@
+//! Unit tests of the engine over fakes of its two traits: an in-memory [`VectorIndex`] that
+//! counts its facet scans, and an [`Embedder`] that counts its calls. Object storage is the real
+//! client: presigning is local signing, no call is made. (The breaker's open / half-open states
+//! are unit-tested in `encoder.rs`, next to it.)
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use backend_api::{Filters, ImageAttributes, SearchParams};
+use secrecy::SecretString;
+
+use super::*;
+use crate::index::{Point, Record, ScoredPoint, SearchRequest, StoredPayload};
+use crate::storage::{PresignSettings, StorageSettings};
+
+#[test]
+fn timestamps_are_rfc3339_utc() {
+    let now = now_rfc3339();
+    assert_eq!(now.len(), 24);
+    assert!(now.starts_with("20") && now.ends_with('Z'));
+}
+
+#[derive(Default)]
+struct FakeIndex {
+    points: Mutex<Vec<Point>>,
+    facet_calls: AtomicUsize,
+}
+
+fn matches(filter: &Filter, payload: &StoredPayload) -> bool {
+    let json = serde_json::to_value(payload).unwrap_or_default();
+    filter
+        .must()
+        .all(|(field, value)| json[field].as_str() == Some(value))
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[async_trait::async_trait]
+impl VectorIndex for FakeIndex {
+    fn dim(&self) -> Option<usize> {
+        self.points
+            .lock()
+            .expect("lock")
+            .first()
+            .map(|p| p.vector.len())
+    }
+    async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {
+        let mut all = self.points.lock().expect("lock");
+        for point in points {
+            all.retain(|p| p.id != point.id);
+            all.push(point);
+        }
+        Ok(())
+    }
+    async fn delete(&self, ids: &[Uuid]) -> Result<usize, IndexError> {
+        let mut all = self.points.lock().expect("lock");
+        let before = all.len();
+        all.retain(|p| !ids.contains(&p.id));
+        Ok(before - all.len())
+    }
+    async fn retrieve(&self, ids: &[Uuid], with_vector: bool) -> Result<Vec<Record>, IndexError> {
+        let all = self.points.lock().expect("lock");
+        Ok(all
+            .iter()
+            .filter(|p| ids.contains(&p.id))
+            .map(|p| Record {
+                id: p.id,
+                payload: p.payload.clone(),
+                vector: with_vector.then(|| p.vector.clone()),
+            })
+            .collect())
+    }
+    async fn search(&self, request: SearchRequest) -> Result<Vec<ScoredPoint>, IndexError> {
+        let all = self.points.lock().expect("lock");
+        let mut hits: Vec<ScoredPoint> = all
+            .iter()
+            .filter(|p| Some(p.id) != request.exclude && matches(&request.filter, &p.payload))
+            .map(|p| ScoredPoint {
+                id: p.id,
+                score: cosine(&request.vector, &p.vector),
+                payload: p.payload.clone(),
+            })
+            .filter(|h| request.min_score.is_none_or(|min| h.score >= min))
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        Ok(hits
+            .into_iter()
+            .skip(request.offset)
+            .take(request.limit)
+            .collect())
+    }
+    async fn list(
+        &self,
+        offset: usize,
+        limit: usize,
+        filter: &Filter,
+    ) -> Result<Vec<Record>, IndexError> {
+        let all = self.points.lock().expect("lock");
+        let mut records: Vec<Record> = all
+            .iter()
+            .filter(|p| matches(filter, &p.payload))
+            .map(|p| Record {
+                id: p.id,
+                payload: p.payload.clone(),
+                vector: None,
+            })
+            .collect();
+        records.sort_by_key(|r| r.id);
+        Ok(records.into_iter().skip(offset).take(limit).collect())
+    }
+    async fn count(&self, filter: &Filter) -> Result<u64, IndexError> {
+        let all = self.points.lock().expect("lock");
+        Ok(all.iter().filter(|p| matches(filter, &p.payload)).count() as u64)
+    }
+    async fn facet(
+        &self,
+        field: &'static str,
+        _limit: usize,
+    ) -> Result<Vec<(String, u64)>, IndexError> {
+        self.facet_calls.fetch_add(1, Ordering::SeqCst);
+        // A scan takes a while: concurrent callers overlap.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let all = self.points.lock().expect("lock");
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for p in all.iter() {
+            let json = serde_json::to_value(&p.payload).unwrap_or_default();
+            if let Some(value) = json[field].as_str() {
+                *counts.entry(value.to_owned()).or_default() += 1;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+    async fn flush(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
+    async fn optimize(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FakeEmbedder {
+    calls: AtomicUsize,
+    down: bool,
+}
+
+#[async_trait::async_trait]
+impl Embedder for FakeEmbedder {
+    async fn embed_query(&self, query: &str) -> Result<(String, Vec<f32>), EncoderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down {
+            return Err(EncoderError::Unavailable {
+                message: "down".into(),
+                retry_after: Duration::from_secs(2),
+            });
+        }
+        Ok((format!("a photo of {query}"), vec![1.0, 0.0, 0.0]))
+    }
+    async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, EncoderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(images.iter().map(|_| vec![0.0, 1.0, 0.0]).collect())
+    }
+    fn model(&self) -> Option<String> {
+        Some("fake-model".into())
+    }
+    fn breaker_open(&self) -> bool {
+        false
+    }
+}
+
+fn store() -> ObjectStore {
+    ObjectStore::new(&StorageSettings {
+        endpoint: "http://127.0.0.1:9".into(),
+        region: "us-east-1".into(),
+        bucket: "images".into(),
+        access_key: "test".into(),
+        secret_key: SecretString::from("test-secret"),
+        presign: Some(PresignSettings {
+            public_endpoint: "http://127.0.0.1:9".into(),
+            ttl: Duration::from_secs(60),
+        }),
+    })
+    .expect("store")
+}
+
+/// An engine over `n` points: point `i` at angle `i` degrees from the x axis (so scores fall
+/// with `i`), even ones "Women", odd ones "Men".
+async fn engine(
+    n: usize,
+    embedder: FakeEmbedder,
+) -> (Arc<SearchEngine>, Arc<FakeIndex>, Arc<FakeEmbedder>) {
+    let index = Arc::new(FakeIndex::default());
+    let points = (0..n)
+        .map(|i| {
+            let angle = (i as f32).to_radians();
+            Point {
+                id: Uuid::from_u128(i as u128 + 1),
+                vector: vec![angle.cos(), angle.sin(), 0.0],
+                payload: StoredPayload {
+                    s3_key: format!("images/{i}.jpg"),
+                    created_at: now_rfc3339(),
+                    attributes: ImageAttributes {
+                        dataset: "test".into(),
+                        gender: Some(if i % 2 == 0 { "Women" } else { "Men" }.into()),
+                        season: Some("Summer".into()),
+                        ..ImageAttributes::default()
+                    },
+                },
+            }
+        })
+        .collect();
+    index.upsert(points).await.expect("upsert");
+    let embedder = Arc::new(embedder);
+    let engine = SearchEngine::new(
+        index.clone(),
+        store(),
+        embedder.clone(),
+        Duration::from_secs(3600),
+    );
+    (engine, index, embedder)
+}
+
+fn params(k: usize, offset: usize) -> SearchParams {
+    SearchParams {
+        k: Some(k),
+        offset: Some(offset),
+        ..SearchParams::default()
+    }
+}
+
+#[test]
+fn a_plan_checks_paging_and_the_score_floor_once() {
+    let invalid =
+        |params: SearchParams| matches!(SearchPlan::new(&params), Err(SearchError::Invalid(_)));
+    assert!(invalid(params(0, 0)), "k = 0");
+    assert!(invalid(params(MAX_K + 1, 0)), "k too large");
+    assert!(invalid(params(10, MAX_DEPTH - 9)), "past the deepest page");
+    assert!(invalid(params(10, usize::MAX)), "no overflow");
+    assert!(invalid(SearchParams {
+        min_score: Some(1.5),
+        ..SearchParams::default()
+    }));
+    let plan = SearchPlan::new(&SearchParams {
+        k: None,
+        offset: Some(MAX_DEPTH - DEFAULT_K),
+        min_score: Some(0.5),
+        filters: Filters {
+            season: Some(" Summer ".into()),
+            ..Filters::default()
+        },
+    })
+    .expect("plan");
+    assert_eq!(
+        (plan.k, plan.offset, plan.min_score),
+        (DEFAULT_K, 980, Some(0.5))
+    );
+    assert_eq!(
+        plan.filter.must().collect::<Vec<_>>(),
+        [("season", "Summer")]
+    );
+    assert_eq!(plan.exclude, None);
+}
+
+#[tokio::test]
+async fn pages_are_disjoint_and_similar_leaves_its_source_out_without_the_model() {
+    let (engine, _, embedder) = engine(30, FakeEmbedder::default()).await;
+    let ids =
+        |r: &backend_api::SearchResponse| r.hits.iter().map(|h| h.item.id).collect::<Vec<_>>();
+    let source = Uuid::from_u128(1);
+    let all = engine.similar(source, &params(20, 0)).await.expect("all");
+    let p1 = engine.similar(source, &params(10, 0)).await.expect("p1");
+    let p2 = engine.similar(source, &params(10, 10)).await.expect("p2");
+    assert_eq!([ids(&p1), ids(&p2)].concat(), ids(&all));
+    assert!(!ids(&all).contains(&source), "the source is left out");
+    assert_eq!(ids(&all)[0], Uuid::from_u128(2), "nearest first");
+    assert!(
+        all.hits
+            .iter()
+            .all(|h| h.item.url.contains("X-Amz-Signature"))
+    );
+    assert_eq!(
+        all.model, "fake-model",
+        "the identity known, not \"unknown\""
+    );
+    assert_eq!(embedder.calls.load(Ordering::SeqCst), 0, "no model call");
+    let missing = engine.similar(Uuid::from_u128(999), &params(10, 0)).await;
+    assert!(matches!(missing, Err(SearchError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn filters_are_checked_against_one_snapshot_scanned_once() {
+    let (engine, index, embedder) = engine(10, FakeEmbedder::default()).await;
+    // No filter: no scan.
+    engine
+        .search_text("dress", &params(5, 0))
+        .await
+        .expect("search");
+    assert_eq!(index.facet_calls.load(Ordering::SeqCst), 0);
+    // Many concurrent filtered searches on a cold snapshot: one scan (a facet call per field).
+    let women = SearchParams {
+        k: Some(10),
+        filters: Filters {
+            gender: Some("Women".into()),
+            ..Filters::default()
+        },
+        ..SearchParams::default()
+    };
+    let searches = (0..16).map(|_| engine.search_text("dress", &women));
+    for result in futures::future::join_all(searches).await {
+        let response = result.expect("filtered");
+        assert_eq!(response.hits.len(), 5);
+        assert!(
+            response
+                .hits
+                .iter()
+                .all(|h| h.item.attributes.gender.as_deref() == Some("Women"))
+        );
+    }
+    assert_eq!(
+        index.facet_calls.load(Ordering::SeqCst),
+        Filters::FIELDS.len()
+    );
+    // An unknown value is refused, naming no route; the snapshot answers without a scan.
+    let martian = SearchParams {
+        filters: Filters {
+            gender: Some("Martian".into()),
+            ..Filters::default()
+        },
+        ..SearchParams::default()
+    };
+    match engine.search_text("dress", &martian).await {
+        Err(error @ SearchError::Invalid(_)) => {
+            assert_eq!(error.kind(), ErrorKind::InvalidRequest);
+            assert!(error.to_string().contains("Martian") && !error.to_string().contains("/v1"));
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    assert_eq!(
+        index.facet_calls.load(Ordering::SeqCst),
+        Filters::FIELDS.len()
+    );
+    // A write drops the snapshot: a new value is known at once.
+    engine
+        .ingest(vec![backend_api::IngestItem {
+            id: Uuid::from_u128(500),
+            vector: vec![0.0, 0.0, 1.0],
+            s3_key: "images/new.jpg".into(),
+            attributes: ImageAttributes {
+                dataset: "test".into(),
+                gender: Some("Martian".into()),
+                ..ImageAttributes::default()
+            },
+        }])
+        .await
+        .expect("ingest");
+    let found = engine
+        .search_text("dress", &martian)
+        .await
+        .expect("now known");
+    assert_eq!(found.hits.len(), 1);
+    assert_eq!(
+        index.facet_calls.load(Ordering::SeqCst),
+        2 * Filters::FIELDS.len()
+    );
+    // The refused search embedded too: filters are checked alongside the embedding, not before.
+    assert_eq!(embedder.calls.load(Ordering::SeqCst), 19);
+}
+
+#[tokio::test]
+async fn a_failing_model_is_a_kind_with_a_retry_after() {
+    let down = FakeEmbedder {
+        down: true,
+        ..FakeEmbedder::default()
+    };
+    let (engine, _, _) = engine(3, down).await;
+    let error = engine
+        .search_text("dress", &params(5, 0))
+        .await
+        .expect_err("down");
+    assert_eq!(error.kind(), ErrorKind::ModelUnavailable);
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(2)));
+}
