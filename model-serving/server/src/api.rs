@@ -94,7 +94,6 @@ pub enum ApiError {
     Encode(EncodeError),
     /// A malformed request, refused as the edge crate words it (rejections, bad fields).
     Request(ErrorResponse),
-    Timeout,
     NotFound,
 }
 
@@ -164,11 +163,6 @@ impl IntoResponse for ApiError {
                 }
             }
             ApiError::Request(error) => error.into_response(),
-            ApiError::Timeout => error_response(
-                S::SERVICE_UNAVAILABLE,
-                "timeout",
-                "encoding took too long; retry shortly".into(),
-            ),
             ApiError::NotFound => error_response(S::NOT_FOUND, "not_found", "no such route".into()),
         }
     }
@@ -176,16 +170,6 @@ impl IntoResponse for ApiError {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound
-}
-
-async fn with_timeout<T>(
-    limit: Duration,
-    work: impl Future<Output = Result<T, EncodeError>>,
-) -> Result<T, ApiError> {
-    match tokio::time::timeout(limit, work).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(_) => Err(ApiError::Timeout),
-    }
 }
 
 fn embeddings(encoder: &ClipEncoder, embeddings: Vec<Vec<f32>>) -> Json<EmbeddingsResponse> {
@@ -201,11 +185,8 @@ async fn encode_text(
     body: Result<Json<EncodeTextRequest>, JsonRejection>,
 ) -> Result<Json<EmbeddingsResponse>, ApiError> {
     let Json(request) = body.map_err(reject::json)?;
-    let out = with_timeout(
-        state.limits.request_timeout,
-        state.encoder.encode_texts(&request.texts),
-    )
-    .await?;
+    // The request timeout is the edge's (`http_edge::protect`), for every route alike.
+    let out = state.encoder.encode_texts(&request.texts).await?;
     Ok(embeddings(&state.encoder, out))
 }
 
@@ -219,11 +200,7 @@ async fn encode_image(
         JsonOrMultipart::Multipart(multipart) => read_multipart(multipart, max_items).await?,
         JsonOrMultipart::Json(body) => decode_base64_images(body.images, max_items)?,
     };
-    let out = with_timeout(
-        state.limits.request_timeout,
-        state.encoder.encode_images(images),
-    )
-    .await?;
+    let out = state.encoder.encode_images(images).await?;
     Ok(embeddings(&state.encoder, out))
 }
 

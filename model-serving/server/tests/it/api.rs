@@ -432,3 +432,26 @@ async fn shutdown_drains_in_flight_requests() {
         .expect("clean stop");
     assert!(app.client.encode_text(&["after".to_owned()]).await.is_err());
 }
+
+#[tokio::test]
+async fn a_slow_encode_is_cut_off_by_the_edge_timeout() {
+    // The batcher waits 800 ms for company; the edge allows 100 ms for the whole request.
+    let mut config = encoder_config();
+    config.batch.max_wait = Duration::from_millis(800);
+    let limits = model_serving::HttpLimits {
+        request_timeout: Duration::from_millis(100),
+        ..limits()
+    };
+    let app = spawn_app_with(config, limits).await;
+    let response = app
+        .http
+        .post(app.url("/encode_text"))
+        .json(&serde_json::json!({"texts": ["linen trousers"]}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "timeout");
+}
