@@ -192,3 +192,17 @@ pub async fn ingest(
     }
     stored
 }
+
+/// The status, error code and Retry-After of an error answer (its body must be an error body).
+pub async fn error_of(
+    response: reqwest::Response,
+) -> (reqwest::StatusCode, String, Option<String>) {
+    let status = response.status();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body: backend_api::ErrorBody = response.json().await.expect("JSON error body");
+    assert!(!body.error.message.is_empty());
+    (status, body.error.code, retry)
+}

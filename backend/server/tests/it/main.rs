@@ -5,6 +5,8 @@
 mod edge;
 mod helpers;
 mod hostile;
+mod images;
 mod qdrant_live;
 mod qdrant_server;
+mod resilience;
 mod search;
