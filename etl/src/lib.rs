@@ -37,6 +37,39 @@ pub struct LoadOptions {
     pub dry_run: bool,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Pixels (width × height, from the headers) sent to model-serving in one request at most:
+    /// its `MODEL_SERVING_MAX_REQUEST_PIXELS`, which refuses a larger request whole.
+    pub max_request_pixels: u64,
+}
+
+/// model-serving's default per-request pixel budget (8 images at its 16 Mpx cap).
+pub const DEFAULT_MAX_REQUEST_PIXELS: u64 = 8 * 16 * 1024 * 1024;
+
+/// Splits a batch into runs of consecutive items whose pixels (read from the image headers, no
+/// decoding) fit `budget`. An item whose header cannot be read counts as 0 (model-serving
+/// refuses it on its own); an item over the budget goes alone (and is refused alone).
+fn pixel_groups(items: &[&Item], budget: u64) -> Vec<std::ops::Range<usize>> {
+    let pixels = |item: &Item| {
+        image::ImageReader::new(std::io::Cursor::new(&item.bytes))
+            .with_guessed_format()
+            .ok()
+            .and_then(|reader| reader.into_dimensions().ok())
+            .map_or(0, |(w, h)| u64::from(w) * u64::from(h))
+    };
+    let mut groups = Vec::new();
+    let (mut start, mut sum) = (0, 0u64);
+    for (i, item) in items.iter().enumerate() {
+        let p = pixels(item);
+        if i > start && sum.saturating_add(p) > budget {
+            groups.push(start..i);
+            (start, sum) = (i, 0);
+        }
+        sum = sum.saturating_add(p);
+    }
+    if start < items.len() {
+        groups.push(start..items.len());
+    }
+    groups
 }
 
 pub struct Clients {
@@ -182,7 +215,20 @@ struct BatchOutcome {
     failed: Vec<(String, String)>,
 }
 
+/// Encodes a batch in as few requests as model-serving's pixel budget allows.
 async fn encode(
+    clients: &Clients,
+    items: &[&Item],
+    max_request_pixels: u64,
+) -> Result<Vec<Result<Vec<f32>, String>>, LoadError> {
+    let mut out = Vec::with_capacity(items.len());
+    for group in pixel_groups(items, max_request_pixels) {
+        out.extend(encode_request(clients, &items[group]).await?);
+    }
+    Ok(out)
+}
+
+async fn encode_request(
     clients: &Clients,
     items: &[&Item],
 ) -> Result<Vec<Result<Vec<f32>, String>>, LoadError> {
@@ -220,6 +266,7 @@ async fn process_batch(
     dataset: DatasetKind,
     items: Vec<Item>,
     claimed: &Mutex<HashSet<Uuid>>,
+    max_request_pixels: u64,
 ) -> Result<BatchOutcome, LoadError> {
     let mut entries: Vec<(Item, ImageObject, Uuid)> = items
         .into_iter()
@@ -265,7 +312,7 @@ async fn process_batch(
     }
     let started = Instant::now();
     let images: Vec<&Item> = todo.iter().map(|(item, _, _)| item).collect();
-    let vectors = encode(clients, &images).await?;
+    let vectors = encode(clients, &images, max_request_pixels).await?;
     metrics::stage("encode", started.elapsed());
     let started = Instant::now();
     let mut encoded = Vec::new();
@@ -384,7 +431,15 @@ pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, L
     }
     let claimed = Mutex::new(HashSet::new());
     let mut results = batches
-        .map(|batch| process_batch(clients, options.dataset, batch, &claimed))
+        .map(|batch| {
+            process_batch(
+                clients,
+                options.dataset,
+                batch,
+                &claimed,
+                options.max_request_pixels,
+            )
+        })
         .buffer_unordered(options.concurrency.max(1));
     let mut error = None;
     while let Some(result) = results.next().await {
@@ -479,5 +534,52 @@ mod retry_tests {
         .await;
         assert!(matches!(out, Err(RetryError::Rejected(_))));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[cfg(test)]
+mod pixel_budget_tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Item {
+        let mut bytes = Vec::new();
+        image::GrayImage::new(width, height)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .expect("png");
+        Item {
+            key: format!("{width}x{height}"),
+            bytes,
+            attributes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_split_where_the_pixels_would_pass_the_budget() {
+        // 100×100 = 10,000 px each; a budget of 25,000 px takes two at a time.
+        let items: Vec<Item> = (0..5).map(|_| png(100, 100)).collect();
+        let refs: Vec<&Item> = items.iter().collect();
+        assert_eq!(pixel_groups(&refs, 25_000), vec![0..2, 2..4, 4..5]);
+        // Everything fits: one request.
+        assert_eq!(pixel_groups(&refs, 50_000), vec![0..5]);
+    }
+
+    #[test]
+    fn an_item_over_the_budget_goes_alone_and_unreadable_headers_count_as_nothing() {
+        let big = png(300, 300);
+        let small = png(10, 10);
+        let garbage = Item {
+            key: "garbage".into(),
+            bytes: b"not an image".to_vec(),
+            attributes: Default::default(),
+        };
+        let refs = vec![&small, &big, &garbage, &small];
+        assert_eq!(pixel_groups(&refs, 1_000), vec![0..1, 1..2, 2..4]);
+        assert_eq!(
+            pixel_groups(&[], 1_000),
+            Vec::<std::ops::Range<usize>>::new()
+        );
     }
 }

@@ -127,6 +127,10 @@ enum Command {
         /// Batches in flight at once.
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        /// Pixels in one encode request at most (model-serving's own setting: a batch of large
+        /// photos is sent in as many requests as this takes).
+        #[arg(long, env = "MODEL_SERVING_MAX_REQUEST_PIXELS", default_value_t = etl::DEFAULT_MAX_REQUEST_PIXELS)]
+        max_request_pixels: u64,
         /// Read the dataset and report, write nothing.
         #[arg(long)]
         dry_run: bool,
@@ -234,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
             batch_size,
             concurrency,
+            max_request_pixels,
             dry_run,
         } => {
             let required = |v: &Option<SecretString>, name: &str, file: &str| {
@@ -272,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency,
                 dry_run,
                 progress: std::io::stderr().is_terminal(),
+                max_request_pixels,
             };
             let metrics = telemetry::install_metrics("etl")?;
             etl::metrics::describe();

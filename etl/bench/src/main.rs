@@ -181,6 +181,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         concurrency: 2,
         dry_run: false,
         progress: false,
+        max_request_pixels: etl::DEFAULT_MAX_REQUEST_PIXELS,
     };
     let summary = tokio::time::timeout(Duration::from_secs(1800), etl::load(&options, &clients))
         .await

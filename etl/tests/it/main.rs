@@ -99,9 +99,19 @@ impl Stack {
 }
 
 async fn start_stack() -> Stack {
+    start_stack_with(None).await
+}
+
+/// The stack, with model-serving's per-request pixel budget when given.
+async fn start_stack_with(max_request_pixels: Option<u64>) -> Stack {
+    let mut encoder =
+        local_stack::encoder_config(local_stack::test_model_dir(), local_stack::ort_library());
+    if let Some(budget) = max_request_pixels {
+        encoder.max_request_pixels = budget;
+    }
     let model = local_stack::start_model_serving(
         local_stack::loopback().await.expect("bind"),
-        local_stack::encoder_config(local_stack::test_model_dir(), local_stack::ort_library()),
+        encoder,
         local_stack::http_limits(),
     )
     .await
@@ -136,6 +146,7 @@ fn options(dataset: DatasetKind, source: PathBuf, limit: Option<usize>) -> LoadO
         concurrency: 2,
         dry_run: false,
         progress: false,
+        max_request_pixels: etl::DEFAULT_MAX_REQUEST_PIXELS,
     }
 }
 
@@ -713,4 +724,63 @@ fn traces_continue_into_model_serving_and_the_backend() {
         assert!(attribute(server, "http.route").is_some());
     }
     drop(runtime);
+}
+
+/// model-serving refuses a request whose images hold more pixels than its budget; the ETL reads
+/// the headers and sends a batch in as many requests as the budget takes, so nothing is refused
+/// (without the split, every batch would first be refused whole, then sent one by one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_split_to_fit_model_servings_pixel_budget() {
+    let photos = dataset_dir().join("images");
+    let mut sizes: Vec<u64> = std::fs::read_dir(&photos)
+        .expect("images")
+        .filter_map(|e| e.ok())
+        .take(64)
+        .filter_map(|e| image::image_dimensions(e.path()).ok())
+        .map(|(w, h)| u64::from(w) * u64::from(h))
+        .collect();
+    sizes.sort_unstable();
+    // Room for about three of the largest photos per request.
+    let budget = 3 * sizes.last().copied().expect("photos");
+    let stack = start_stack_with(Some(budget)).await;
+    let options = LoadOptions {
+        max_request_pixels: budget,
+        batch_size: 16,
+        ..options(DatasetKind::FashionProductImages, dataset_dir(), Some(32))
+    };
+    let summary = etl::load(&options, &stack.clients()).await.expect("load");
+    assert_eq!(summary.failed, Vec::<(String, String)>::new());
+    assert_eq!(summary.loaded + summary.already_present, 32);
+    let metrics = reqwest::get(format!("http://{}/metrics", stack.model))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("http_requests_total{")
+                && l.contains("route=\"/encode_image\"")
+                && l.contains("status=\"4xx\"")
+        })
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "model-serving refused requests: {refused:?}"
+    );
+    let encoded: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("http_requests_total{")
+                && l.contains("route=\"/encode_image\"")
+                && l.contains("status=\"2xx\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        encoded >= 32 / 3,
+        "{encoded} encode requests for 32 photos in threes"
+    );
+    stack.stop().await;
 }
