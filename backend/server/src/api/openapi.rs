@@ -74,6 +74,22 @@ mod tests {
         assert_eq!(q["required"], true, "{q}");
         assert_eq!(q["schema"]["minLength"], 1, "{q}");
         assert_eq!(q["schema"]["maxLength"], 500, "{q}");
+        for (path, method) in [
+            ("/v1/search", "get"),
+            ("/v1/search/image", "post"),
+            ("/v1/images/{id}/similar", "get"),
+            ("/v1/images", "get"),
+        ] {
+            for field in backend_api::Filters::FIELDS {
+                param(path, method, field);
+            }
+        }
+        let min_score = param("/v1/search", "get", "min_score");
+        assert_eq!(
+            min_score["schema"]["minimum"].as_f64(),
+            Some(-1.0),
+            "{min_score}"
+        );
         let limit = param("/v1/images", "get", "limit");
         assert_eq!(limit["schema"]["maximum"].as_f64(), Some(100.0), "{limit}");
         let statuses = |path: &str, method: &str| -> Vec<String> {
