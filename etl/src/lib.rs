@@ -22,6 +22,7 @@ use backend_api::{BackendClient, IngestItem};
 use catalog::store::{ObjectStore, StorageError};
 use catalog::{ImageObject, content_key};
 use futures::StreamExt;
+use http_edge::retry::Transient;
 use model_serving_api::ModelServingClient;
 use uuid::Uuid;
 
@@ -121,84 +122,49 @@ pub fn point_id(dataset: DatasetKind, bytes: &[u8]) -> Uuid {
     catalog::point_id(dataset.name(), &stored_object(bytes).key)
 }
 
-const ATTEMPTS: u32 = 6;
+/// Six calls in all, 200 ms before the second, doubling up to 5 s; a `Retry-After` up to 30 s
+/// is honoured.
+const BACKOFF: http_edge::retry::Backoff =
+    http_edge::retry::Backoff::new(6, Duration::from_millis(200));
 
-/// What a failed call says about trying it again.
-trait Transient: std::fmt::Display {
-    /// Whether the same call may succeed later.
-    fn transient(&self) -> bool;
-    /// How long the service asked us to wait (its `Retry-After`), if it said.
-    fn retry_after(&self) -> Option<Duration> {
-        None
+/// A storage failure wrapped for the shared retry: object storage failures are network or
+/// server faults, worth another try.
+struct StorageFailure(StorageError);
+
+impl std::fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
-impl Transient for telemetry::client::CallError {
-    fn transient(&self) -> bool {
-        self.is_transient()
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Unavailable { retry_after, .. } | Self::RateLimited { retry_after, .. } => {
-                *retry_after
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Object storage failures are network or server faults: worth another try.
-impl Transient for StorageError {
-    fn transient(&self) -> bool {
+impl Transient for StorageFailure {
+    fn is_transient(&self) -> bool {
         true
     }
 }
 
-/// The longest `Retry-After` honoured; a longer one is a misconfiguration, not a plan.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-
-/// Retries `call` while it fails transiently, with exponential backoff; an overloaded service's
-/// `Retry-After` is honoured (never retried sooner than it asked).
+/// Retries `call` while it fails transiently ([`http_edge::retry`]: exponential backoff, an
+/// overloaded service's `Retry-After` honoured); sorts the final error into "skip this input"
+/// and "stop the job".
 async fn retry<T, E, F, Fut>(stage: &'static str, call: F) -> Result<T, RetryError<E>>
 where
-    E: Transient,
-    F: Fn() -> Fut,
+    E: Transient + std::fmt::Display,
+    F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=ATTEMPTS {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(e) if e.transient() && attempt < ATTEMPTS => {
-                let wait = e
-                    .retry_after()
-                    .map_or(delay, |asked| asked.min(MAX_RETRY_AFTER).max(delay));
-                tracing::warn!(
+    http_edge::retry::retry(&BACKOFF, stage, call)
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                RetryError::Persistent(LoadError::Persistent {
                     stage,
-                    attempt,
-                    wait_ms = wait.as_millis() as u64,
-                    error = %e,
-                    "transient failure; retrying"
-                );
-                tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) if e.transient() => {
-                return Err(RetryError::Persistent(LoadError::Persistent {
-                    stage,
-                    attempts: ATTEMPTS,
+                    attempts: BACKOFF.attempts as u32,
                     message: e.to_string(),
-                }));
+                })
+            } else {
+                RetryError::Rejected(e)
             }
-            Err(e) => return Err(RetryError::Rejected(e)),
-        }
-    }
-    Err(RetryError::Persistent(LoadError::Persistent {
-        stage,
-        attempts: ATTEMPTS,
-        message: "no attempt made".into(),
-    }))
+        })
 }
 
 enum RetryError<E> {
@@ -326,8 +292,11 @@ async fn process_batch(
     let store = &clients.store;
     let stored: Vec<Result<IngestItem, LoadError>> = futures::stream::iter(encoded)
         .map(|(item, object, id, vector)| async move {
-            match retry("store", || {
-                store.put(&object.key, item.bytes.clone(), object.content_type)
+            match retry("store", || async {
+                store
+                    .put(&object.key, item.bytes.clone(), object.content_type)
+                    .await
+                    .map_err(StorageFailure)
             })
             .await
             {
@@ -494,7 +463,7 @@ mod retry_tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use telemetry::client::CallError;
+    use http_edge::CallError;
 
     #[tokio::test]
     async fn an_overloaded_service_is_retried_no_sooner_than_it_asked() {

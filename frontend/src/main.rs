@@ -40,7 +40,7 @@ async fn run(config: FrontendConfig) -> anyhow::Result<()> {
         listener,
         app,
         config.edge_limits().header_timeout,
-        telemetry::ops::shutdown_signal(),
+        http_edge::shutdown_signal(),
     )
     .await
 }
