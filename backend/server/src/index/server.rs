@@ -147,7 +147,11 @@ impl VectorIndex for QdrantServerIndex {
     /// The server's health check: answers even before the collection exists (a count would not
     /// reach the server then).
     async fn probe(&self) -> Result<(), IndexError> {
-        self.client.health_check().await.map(drop).map_err(unavailable)
+        self.client
+            .health_check()
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {
