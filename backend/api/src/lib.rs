@@ -319,7 +319,7 @@ impl ErrorBody {
 }
 
 /// Every client call fails with the shared error of the services' JSON calls.
-pub use telemetry::client::CallError as ClientError;
+pub use http_edge::CallError as ClientError;
 
 /// A typed client for the backend. Cheap to clone; connections are pooled. Its `Debug` output
 /// masks the API key.
@@ -479,7 +479,7 @@ impl BackendClient {
             Some(client) => request.header("x-forwarded-for", client.to_string()),
             None => request,
         };
-        telemetry::client::send_json(request).await
+        http_edge::send_json(request).await
     }
 }
 

@@ -21,9 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
 use backend_api::ErrorKind;
+use http_edge::EdgeLimits;
+use http_edge::rate_limit::RateLimit;
 use secrecy::SecretString;
-use telemetry::edge::EdgeLimits;
-use telemetry::rate_limit::RateLimit;
 use telemetry::{PrometheusHandle, Readiness};
 use utoipa::OpenApi;
 
@@ -49,7 +49,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
-/// What the edge admits ([`telemetry::edge`]): timeouts and load shedding on every API route,
+/// What the edge admits ([`http_edge::limits`]): timeouts and load shedding on every API route,
 /// rate limits per client on the searches and per API key on the writes.
 #[derive(Clone)]
 pub struct Edge {
@@ -110,7 +110,7 @@ pub fn router(
                 .config(utoipa_swagger_ui::Config::from("/openapi.json")),
         );
     Router::new()
-        .merge(telemetry::edge::protect(api, SERVICE, &edge.limits))
+        .merge(http_edge::protect(api, SERVICE, &edge.limits))
         // Outside the edge limits: probes and scrapes answer while the API sheds load.
         .merge(telemetry::ops_router(metrics, readiness))
         .fallback(|| async { ApiError::new(ErrorKind::NotFound, "no such route") })

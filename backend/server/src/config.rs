@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use http_edge::limits::{self as edge, EdgeLimits};
+use http_edge::rate_limit::{Rate, TrustedProxies};
 use secrecy::{ExposeSecret, SecretString};
-use telemetry::edge::{self, EdgeLimits};
-use telemetry::rate_limit::{Rate, TrustedProxies};
 
 use crate::fetch::{AllowList, FetchSettings};
 
@@ -126,7 +126,7 @@ impl BackendConfig {
     }
 }
 
-/// What the backend admits at its edge ([`telemetry::edge`], [`telemetry::rate_limit`]) and
+/// What the backend admits at its edge ([`http_edge::limits`], [`http_edge::rate_limit`]) and
 /// how often readiness probes its dependencies. Defaults: [`EdgeConfig::default`].
 #[derive(Debug, Clone, Args)]
 pub struct EdgeConfig {

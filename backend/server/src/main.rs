@@ -43,5 +43,5 @@ async fn run(config: BackendConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.addr))?;
     let backend = backend::build(&config, None).await?;
     tracing::info!(addr = %listener.local_addr()?, "backend listening");
-    backend::serve(listener, backend, telemetry::ops::shutdown_signal()).await
+    backend::serve(listener, backend, http_edge::shutdown_signal()).await
 }

@@ -8,22 +8,13 @@
 //! - [`ops::Readiness::watch`]: readiness kept current by periodic dependency probes.
 //!
 //! The HTTP edge (error body, limits, rate limits, serving, outgoing calls with `traceparent`)
-//! is the `http-edge` crate. `edge`, `rate_limit`, `client`, `propagation` and
-//! `ops::shutdown_signal` re-export it here for one step, while callers move over.
+//! is the `http-edge` crate; this one holds only telemetry.
 
 mod logs;
 pub mod metrics;
 
-pub mod edge;
 pub mod http;
 pub mod ops;
-#[doc(hidden)]
-pub use http_edge::{client, rate_limit};
-/// Moved to [`http_edge::client::inject`]; re-exported for one step.
-#[doc(hidden)]
-pub mod propagation {
-    pub use http_edge::client::inject;
-}
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -225,7 +225,3 @@ async fn ready(State(state): State<OpsState>) -> Response {
     };
     (status, Json(body)).into_response()
 }
-
-/// Moved to [`http_edge::shutdown_signal`]; re-exported for one step.
-#[doc(hidden)]
-pub use http_edge::shutdown_signal;

@@ -67,7 +67,7 @@ fn trace_continues_across_two_services() {
                     let client = client.clone();
                     async move {
                         let request = client.get(format!("http://{leaf_addr}/leaf/42"));
-                        telemetry::propagation::inject(request)
+                        http_edge::client::inject(request)
                             .send()
                             .await
                             .expect("leaf call")
