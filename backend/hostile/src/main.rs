@@ -219,7 +219,22 @@ async fn status_of(request: reqwest::RequestBuilder) -> Result<String, String> {
 /// that answers before reading the whole body (authorization first, a part limit) closes the
 /// connection after answering; an HTTP client that writes first and reads after then sees only
 /// the reset. This reads the answer as a browser would.
-fn early_answer(addr: SocketAddr, head: String, body: Vec<u8>) -> Result<String, String> {
+async fn early_answer(
+    addr: SocketAddr,
+    path: &'static str,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Result<String, String> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tokio::task::spawn_blocking(move || exchange(addr, head, body))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn exchange(addr: SocketAddr, head: String, body: Vec<u8>) -> Result<String, String> {
     let mut reader = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     reader
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -462,16 +477,13 @@ async fn main() -> anyhow::Result<()> {
         "{{\"items\": [{}]}}",
         vec!["{\"id\":\"x\"}"; 1_500_000].join(",")
     );
-    let head = format!(
-        "POST /v1/images:batch HTTP/1.1\r\nhost: {backend_addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        huge_json.len()
-    );
-    run.case("anonymous 30 MB batch JSON", "401", |_| async move {
-        tokio::task::spawn_blocking(move || {
-            early_answer(backend_addr, head, huge_json.into_bytes())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+    run.case("anonymous 30 MB batch JSON", "401", |_| {
+        early_answer(
+            backend_addr,
+            "/v1/images:batch",
+            "application/json",
+            huge_json.into_bytes(),
+        )
     })
     .await;
     let url = offset_url.clone();
@@ -486,16 +498,13 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| format!("--b\r\ncontent-disposition: form-data; name=\"f{i}\"\r\n\r\nx\r\n"))
         .chain(std::iter::once("--b--\r\n".to_owned()))
         .collect();
-    let head = format!(
-        "POST /v1/search/image?k=5 HTTP/1.1\r\nhost: {backend_addr}\r\ncontent-type: multipart/form-data; boundary=b\r\ncontent-length: {}\r\n\r\n",
-        many_parts.len()
-    );
-    run.case("20,000 multipart parts", "400", |_| async move {
-        tokio::task::spawn_blocking(move || {
-            early_answer(backend_addr, head, many_parts.into_bytes())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+    run.case("20,000 multipart parts", "400", |_| {
+        early_answer(
+            backend_addr,
+            "/v1/search/image?k=5",
+            "multipart/form-data; boundary=b",
+            many_parts.into_bytes(),
+        )
     })
     .await;
     let image_server = TcpListener::bind("127.0.0.1:0")?;

@@ -1,42 +1,12 @@
 //! The backend's edge against the real stack: readiness that follows model-serving, rate limits
 //! per client on searches and per key on writes.
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::IpAddr;
+use std::time::Duration;
 
 use backend::config::EdgeConfig;
 
 use crate::helpers::{self, API_KEY};
-
-async fn ready(http: &reqwest::Client, addr: SocketAddr) -> (u16, serde_json::Value) {
-    let response = http
-        .get(format!("http://{addr}/health/ready"))
-        .send()
-        .await
-        .expect("ready");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("json"))
-}
-
-async fn wait_for_ready(
-    http: &reqwest::Client,
-    addr: SocketAddr,
-    status: u16,
-    within: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (now, body) = ready(http, addr).await;
-        if now == status {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/health/ready still {now} after {within:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_model_serving() {
@@ -53,13 +23,13 @@ async fn readiness_follows_model_serving() {
     let backend = helpers::start_backend(&config).await.expect("backend");
     let http = reqwest::Client::new();
 
-    let body = wait_for_ready(&http, backend.addr, 200, Duration::from_secs(5)).await;
+    let body = helpers::wait_for_ready(backend.addr, 200, Duration::from_secs(5)).await;
     for check in ["index", "storage", "model_serving"] {
         assert_eq!(body["checks"][check]["status"], "ready", "{body}");
     }
 
     model.stop().await.expect("model-serving stops");
-    let body = wait_for_ready(&http, backend.addr, 503, Duration::from_secs(5)).await;
+    let body = helpers::wait_for_ready(backend.addr, 503, Duration::from_secs(5)).await;
     assert_eq!(body["checks"]["model_serving"]["status"], "not_ready");
     assert_eq!(body["checks"]["index"]["status"], "ready");
     assert_eq!(body["checks"]["storage"]["status"], "ready");
@@ -73,7 +43,7 @@ async fn readiness_follows_model_serving() {
 
     // Back on the same address: ready again.
     let model = helpers::start_model_serving(model_addr).await;
-    wait_for_ready(&http, backend.addr, 200, Duration::from_secs(10)).await;
+    helpers::wait_for_ready(backend.addr, 200, Duration::from_secs(10)).await;
 
     backend.stop().await;
     model.stop().await.expect("model-serving stops");
@@ -193,12 +163,11 @@ async fn readiness_follows_external_storage() {
         ..helpers::config(data.path(), model.addr)
     };
     let backend = helpers::start_backend(&config).await.expect("backend");
-    let http = reqwest::Client::new();
-    let body = wait_for_ready(&http, backend.addr, 200, Duration::from_secs(5)).await;
+    let body = helpers::wait_for_ready(backend.addr, 200, Duration::from_secs(5)).await;
     assert_eq!(body["checks"]["storage"]["status"], "ready", "{body}");
 
     s3.stop().await;
-    let body = wait_for_ready(&http, backend.addr, 503, Duration::from_secs(10)).await;
+    let body = helpers::wait_for_ready(backend.addr, 503, Duration::from_secs(10)).await;
     assert_eq!(body["checks"]["storage"]["status"], "not_ready", "{body}");
     assert_eq!(body["checks"]["index"]["status"], "ready", "{body}");
     assert_eq!(body["checks"]["model_serving"]["status"], "ready", "{body}");
@@ -208,7 +177,7 @@ async fn readiness_follows_external_storage() {
         .await
         .expect("rebind S3");
     let s3 = EmbeddedS3::start(s3_listener, objects.path(), access, secret).expect("S3 restarts");
-    wait_for_ready(&http, backend.addr, 200, Duration::from_secs(10)).await;
+    helpers::wait_for_ready(backend.addr, 200, Duration::from_secs(10)).await;
 
     backend.stop().await;
     s3.stop().await;

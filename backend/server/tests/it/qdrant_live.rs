@@ -96,25 +96,6 @@ impl Drop for QdrantProcess {
     }
 }
 
-async fn ready(addr: SocketAddr, status: u16, within: Duration) -> serde_json::Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let response = reqwest::get(format!("http://{addr}/health/ready"))
-            .await
-            .expect("ready");
-        let now = response.status().as_u16();
-        let body: serde_json::Value = response.json().await.expect("json");
-        if now == status {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/health/ready still {now} after {within:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Readiness turns 503 `index` while the Qdrant server is down and comes back with it; a text
 /// search meanwhile answers 503 with Retry-After, and works again after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,11 +116,11 @@ async fn readiness_follows_the_qdrant_server() {
     };
     let backend = helpers::start_backend(&config).await.expect("backend");
     helpers::ingest(&backend, model.addr, &helpers::products(3)).await;
-    let body = ready(backend.addr, 200, Duration::from_secs(10)).await;
+    let body = helpers::wait_for_ready(backend.addr, 200, Duration::from_secs(10)).await;
     assert_eq!(body["checks"]["index"]["status"], "ready", "{body}");
 
     qdrant.kill();
-    let body = ready(backend.addr, 503, Duration::from_secs(15)).await;
+    let body = helpers::wait_for_ready(backend.addr, 503, Duration::from_secs(15)).await;
     assert_eq!(body["checks"]["index"]["status"], "not_ready", "{body}");
     assert_eq!(body["checks"]["storage"]["status"], "ready", "{body}");
     let search = backend
@@ -152,7 +133,7 @@ async fn readiness_follows_the_qdrant_server() {
     assert!(search.headers().contains_key("retry-after"));
 
     let qdrant = qdrant.restart().await;
-    ready(backend.addr, 200, Duration::from_secs(30)).await;
+    helpers::wait_for_ready(backend.addr, 200, Duration::from_secs(30)).await;
     let search = backend
         .http
         .get(backend.url("/v1/search?q=red+dress&k=3"))
