@@ -1,15 +1,18 @@
 //! Extractors and their rejections: the route's query (unknown keys refused against the
 //! route's list and [`Filters::FIELDS`]), path ids, JSON and multipart bodies, the write key.
 
+use axum::Json;
+use axum::extract::multipart::Field;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Multipart, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use backend_api::{ErrorKind, Filters, SearchParams, TextQuery};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -165,19 +168,63 @@ pub(super) fn too_many_parts() -> ApiError {
     )
 }
 
+/// The next multipart part, counting it against [`MAX_PARTS`].
+pub(super) async fn next_part<'a>(
+    multipart: &'a mut Multipart,
+    parts: &mut usize,
+) -> Result<Option<Field<'a>>, ApiError> {
+    let Some(field) = multipart.next_field().await.map_err(multipart_error)? else {
+        return Ok(None);
+    };
+    *parts += 1;
+    if *parts > MAX_PARTS {
+        return Err(too_many_parts());
+    }
+    Ok(Some(field))
+}
+
+pub(super) fn missing_file() -> ApiError {
+    ApiError::new(
+        ErrorKind::MissingFile,
+        "send the image as a multipart file field named \"file\"",
+    )
+}
+
 pub(super) async fn first_file(mut multipart: Multipart) -> Result<Vec<u8>, ApiError> {
     let mut parts = 0;
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-        parts += 1;
-        if parts > MAX_PARTS {
-            return Err(too_many_parts());
-        }
+    while let Some(field) = next_part(&mut multipart, &mut parts).await? {
         if field.file_name().is_some() || field.name() == Some("file") {
             return Ok(field.bytes().await.map_err(multipart_error)?.to_vec());
         }
     }
-    Err(ApiError::new(
-        ErrorKind::MissingFile,
-        "send the image as a multipart file field named \"file\"",
-    ))
+    Err(missing_file())
+}
+
+/// The body of an endpoint that takes either a multipart upload or JSON.
+pub(super) enum UploadOrJson<T> {
+    Upload(Multipart),
+    Json(T),
+}
+
+/// Reads the body as multipart if the content type says so, else as JSON.
+pub(super) async fn upload_or_json<T: DeserializeOwned>(
+    request: Request,
+    state: &AppState,
+) -> Result<UploadOrJson<T>, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::new(ErrorKind::InvalidMultipart, e.body_text()))?;
+        return Ok(UploadOrJson::Upload(multipart));
+    }
+    let Json(body) = Json::<T>::from_request(request, state)
+        .await
+        .map_err(json_error)?;
+    Ok(UploadOrJson::Json(body))
 }

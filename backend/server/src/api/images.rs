@@ -2,8 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
-use axum::http::header;
+use axum::extract::{Path, Request, State};
 use backend_api::{
     DeleteResponse, ErrorBody, ErrorKind, ExistsRequest, ExistsResponse, Filters, ImageAttributes,
     ImageItem, IngestBatchRequest, IngestBatchResponse, ListResponse,
@@ -12,7 +11,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::extract::{
-    ListQuery, MAX_PARTS, Params, json_error, multipart_error, path_id, too_many_parts,
+    ListQuery, Params, UploadOrJson, json_error, missing_file, multipart_error, next_part, path_id,
+    upload_or_json,
 };
 use super::{ApiError, AppState};
 use crate::fetch::{FetchError, ImageFetcher};
@@ -187,69 +187,52 @@ pub(super) async fn add_image(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<ImageItem>, ApiError> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let (bytes, attributes, id) = if content_type.starts_with("multipart/form-data") {
-        let mut multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::new(ErrorKind::InvalidMultipart, e.body_text()))?;
-        let mut fields = serde_json::Map::new();
-        let mut bytes = None;
-        let mut parts = 0;
-        while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-            parts += 1;
-            if parts > MAX_PARTS {
-                return Err(too_many_parts());
+    let (bytes, attributes, id) = match upload_or_json::<AddImageUrl>(request, &state).await? {
+        UploadOrJson::Upload(mut multipart) => {
+            let mut fields = serde_json::Map::new();
+            let mut bytes = None;
+            let mut parts = 0;
+            while let Some(field) = next_part(&mut multipart, &mut parts).await? {
+                let name = field.name().unwrap_or_default().to_owned();
+                if name == "file" || field.file_name().is_some() {
+                    bytes = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
+                } else {
+                    let text = field.text().await.map_err(multipart_error)?;
+                    let value = match name.as_str() {
+                        "width" | "height" => text
+                            .parse::<u32>()
+                            .map(serde_json::Value::from)
+                            .map_err(|_| {
+                                ApiError::new(
+                                    ErrorKind::InvalidField,
+                                    format!("{name} must be an integer"),
+                                )
+                            })?,
+                        _ => serde_json::Value::from(text),
+                    };
+                    fields.insert(name, value);
+                }
             }
-            let name = field.name().unwrap_or_default().to_owned();
-            if name == "file" || field.file_name().is_some() {
-                bytes = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
-            } else {
-                let text = field.text().await.map_err(multipart_error)?;
-                let value = match name.as_str() {
-                    "width" | "height" => text
-                        .parse::<u32>()
-                        .map(serde_json::Value::from)
-                        .map_err(|_| {
-                            ApiError::new(
-                                ErrorKind::InvalidField,
-                                format!("{name} must be an integer"),
-                            )
-                        })?,
-                    _ => serde_json::Value::from(text),
-                };
-                fields.insert(name, value);
-            }
+            let bytes = bytes.ok_or_else(missing_file)?;
+            let id = fields
+                .remove("id")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .map(|s| s.parse::<Uuid>())
+                .transpose()
+                .map_err(|_| ApiError::new(ErrorKind::InvalidId, "id must be a UUID"))?;
+            let attributes: ImageAttributes =
+                serde_json::from_value(serde_json::Value::Object(fields))
+                    .map_err(|e| ApiError::new(ErrorKind::InvalidField, e.to_string()))?;
+            (bytes, attributes, id)
         }
-        let bytes = bytes.ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::MissingFile,
-                "send the image as a multipart file field named \"file\"",
-            )
-        })?;
-        let id = fields
-            .remove("id")
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .map(|s| s.parse::<Uuid>())
-            .transpose()
-            .map_err(|_| ApiError::new(ErrorKind::InvalidId, "id must be a UUID"))?;
-        let attributes: ImageAttributes = serde_json::from_value(serde_json::Value::Object(fields))
-            .map_err(|e| ApiError::new(ErrorKind::InvalidField, e.to_string()))?;
-        (bytes, attributes, id)
-    } else {
-        let Json(body) = Json::<AddImageUrl>::from_request(request, &state)
-            .await
-            .map_err(json_error)?;
-        let bytes = state
-            .fetcher
-            .fetch(&body.url)
-            .await
-            .map_err(|e| fetch_error(&state.fetcher, e))?;
-        (bytes, body.attributes, body.id)
+        UploadOrJson::Json(body) => {
+            let bytes = state
+                .fetcher
+                .fetch(&body.url)
+                .await
+                .map_err(|e| fetch_error(&state.fetcher, e))?;
+            (bytes, body.attributes, body.id)
+        }
     };
     Ok(Json(state.engine.add_image(bytes, attributes, id).await?))
 }

@@ -2,15 +2,14 @@
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
-use axum::http::header;
+use axum::extract::{Multipart, Path, Request, State};
 use backend_api::{
     ErrorBody, ErrorKind, FacetsResponse, Filters, SearchParams, SearchResponse, StatsResponse,
     TextQuery, TextSearchRequest,
 };
 use uuid::Uuid;
 
-use super::extract::{Params, TextSearch, first_file, json_error, path_id};
+use super::extract::{Params, TextSearch, UploadOrJson, first_file, path_id, upload_or_json};
 use super::images::ImageUpload;
 use super::{ApiError, AppState};
 
@@ -76,32 +75,24 @@ pub(super) async fn search_reference(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if content_type.starts_with("multipart/form-data") {
-        let multipart = Multipart::from_request(request, &state)
-            .await
-            .map_err(|e| ApiError::new(ErrorKind::InvalidMultipart, e.body_text()))?;
-        let image = first_file(multipart).await?;
-        return Ok(Json(
-            state
-                .engine
-                .search_image(image, &SearchParams::default())
-                .await?,
-        ));
+    match upload_or_json::<TextSearchRequest>(request, &state).await? {
+        UploadOrJson::Upload(multipart) => {
+            let image = first_file(multipart).await?;
+            Ok(Json(
+                state
+                    .engine
+                    .search_image(image, &SearchParams::default())
+                    .await?,
+            ))
+        }
+        UploadOrJson::Json(body) => {
+            let params = SearchParams {
+                k: body.k,
+                ..Default::default()
+            };
+            Ok(Json(state.engine.search_text(&body.text, &params).await?))
+        }
     }
-    let Json(body) = Json::<TextSearchRequest>::from_request(request, &state)
-        .await
-        .map_err(json_error)?;
-    let params = SearchParams {
-        k: body.k,
-        ..Default::default()
-    };
-    Ok(Json(state.engine.search_text(&body.text, &params).await?))
 }
 
 /// More like this: the images nearest to an indexed one.

@@ -60,6 +60,22 @@ fn payload_of(
 }
 
 impl QdrantServerIndex {
+    /// Runs a query and reads each UUID-keyed point's payload (points with other ids are
+    /// skipped) into what `build` makes of its id, score and payload.
+    async fn query<T>(
+        &self,
+        builder: QueryPointsBuilder,
+        build: impl Fn(Uuid, f32, StoredPayload) -> T,
+    ) -> Result<Vec<T>, IndexError> {
+        let response = self.client.query(builder).await.map_err(unavailable)?;
+        response
+            .result
+            .into_iter()
+            .filter_map(|p| point_uuid(p.id.as_ref()).map(|id| (id, p)))
+            .map(|(id, p)| Ok(build(id, p.score, payload_of(p.payload)?)))
+            .collect()
+    }
+
     pub async fn connect(
         url: &str,
         api_key: Option<String>,
@@ -259,19 +275,12 @@ impl VectorIndex for QdrantServerIndex {
         if let Some(min) = request.min_score {
             builder = builder.score_threshold(min);
         }
-        let response = self.client.query(builder).await.map_err(unavailable)?;
-        response
-            .result
-            .into_iter()
-            .filter_map(|p| point_uuid(p.id.as_ref()).map(|id| (id, p)))
-            .map(|(id, p)| {
-                Ok(ScoredPoint {
-                    id,
-                    score: p.score,
-                    payload: payload_of(p.payload)?,
-                })
-            })
-            .collect()
+        self.query(builder, |id, score, payload| ScoredPoint {
+            id,
+            score,
+            payload,
+        })
+        .await
     }
 
     async fn list(
@@ -291,19 +300,12 @@ impl VectorIndex for QdrantServerIndex {
         if let Some(filter) = qdrant_filter(filter) {
             builder = builder.filter(filter);
         }
-        let response = self.client.query(builder).await.map_err(unavailable)?;
-        response
-            .result
-            .into_iter()
-            .filter_map(|p| point_uuid(p.id.as_ref()).map(|id| (id, p)))
-            .map(|(id, p)| {
-                Ok(Record {
-                    id,
-                    payload: payload_of(p.payload)?,
-                    vector: None,
-                })
-            })
-            .collect()
+        self.query(builder, |id, _score, payload| Record {
+            id,
+            payload,
+            vector: None,
+        })
+        .await
     }
 
     async fn count(&self, filter: &Filter) -> Result<u64, IndexError> {
