@@ -366,16 +366,48 @@ async fn refused_images_never_open_the_breaker() {
     ms.stop().await.expect("model-serving stops cleanly");
 }
 
+/// A backend and its model-serving for the delete/add races, and the photo they race over
+/// with its content-addressed object key.
+struct Race {
+    ms: local_stack::Running<()>,
+    _data: tempfile::TempDir,
+    backend: TestBackend,
+    photo: Vec<u8>,
+    key: String,
+}
+
+impl Race {
+    async fn start() -> Race {
+        let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
+        let data = tempfile::tempdir().expect("tempdir");
+        let backend = start_backend(&config(data.path(), ms.addr))
+            .await
+            .expect("backend");
+        let photo = std::fs::read(&products(1)[0].photo).expect("photo");
+        let key = backend::search::content_key(&photo, "jpg");
+        Race {
+            ms,
+            _data: data,
+            backend,
+            photo,
+            key,
+        }
+    }
+
+    async fn stop(self) {
+        self.backend.stop().await;
+        self.ms.stop().await.expect("model-serving stops cleanly");
+    }
+}
+
 #[tokio::test]
 async fn a_delete_racing_an_add_of_the_same_bytes_keeps_the_object() {
-    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let backend = start_backend(&config(data.path(), ms.addr))
-        .await
-        .expect("backend");
-    let engine = backend.engine.clone();
-    let photo = std::fs::read(&products(1)[0].photo).expect("photo");
-    let key = backend::search::content_key(&photo, "jpg");
+    let race = Race::start().await;
+    let (engine, photo, key) = (
+        race.backend.engine.clone(),
+        race.photo.clone(),
+        race.key.clone(),
+    );
     let attributes = |dataset: &str| ImageAttributes {
         dataset: dataset.into(),
         ..Default::default()
@@ -410,21 +442,18 @@ async fn a_delete_racing_an_add_of_the_same_bytes_keeps_the_object() {
         );
     }
     drop(engine);
-    backend.stop().await;
-    ms.stop().await.expect("model-serving stops cleanly");
+    race.stop().await;
 }
 
 #[tokio::test]
 async fn a_batch_cannot_name_an_object_a_racing_delete_removed() {
     use backend::search::SearchError;
-    let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
-    let data = tempfile::tempdir().expect("tempdir");
-    let backend = start_backend(&config(data.path(), ms.addr))
-        .await
-        .expect("backend");
-    let engine = backend.engine.clone();
-    let photo = std::fs::read(&products(1)[0].photo).expect("photo");
-    let key = backend::search::content_key(&photo, "jpg");
+    let race = Race::start().await;
+    let (engine, photo, key) = (
+        race.backend.engine.clone(),
+        race.photo.clone(),
+        race.key.clone(),
+    );
     let vector = engine
         .encoder()
         .embed_images(vec![photo.clone()])
@@ -496,8 +525,7 @@ async fn a_batch_cannot_name_an_object_a_racing_delete_removed() {
     }
     eprintln!("{refused} of 20 racing batches were refused with object_missing");
     drop(engine);
-    backend.stop().await;
-    ms.stop().await.expect("model-serving stops cleanly");
+    race.stop().await;
 }
 
 #[tokio::test]

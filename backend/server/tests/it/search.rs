@@ -8,6 +8,14 @@ use reqwest::StatusCode;
 
 use crate::helpers::*;
 
+/// The first `k` results, no filters.
+fn top(k: usize) -> SearchParams {
+    SearchParams {
+        k: Some(k),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn ingest_search_presign_filter_delete() {
     let ms = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
@@ -25,13 +33,7 @@ async fn ingest_search_presign_filter_delete() {
     // Text search: k hits, each with a pre-signed URL that serves the exact image bytes.
     let page = backend
         .client
-        .search_text(
-            "red summer dress",
-            &SearchParams {
-                k: Some(10),
-                ..Default::default()
-            },
-        )
+        .search_text("red summer dress", &top(10))
         .await
         .expect("text search");
     assert_eq!(page.hits.len(), 10);
@@ -100,26 +102,14 @@ async fn ingest_search_presign_filter_delete() {
     let first = &products[0];
     let by_image = backend
         .client
-        .search_image(
-            std::fs::read(&first.photo).expect("photo"),
-            &SearchParams {
-                k: Some(5),
-                ..Default::default()
-            },
-        )
+        .search_image(std::fs::read(&first.photo).expect("photo"), &top(5))
         .await
         .expect("image search");
     assert_eq!(by_image.hits[0].item.id, point_id(first));
     assert!(by_image.hits[0].score > 0.999);
     let similar = backend
         .client
-        .similar(
-            point_id(first),
-            &SearchParams {
-                k: Some(5),
-                ..Default::default()
-            },
-        )
+        .similar(point_id(first), &top(5))
         .await
         .expect("similar");
     assert_eq!(similar.hits.len(), 5);
@@ -136,12 +126,11 @@ async fn ingest_search_presign_filter_delete() {
         .search_text(
             "shirt",
             &SearchParams {
-                k: Some(40),
                 filters: Filters {
                     gender: Some(gender.clone()),
                     ..Filters::default()
                 },
-                ..Default::default()
+                ..top(40)
             },
         )
         .await
@@ -160,12 +149,11 @@ async fn ingest_search_presign_filter_delete() {
         .search_text(
             "shirt",
             &SearchParams {
-                k: Some(40),
                 filters: Filters {
                     season: Some(season.value.clone()),
                     ..Filters::default()
                 },
-                ..Default::default()
+                ..top(40)
             },
         )
         .await
@@ -190,9 +178,8 @@ async fn ingest_search_presign_filter_delete() {
         .search_text(
             "shirt",
             &SearchParams {
-                k: Some(40),
                 min_score: Some(page.hits[4].score),
-                ..Default::default()
+                ..top(40)
             },
         )
         .await
@@ -202,13 +189,7 @@ async fn ingest_search_presign_filter_delete() {
     // Pagination is stable: two pages are disjoint and equal the first 20 of one page of 20.
     let p1 = backend
         .client
-        .search_text(
-            "shirt",
-            &SearchParams {
-                k: Some(10),
-                ..Default::default()
-            },
-        )
+        .search_text("shirt", &top(10))
         .await
         .expect("p1");
     let p2 = backend
@@ -216,22 +197,15 @@ async fn ingest_search_presign_filter_delete() {
         .search_text(
             "shirt",
             &SearchParams {
-                k: Some(10),
                 offset: Some(10),
-                ..Default::default()
+                ..top(10)
             },
         )
         .await
         .expect("p2");
     let all = backend
         .client
-        .search_text(
-            "shirt",
-            &SearchParams {
-                k: Some(20),
-                ..Default::default()
-            },
-        )
+        .search_text("shirt", &top(20))
         .await
         .expect("all");
     let ids = |hits: &[backend_api::SearchHit]| hits.iter().map(|h| h.item.id).collect::<Vec<_>>();
