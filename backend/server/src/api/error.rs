@@ -141,3 +141,64 @@ mod tests {
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 }
+
+// The error responses the handlers document, in the groups they come in (documentation only:
+// `#[utoipa::path(responses(...))]` lists them by type).
+
+/// 400.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum InvalidInput {
+    #[response(status = 400, description = "invalid input")]
+    Invalid(ErrorBody),
+}
+
+/// 401 and 403: the write key.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum WriteRefused {
+    #[response(status = 401, description = "x-api-key missing or wrong")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "writes disabled (no API_KEY configured)")]
+    Forbidden(ErrorBody),
+}
+
+/// 404.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum NotFound {
+    #[response(status = 404, description = "no such image")]
+    NotFound(ErrorBody),
+}
+
+/// 408, 413 and 415: a request body refused.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum BodyRefused {
+    #[response(status = 408, description = "the request body was not sent in time")]
+    Timeout(ErrorBody),
+    #[response(status = 413, description = "body or image too large")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "wrong content type or not an image")]
+    Unsupported(ErrorBody),
+}
+
+/// 429.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum RateLimited {
+    #[response(status = 429, description = "rate limited",
+        headers(("Retry-After" = u64, description = "seconds to wait")))]
+    RateLimited(ErrorBody),
+}
+
+/// 500 and 503: every endpoint's faults.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum Faults {
+    #[response(status = 500, description = "internal error")]
+    Internal(ErrorBody),
+    #[response(status = 503, description = "a dependency is unavailable or busy, or the request timed out",
+        headers(("Retry-After" = u64, description = "seconds to wait")))]
+    Unavailable(ErrorBody),
+}

@@ -10,6 +10,7 @@ use backend_api::{
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::error::{BodyRefused, Faults, InvalidInput, NotFound, RateLimited, WriteRefused};
 use super::extract::{
     ListQuery, Params, UploadOrJson, json_error, missing_file, multipart_error, next_part, path_id,
     upload_or_json,
@@ -20,10 +21,9 @@ use crate::fetch::{FetchError, ImageFetcher};
 #[utoipa::path(get, path = "/v1/images/{id}", params(("id" = Uuid, Path,)),
     responses(
         (status = 200, body = ImageItem),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 404, description = "no such image", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        NotFound,
+        Faults,
     )
 )]
 pub(super) async fn get_image(
@@ -36,13 +36,11 @@ pub(super) async fn get_image(
 #[utoipa::path(delete, path = "/v1/images/{id}", params(("id" = Uuid, Path,)), security(("api_key" = [])),
     responses(
         (status = 200, body = DeleteResponse),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 401, description = "x-api-key missing or wrong", body = ErrorBody),
-        (status = 403, description = "writes disabled (no API_KEY configured)", body = ErrorBody),
-        (status = 404, description = "no such image", body = ErrorBody),
-        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        WriteRefused,
+        NotFound,
+        RateLimited,
+        Faults,
     )
 )]
 pub(super) async fn delete_image(
@@ -58,9 +56,8 @@ pub(super) async fn delete_image(
 #[utoipa::path(get, path = "/v1/images", params(ListQuery, Filters),
     responses(
         (status = 200, body = ListResponse),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        Faults,
     )
 )]
 pub(super) async fn list_images(
@@ -78,16 +75,12 @@ pub(super) async fn list_images(
 #[utoipa::path(post, path = "/v1/images:batch", request_body = IngestBatchRequest, security(("api_key" = [])),
     responses(
         (status = 200, body = IngestBatchResponse),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 401, description = "x-api-key missing or wrong", body = ErrorBody),
-        (status = 403, description = "writes disabled (no API_KEY configured)", body = ErrorBody),
-        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
+        InvalidInput,
+        WriteRefused,
+        BodyRefused,
         (status = 409, description = "an item's object was deleted meanwhile; store it again", body = ErrorBody),
-        (status = 413, description = "body or image too large", body = ErrorBody),
-        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
-        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        RateLimited,
+        Faults,
     )
 )]
 pub(super) async fn ingest_batch(
@@ -102,12 +95,9 @@ pub(super) async fn ingest_batch(
 #[utoipa::path(post, path = "/v1/images:exists", request_body = ExistsRequest,
     responses(
         (status = 200, body = ExistsResponse),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
-        (status = 413, description = "body or image too large", body = ErrorBody),
-        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        BodyRefused,
+        Faults,
     )
 )]
 pub(super) async fn exists(
@@ -172,15 +162,11 @@ pub(super) struct AddImageUpload {
     )), security(("api_key" = [])),
     responses(
         (status = 200, body = ImageItem),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 401, description = "x-api-key missing or wrong", body = ErrorBody),
-        (status = 403, description = "writes disabled (no API_KEY configured)", body = ErrorBody),
-        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
-        (status = 413, description = "body or image too large", body = ErrorBody),
-        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
-        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        WriteRefused,
+        BodyRefused,
+        RateLimited,
+        Faults,
     )
 )]
 pub(super) async fn add_image(

@@ -4,11 +4,12 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Multipart, Path, Request, State};
 use backend_api::{
-    ErrorBody, ErrorKind, FacetsResponse, Filters, SearchParams, SearchResponse, StatsResponse,
-    TextQuery, TextSearchRequest,
+    ErrorKind, FacetsResponse, Filters, SearchParams, SearchResponse, StatsResponse, TextQuery,
+    TextSearchRequest,
 };
 use uuid::Uuid;
 
+use super::error::{BodyRefused, Faults, InvalidInput, NotFound, RateLimited};
 use super::extract::{Params, TextSearch, UploadOrJson, first_file, path_id, upload_or_json};
 use super::images::ImageUpload;
 use super::{ApiError, AppState};
@@ -17,10 +18,9 @@ use super::{ApiError, AppState};
 #[utoipa::path(get, path = "/v1/search", params(TextQuery, SearchParams, Filters),
     responses(
         (status = 200, body = SearchResponse),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        RateLimited,
+        Faults,
     )
 )]
 pub(super) async fn search_text(
@@ -35,13 +35,10 @@ pub(super) async fn search_text(
     request_body(content = inline(ImageUpload), content_type = "multipart/form-data"),
     responses(
         (status = 200, body = SearchResponse),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
-        (status = 413, description = "body or image too large", body = ErrorBody),
-        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
-        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        BodyRefused,
+        RateLimited,
+        Faults,
     )
 )]
 pub(super) async fn search_image(
@@ -62,13 +59,10 @@ pub(super) async fn search_image(
     )),
     responses(
         (status = 200, body = SearchResponse),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 408, description = "the request body was not sent in time", body = ErrorBody),
-        (status = 413, description = "body or image too large", body = ErrorBody),
-        (status = 415, description = "wrong content type or not an image", body = ErrorBody),
-        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        BodyRefused,
+        RateLimited,
+        Faults,
     )
 )]
 pub(super) async fn search_reference(
@@ -99,11 +93,10 @@ pub(super) async fn search_reference(
 #[utoipa::path(get, path = "/v1/images/{id}/similar", params(("id" = Uuid, Path,), SearchParams, Filters),
     responses(
         (status = 200, body = SearchResponse),
-        (status = 400, description = "invalid input", body = ErrorBody),
-        (status = 404, description = "no such image", body = ErrorBody),
-        (status = 429, description = "rate limited", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        InvalidInput,
+        NotFound,
+        RateLimited,
+        Faults,
     )
 )]
 pub(super) async fn similar(
@@ -118,8 +111,7 @@ pub(super) async fn similar(
 #[utoipa::path(get, path = "/v1/stats",
     responses(
         (status = 200, body = StatsResponse),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        Faults,
     )
 )]
 pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
@@ -129,8 +121,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<StatsRes
 #[utoipa::path(get, path = "/v1/facets",
     responses(
         (status = 200, body = FacetsResponse),
-        (status = 500, description = "internal error", body = ErrorBody),
-        (status = 503, description = "a dependency is unavailable or busy, or the request timed out", body = ErrorBody, headers(("Retry-After" = u64, description = "seconds to wait"))),
+        Faults,
     )
 )]
 pub(super) async fn facets(
