@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router, middleware};
 use backend_api::ErrorKind;
@@ -115,14 +115,11 @@ pub fn router(
         .merge(telemetry::ops_router(metrics, readiness))
         .fallback(|| async { ApiError::new(ErrorKind::NotFound, "no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .layer(http_edge::panic::catch_panic_with(|| {
+            ApiError::of(ErrorKind::Internal).into_response()
+        }))
         .layer(middleware::from_fn_with_state(
             SERVICE,
             telemetry::http::track_requests,
         ))
-}
-
-fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("handler panicked");
-    ApiError::of(ErrorKind::Internal).into_response()
 }
