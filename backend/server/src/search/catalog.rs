@@ -6,7 +6,7 @@ use backend_api::{Filters, ImageItem, ListResponse, StatsResponse};
 use uuid::Uuid;
 
 use super::{MAX_BATCH, MAX_DEPTH, MAX_K, SearchEngine, SearchError};
-use crate::index::{Filter, StoredPayload};
+use crate::index::{Filter, Record, StoredPayload};
 use crate::metrics;
 
 impl SearchEngine {
@@ -39,26 +39,24 @@ impl SearchEngine {
         .await
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<ImageItem, SearchError> {
-        let record = self
-            .index
+    /// The stored point without its vector, or `NotFound`.
+    async fn record(&self, id: Uuid) -> Result<Record, SearchError> {
+        self.index
             .retrieve(&[id], false)
             .await?
             .into_iter()
             .next()
-            .ok_or(SearchError::NotFound(id))?;
+            .ok_or(SearchError::NotFound(id))
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<ImageItem, SearchError> {
+        let record = self.record(id).await?;
         self.item(record.id, record.payload).await
     }
 
     /// Removes the point, and its object when no other point shares it.
     pub async fn delete(&self, id: Uuid) -> Result<(), SearchError> {
-        let record = self
-            .index
-            .retrieve(&[id], false)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(SearchError::NotFound(id))?;
+        let record = self.record(id).await?;
         let key = record.payload.s3_key;
         let guard = self.lock_objects([key.as_str()]).await;
         let started = Instant::now();

@@ -123,24 +123,25 @@ async fn readiness_follows_the_qdrant_server() {
     let body = helpers::wait_for_ready(backend.addr, 503, Duration::from_secs(15)).await;
     assert_eq!(body["checks"]["index"]["status"], "not_ready", "{body}");
     assert_eq!(body["checks"]["storage"]["status"], "ready", "{body}");
-    let search = backend
-        .http
-        .get(backend.url("/v1/search?q=red+dress&k=3"))
-        .send()
-        .await
-        .expect("search");
-    assert_eq!(search.status(), 503, "a search while the index is down");
-    assert!(search.headers().contains_key("retry-after"));
+    let search = || async {
+        backend
+            .http
+            .get(backend.url("/v1/search?q=red+dress&k=3"))
+            .send()
+            .await
+            .expect("search")
+    };
+    let refused = search().await;
+    assert_eq!(refused.status(), 503, "a search while the index is down");
+    assert!(refused.headers().contains_key("retry-after"));
 
     let qdrant = qdrant.restart().await;
     helpers::wait_for_ready(backend.addr, 200, Duration::from_secs(30)).await;
-    let search = backend
-        .http
-        .get(backend.url("/v1/search?q=red+dress&k=3"))
-        .send()
-        .await
-        .expect("search");
-    assert_eq!(search.status(), 200, "a search once the index is back");
+    assert_eq!(
+        search().await.status(),
+        200,
+        "a search once the index is back"
+    );
 
     backend.stop().await;
     model.stop().await.expect("model-serving stops");
