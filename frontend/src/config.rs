@@ -57,22 +57,18 @@ pub const DEFAULT_SEARCH_RATE: Rate = Rate {
 };
 
 impl FrontendConfig {
-    /// The defaults, pointed at `backend_url` (tests and embedding).
+    /// The defaults (as `frontend --help` lists them, no environment read), pointed at
+    /// `backend_url`: the base of in-process configurations (tests and embedding).
     pub fn new(backend_url: impl Into<String>) -> Self {
+        use clap::{Args as _, FromArgMatches as _};
+        let defaults = Self::augment_args(clap::Command::new("frontend"))
+            .mut_args(|arg| arg.env(None::<&str>))
+            .try_get_matches_from(["frontend"])
+            .and_then(|matches| Self::from_arg_matches(&matches))
+            .unwrap_or_else(|e| unreachable!("every frontend setting has a default: {e}"));
         Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
             backend_url: backend_url.into(),
-            search_timeout_ms: 5000,
-            max_upload_bytes: 10 * 1024 * 1024,
-            page_size: 24,
-            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
-            body_timeout_secs: edge::DEFAULT_BODY_TIMEOUT_SECS,
-            header_timeout_secs: edge::DEFAULT_HEADER_TIMEOUT_SECS,
-            max_concurrent_requests: edge::DEFAULT_MAX_CONCURRENT_REQUESTS,
-            search_rate_per_sec: DEFAULT_SEARCH_RATE.per_second,
-            search_rate_burst: DEFAULT_SEARCH_RATE.burst,
-            trusted_proxies: TrustedProxies::default(),
-            ready_probe_interval_ms: 2000,
+            ..defaults
         }
     }
 
@@ -118,5 +114,21 @@ impl FrontendConfig {
             return Err("FRONTEND_MAX_UPLOAD_BYTES must be at least 1024".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_is_the_documented_defaults_pointed_at_the_backend() {
+        let config = FrontendConfig::new("http://10.0.0.5:8000");
+        assert_eq!(config.backend_url, "http://10.0.0.5:8000");
+        assert_eq!(config.addr, SocketAddr::from(([127, 0, 0, 1], 3000)));
+        assert_eq!(config.page_size, 24);
+        assert_eq!(config.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS);
+        assert_eq!(config.search_rate_per_sec, DEFAULT_SEARCH_RATE.per_second);
+        assert_eq!(config.search_rate_burst, DEFAULT_SEARCH_RATE.burst);
     }
 }

@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::extract::{Multipart, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backend_api::{FacetsResponse, SearchResponse};
+use backend_api::{FacetsResponse, SearchMode, SearchResponse};
 use http_edge::rate_limit::ClientIp;
 use uuid::Uuid;
 
@@ -108,7 +108,17 @@ pub async fn search(
     }
     let offset = (page_no - 1) * state.page_size;
     let search_params = params(&refinement, state.page_size, offset);
-    let search = state.call("search_text", backend.search_text(&q, &search_params));
+    // A minimum score is a similarity ("Minimum similarity" on the form): it asks for a search
+    // by meaning; else the shopper's words and their meaning both count.
+    let mode = if search_params.min_score.is_some() {
+        SearchMode::Vector
+    } else {
+        SearchMode::Hybrid
+    };
+    let search = state.call(
+        "search_text",
+        backend.search_text_as(&q, mode, &search_params),
+    );
     let (facets, found) = tokio::join!(state.facets(), search);
     let shown = found
         .map(|response| {

@@ -239,7 +239,7 @@ fn FilterBar(state: SearchState, facets: FacetsResponse) -> impl IntoView {
             {(!state.q.is_empty()).then(|| view! { <input type="hidden" name="q" value=state.q.clone() /> })}
             {selects}
             <label class="filter">
-                <span>"Minimum score"</span>
+                <span>"Minimum similarity"</span>
                 <select name="min_score">
                     <option value="">"Any"</option>
                     {scores}

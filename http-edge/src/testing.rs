@@ -1,6 +1,6 @@
-//! Stand-in servers for tests of client code (feature `testing`): a router served on a loopback
-//! port, and the two behaviours of a file server that download code must cope with (answering
-//! `Range` requests, dropping a connection mid-transfer).
+//! Test helpers (feature `testing`): a router served on a loopback port, the two behaviours of a
+//! file server that download code must cope with (answering `Range` requests, dropping a
+//! connection mid-transfer), and waiting for a service's readiness to turn.
 
 use std::time::Duration;
 
@@ -61,4 +61,32 @@ pub fn cut_halfway(bytes: &[u8]) -> Response {
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     response
+}
+
+/// Polls `http://{addr}/health/ready` until it answers `status`, and returns that answer's body;
+/// panics (it is a test helper) when it has not within `within`.
+pub async fn wait_for_ready(
+    addr: std::net::SocketAddr,
+    status: u16,
+    within: Duration,
+) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let response = http
+            .get(format!("http://{addr}/health/ready"))
+            .send()
+            .await
+            .expect("/health/ready answers");
+        let now = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("a JSON readiness body");
+        if now == status {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/health/ready still {now} after {within:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

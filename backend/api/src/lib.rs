@@ -52,9 +52,41 @@ pub struct ImageItem {
     pub url: String,
 }
 
+/// How a text query is matched: by meaning (the model's vectors), by its words (BM25 over the
+/// caption and attributes), or both, their rankings fused (each ranking's scores normalised,
+/// then summed).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    #[default]
+    Hybrid,
+    Vector,
+    Keyword,
+}
+
+impl SearchMode {
+    pub const ALL: [SearchMode; 3] = [Self::Hybrid, Self::Vector, Self::Keyword];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Hybrid => "hybrid",
+            Self::Vector => "vector",
+            Self::Keyword => "keyword",
+        }
+    }
+}
+
+impl std::fmt::Display for SearchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct SearchHit {
-    /// Cosine similarity to the query, higher is closer.
+    /// How well the item matches, higher is closer, on the scale of the search's `mode`:
+    /// cosine similarity (vector, photo and "more like this" searches), BM25 (keyword), or the
+    /// sum of the two rankings' normalised scores (hybrid, 0 to 2).
     pub score: f32,
     #[serde(flatten)]
     pub item: ImageItem,
@@ -68,6 +100,8 @@ pub struct SearchResponse {
     /// The caption the text query was embedded as (prompt template applied), if a text query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded_text: Option<String>,
+    /// How the query was matched (photo and "more like this" searches: `vector`).
+    pub mode: SearchMode,
     pub model: String,
     pub took_ms: f64,
 }
@@ -208,6 +242,11 @@ pub struct TextQuery {
     /// characters.
     #[param(required = true, min_length = 1, max_length = 500, pattern = r"\S")]
     pub q: Option<String>,
+    /// `hybrid` (default: words and meaning, fused), `vector` (meaning only) or `keyword`
+    /// (words only; no model call).
+    #[serde(default)]
+    #[param(inline)]
+    pub mode: Option<SearchMode>,
 }
 
 /// `POST /search-image` (reference-design compatible) JSON form.
@@ -380,10 +419,20 @@ impl BackendClient {
         q: &str,
         params: &SearchParams,
     ) -> Result<SearchResponse, ClientError> {
+        self.search_text_as(q, SearchMode::default(), params).await
+    }
+
+    /// A text search matched as `mode` says.
+    pub async fn search_text_as(
+        &self,
+        q: &str,
+        mode: SearchMode,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, ClientError> {
         let request = self
             .http
             .get(format!("{}/v1/search", self.base))
-            .query(&[("q", q)])
+            .query(&[("q", q), ("mode", mode.as_str())])
             .query(params);
         self.send(request).await
     }

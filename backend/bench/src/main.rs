@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use backend::index::edge::EdgeIndex;
-use backend::index::{Filter, Point, SearchRequest, SearchTuning, StoredPayload, VectorIndex};
+use backend::index::{
+    Filter, IndexQuery, Point, SearchRequest, SearchTuning, StoredPayload, VectorIndex,
+};
 use backend_api::{BackendClient, ImageAttributes, IngestItem, SearchParams};
 use model_serving_api::ModelServingClient;
 use uuid::Uuid;
@@ -202,7 +204,7 @@ async fn pipeline() -> anyhow::Result<()> {
         engine
             .index()
             .search(SearchRequest {
-                vector: v.clone(),
+                query: IndexQuery::Vector(v.clone()),
                 limit: 10,
                 offset: 0,
                 filter: Filter::default(),
@@ -335,7 +337,7 @@ async fn recall() -> anyhow::Result<()> {
         for q in &queries {
             index
                 .search(SearchRequest {
-                    vector: q.clone(),
+                    query: IndexQuery::Vector(q.clone()),
                     limit: 10,
                     offset: 0,
                     filter: Filter::default(),
@@ -350,7 +352,7 @@ async fn recall() -> anyhow::Result<()> {
             let t = Instant::now();
             let hits = index
                 .search(SearchRequest {
-                    vector: q.clone(),
+                    query: IndexQuery::Vector(q.clone()),
                     limit: 10,
                     offset: 0,
                     filter: Filter::default(),

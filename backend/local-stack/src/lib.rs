@@ -145,32 +145,20 @@ pub async fn start_model_serving(
 /// A backend configuration for one process: the embedded Qdrant engine in `data_dir`, the
 /// embedded S3 server (on the listener given to [`start_backend`]), writes behind `api_key`.
 pub fn backend_config(data_dir: &Path, model_serving: SocketAddr, api_key: &str) -> BackendConfig {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     BackendConfig {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        addr: loopback,
         data_dir: data_dir.to_owned(),
         model_serving_url: format!("http://{model_serving}"),
-        qdrant_url: None,
-        qdrant_api_key: None,
-        qdrant_collection: "fashion_images".into(),
-        hnsw_ef: 128,
-        exact: false,
-        optimize_after_secs: 1,
-        s3_endpoint: None,
-        s3_public_endpoint: None,
-        s3_embedded_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        s3_bucket: "fashion-images".into(),
-        s3_region: "us-east-1".into(),
-        s3_access_key: None,
-        s3_secret_key: None,
-        presign_ttl_secs: 300,
+        s3_embedded_addr: loopback,
         api_key: Some(api_key.to_owned().into()),
-        max_body_bytes: 32 << 20,
+        // Tests write and search at once: the graph follows writes within a second.
+        optimize_after_secs: 1,
+        // Debug builds on two busy cores embed slowly.
         timeout_secs: 60,
-        query_cache_entries: 1000,
-        fetch_allow: Default::default(),
-        fetch_only_allowlisted: false,
         // One process loads the backend from one address: no per-client rate limits.
         edge: backend::config::EdgeConfig::without_rate_limits(),
+        ..BackendConfig::defaults()
     }
 }
 
@@ -211,4 +199,66 @@ pub async fn start_backend(config: &BackendConfig, s3: TcpListener) -> anyhow::R
 /// A free loopback listener.
 pub async fn loopback() -> anyhow::Result<TcpListener> {
     Ok(TcpListener::bind("127.0.0.1:0").await?)
+}
+
+/// The write key of a [`Catalogue`]'s backend.
+pub const API_KEY: &str = "local-stack-write-key-0123456789";
+/// The embedded S3 server's keys in a [`Catalogue`].
+pub const S3_KEY: &str = "local-stack-s3-key";
+pub const S3_SECRET: &str = "local-stack-s3-secret-0123456789";
+
+/// model-serving and a backend on loopback, ready for a loader (the ETL) and searches: what an
+/// evaluation or a load test starts. Stops when dropped (or, orderly, with [`Catalogue::stop`]).
+pub struct Catalogue {
+    pub model: Running<()>,
+    pub backend: Backend,
+    /// The backend's embedded S3 server.
+    pub s3: SocketAddr,
+    _data: tempfile::TempDir,
+}
+
+impl Catalogue {
+    /// Serves `model_dir` and a backend over a new temporary catalogue.
+    pub async fn start(model_dir: PathBuf) -> anyhow::Result<Self> {
+        let model = start_model_serving(
+            loopback().await?,
+            encoder_config(model_dir, ort_library()),
+            http_limits(),
+        )
+        .await?;
+        let data = tempfile::tempdir()?;
+        let s3_listener = loopback().await?;
+        let s3 = s3_listener.local_addr()?;
+        let config = BackendConfig {
+            s3_access_key: Some(S3_KEY.to_owned().into()),
+            s3_secret_key: Some(S3_SECRET.to_owned().into()),
+            ..backend_config(data.path(), model.addr, API_KEY)
+        };
+        let backend = start_backend(&config, s3_listener).await?;
+        Ok(Self {
+            model,
+            backend,
+            s3,
+            _data: data,
+        })
+    }
+
+    /// The object store a loader writes the photos to.
+    pub fn store(&self) -> anyhow::Result<catalog::store::ObjectStore> {
+        Ok(catalog::store::ObjectStore::new(
+            &catalog::store::StorageSettings {
+                endpoint: format!("http://{}", self.s3),
+                region: "us-east-1".into(),
+                bucket: "fashion-images".into(),
+                access_key: S3_KEY.into(),
+                secret_key: S3_SECRET.into(),
+                presign: None,
+            },
+        )?)
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.backend.stop().await?;
+        self.model.stop().await
+    }
 }

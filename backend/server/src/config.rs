@@ -87,6 +87,19 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
+    /// Every setting at its documented default (what `backend --help` lists), with no
+    /// environment read: the base of in-process configurations (tests, benchmarks, the local
+    /// stack), which then say only what they change.
+    pub fn defaults() -> Self {
+        use clap::FromArgMatches as _;
+        let command =
+            Self::augment_args(clap::Command::new("backend")).mut_args(|arg| arg.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(["backend"])
+            .unwrap_or_else(|e| unreachable!("every backend setting has a default: {e}"));
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| unreachable!("defaults read back: {e}"))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.presign_ttl_secs == 0 || self.presign_ttl_secs > 7 * 24 * 3600 {
             return Err("PRESIGN_TTL_SECS must be between 1 and 604800".into());
@@ -285,5 +298,21 @@ mod tests {
         let settings = cli.config.fetch_settings();
         assert_eq!(settings.max_bytes, cli.config.max_body_bytes);
         assert!(settings.total_timeout <= cli.config.timeout());
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones_whatever_the_environment() {
+        // The environment of whoever runs the tests must not leak in (e.g. a QDRANT_URL).
+        let defaults = BackendConfig::defaults();
+        assert_eq!(defaults.addr, "127.0.0.1:8000".parse().expect("addr"));
+        assert_eq!(defaults.qdrant_url, None);
+        assert_eq!(defaults.s3_endpoint, None);
+        assert!(
+            defaults.api_key.is_none(),
+            "writes are off unless a key is set"
+        );
+        assert_eq!(defaults.presign_ttl_secs, 900);
+        assert_eq!(defaults.hnsw_ef, 128);
+        assert!(defaults.validate().is_ok());
     }
 }

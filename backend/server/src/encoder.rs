@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use backend_api::ErrorKind;
+use http_edge::retry::{Backoff, Transient, retry};
 use model_serving_api::{ClientError, ModelInfo, ModelServingClient};
 
 use crate::metrics;
@@ -408,65 +409,92 @@ impl QueryEncoder {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
-        let attempts = self.settings.attempts.max(1);
-        let mut delay = self.settings.backoff;
-        let mut last = None;
-        for attempt in 1..=attempts {
-            let permit = match self.breaker.admit() {
-                Ok(permit) => permit,
-                Err(remaining) => {
-                    return Err(EncoderError::Unavailable {
-                        message: "model service failing; circuit breaker open".into(),
-                        retry_after: remaining.max(Duration::from_secs(1)),
-                    });
+        let backoff = Backoff::new(self.settings.attempts as usize, self.settings.backoff);
+        retry(&backoff, "model-serving call", || self.attempt(&call))
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// One call behind the breaker; a fault that may pass at once comes back transient.
+    async fn attempt<T, F, Fut>(&self, call: &F) -> Result<T, Failed>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let permit = self.breaker.admit().map_err(|remaining| {
+            Failed::last(EncoderError::Unavailable {
+                message: "model service failing; circuit breaker open".into(),
+                retry_after: remaining.max(Duration::from_secs(1)),
+            })
+        })?;
+        let error = match call().await {
+            Ok(value) => {
+                permit.success();
+                return Ok(value);
+            }
+            Err(error) => error,
+        };
+        Err(match verdict(error) {
+            Verdict::Input {
+                status,
+                code,
+                message,
+            } => {
+                permit.success();
+                let kind = rejection_kind(status, &code);
+                if kind == ErrorKind::Internal {
+                    tracing::error!(status, %code, %message, "model-serving refused a call we made");
                 }
-            };
-            let error = match call().await {
-                Ok(value) => {
-                    permit.success();
-                    return Ok(value);
-                }
-                Err(error) => error,
-            };
-            match verdict(error) {
-                Verdict::Input {
-                    status,
-                    code,
-                    message,
-                } => {
-                    permit.success();
-                    let kind = rejection_kind(status, &code);
-                    if kind == ErrorKind::Internal {
-                        tracing::error!(status, %code, %message, "model-serving refused a call we made");
-                    }
-                    return Err(EncoderError::Rejected { kind, message });
-                }
-                Verdict::Busy { retry_after, cause } => {
-                    drop(permit);
-                    metrics::upstream_error("model-serving");
-                    tracing::info!(error = %cause, "model-serving busy; passing its retry-after on");
-                    return Err(EncoderError::Busy {
-                        retry_after: retry_after
-                            .clamp(Duration::from_secs(1), MAX_BUSY_RETRY_AFTER),
-                    });
-                }
-                Verdict::Fault { retry, cause } => {
-                    permit.failure();
-                    metrics::upstream_error("model-serving");
-                    tracing::warn!(attempt, error = %cause, retry, "model-serving call failed");
-                    last = Some(cause);
-                    if !retry || attempt == attempts {
-                        break;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2);
+                Failed::last(EncoderError::Rejected { kind, message })
+            }
+            Verdict::Busy { retry_after, cause } => {
+                drop(permit);
+                metrics::upstream_error("model-serving");
+                tracing::info!(error = %cause, "model-serving busy; passing its retry-after on");
+                Failed::last(EncoderError::Busy {
+                    retry_after: retry_after.clamp(Duration::from_secs(1), MAX_BUSY_RETRY_AFTER),
+                })
+            }
+            Verdict::Fault { retry, cause } => {
+                permit.failure();
+                metrics::upstream_error("model-serving");
+                Failed {
+                    error: EncoderError::Unavailable {
+                        message: cause,
+                        retry_after: Duration::from_secs(1),
+                    },
+                    transient: retry,
                 }
             }
-        }
-        Err(EncoderError::Unavailable {
-            message: last.unwrap_or_else(|| "no attempt made".into()),
-            retry_after: Duration::from_secs(1),
         })
+    }
+}
+
+/// A failed attempt as the retry loop sees it: the error, and whether trying again may help.
+struct Failed {
+    error: EncoderError,
+    transient: bool,
+}
+
+impl Failed {
+    /// An answer that trying again would not change (a refusal, busy, the breaker open).
+    fn last(error: EncoderError) -> Self {
+        Self {
+            error,
+            transient: false,
+        }
+    }
+}
+
+impl Transient for Failed {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
     }
 }
 

@@ -181,6 +181,23 @@ pub async fn build(
         Arc::new(encoder),
         Duration::from_secs(config.optimize_after_secs),
     );
+    // An index made before keyword vectors gets them in the background; until then text
+    // searches match by meaning (and say so).
+    if engine.index().dim().is_some() {
+        let engine = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            match engine.backfill_keywords().await {
+                Ok(0) => {}
+                Ok(written) => tracing::info!(written, "keyword backfill done"),
+                Err(error) => {
+                    tracing::warn!(%error, "keyword backfill stopped; it resumes at the next start")
+                }
+            }
+        });
+    }
     readiness.set_ready("index");
     readiness.set_ready("storage");
     let interval = config.edge.ready_probe_interval();

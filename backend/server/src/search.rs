@@ -44,6 +44,9 @@ const RECENTLY_DELETED_MAX: usize = 10_000;
 pub enum SearchError {
     #[error("{0}")]
     Invalid(String),
+    /// The upload is not an image at all (e.g. empty): refused as model-serving refuses one.
+    #[error("{0}")]
+    NotAnImage(String),
     #[error("no image with id {0}")]
     NotFound(Uuid),
     /// A batch item names an object that a delete removed while the batch was on its way.
@@ -62,6 +65,7 @@ impl SearchError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Invalid(_) => ErrorKind::InvalidRequest,
+            Self::NotAnImage(_) => ErrorKind::UnsupportedImage,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::ObjectGone(_) => ErrorKind::ObjectMissing,
             Self::Encoder(e) => e.kind(),

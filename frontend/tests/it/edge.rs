@@ -2,9 +2,10 @@
 //! readiness that follows the backend's.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use frontend::FrontendConfig;
+use http_edge::testing::wait_for_ready;
 use tokio::net::TcpListener;
 
 use crate::helpers::{Stack, free_addr};
@@ -74,26 +75,6 @@ async fn a_shopper_over_the_rate_gets_429_and_others_do_not() {
     assert_ne!(other.status(), 429);
 }
 
-/// Polls `/health/ready` until it answers `status`.
-async fn wait_for_ready(addr: SocketAddr, status: u16) -> serde_json::Value {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let response = http
-            .get(format!("http://{addr}/health/ready"))
-            .send()
-            .await
-            .expect("ready");
-        let now = response.status().as_u16();
-        let body: serde_json::Value = response.json().await.expect("json");
-        if now == status {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "still {now}: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_backend() {
     let stack = Stack::start(1).await;
@@ -102,11 +83,11 @@ async fn readiness_follows_the_backend() {
         ..FrontendConfig::new(stack.backend_url())
     };
     let addr = serve(config).await;
-    let body = wait_for_ready(addr, 200).await;
+    let body = wait_for_ready(addr, 200, Duration::from_secs(10)).await;
     assert_eq!(body["checks"]["backend"]["status"], "ready");
 
     drop(stack);
-    let body = wait_for_ready(addr, 503).await;
+    let body = wait_for_ready(addr, 503, Duration::from_secs(10)).await;
     assert_eq!(body["checks"]["backend"]["status"], "not_ready");
     assert_eq!(body["checks"]["backend"]["reason"], "backend unreachable");
     let live = reqwest::get(format!("http://{addr}/health/live"))

@@ -78,6 +78,24 @@ pub fn status(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// The shared HTTP edge's rejections (malformed JSON, query or multipart; a wrong content type)
+/// by their code; a code this version does not know keeps its status's nearest kind.
+impl From<http_edge::ErrorResponse> for ApiError {
+    fn from(error: http_edge::ErrorResponse) -> Self {
+        let kind = ErrorKind::from_code(&error.code).unwrap_or(match error.status {
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorKind::UnsupportedMediaType,
+            status if status.is_client_error() => ErrorKind::InvalidRequest,
+            _ => ErrorKind::Internal,
+        });
+        let api = Self::new(kind, error.message);
+        match error.retry_after_secs {
+            Some(secs) => api.retry_after(secs),
+            None => api,
+        }
+    }
+}
+
 impl From<SearchError> for ApiError {
     fn from(error: SearchError) -> Self {
         let kind = error.kind();
@@ -139,6 +157,24 @@ mod tests {
         let response = ApiError::of(ErrorKind::NotFound).into_response();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn the_edge_rejections_keep_their_codes_and_statuses() {
+        use http_edge::ErrorResponse;
+        for edge in [
+            ErrorResponse::bad_request("invalid_json", "expected a value"),
+            ErrorResponse::bad_request("invalid_query", "k: invalid digit"),
+            ErrorResponse::bad_request("invalid_multipart", "truncated"),
+            ErrorResponse::payload_too_large("body over 1 MiB"),
+            ErrorResponse::unsupported_media_type("send application/json"),
+        ] {
+            let api = ApiError::from(edge.clone());
+            assert_eq!(api.kind().code(), edge.code, "{edge:?}");
+            assert_eq!(status(api.kind()), edge.status, "{edge:?}");
+        }
+        let unknown = ApiError::from(ErrorResponse::bad_request("brand_new", "?"));
+        assert_eq!(unknown.kind(), ErrorKind::InvalidRequest);
     }
 }
 

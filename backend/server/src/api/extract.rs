@@ -1,15 +1,15 @@
 //! Extractors and their rejections: the route's query (unknown keys refused against the
 //! route's list and [`Filters::FIELDS`]), path ids, JSON and multipart bodies, the write key.
 
-use axum::Json;
-use axum::extract::multipart::Field;
+use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Multipart, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use backend_api::{ErrorKind, Filters, SearchParams, TextQuery};
+use backend_api::{ErrorKind, Filters, SearchMode, SearchParams, TextQuery};
+use http_edge::reject::{self, JsonOrMultipart};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -19,33 +19,22 @@ use uuid::Uuid;
 use super::{ApiError, AppState};
 
 pub(super) fn json_error(rejection: JsonRejection) -> ApiError {
-    match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(ErrorKind::PayloadTooLarge, rejection.body_text())
-        }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            ErrorKind::UnsupportedMediaType,
-            "expected Content-Type: application/json",
-        ),
-        _ => ApiError::new(ErrorKind::InvalidJson, rejection.body_text()),
-    }
-}
-
-pub(super) fn query_error(rejection: QueryRejection) -> ApiError {
-    ApiError::new(ErrorKind::InvalidQuery, rejection.body_text())
+    reject::json(rejection).into()
 }
 
 pub(super) fn path_id(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
-    path.map(|Path(id)| id)
-        .map_err(|_| ApiError::new(ErrorKind::InvalidId, "the image id must be a UUID"))
+    path.map(|Path(id)| id).map_err(|e| {
+        reject::path(
+            e,
+            ErrorKind::InvalidId.code(),
+            "the image id must be a UUID",
+        )
+        .into()
+    })
 }
 
-pub(super) fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(ErrorKind::PayloadTooLarge, e.body_text())
-    } else {
-        ApiError::new(ErrorKind::InvalidMultipart, e.body_text())
-    }
+pub(super) fn multipart_error(e: MultipartError) -> ApiError {
+    reject::multipart_field(e).into()
 }
 
 /// Layer of the write routes: the key is checked before the handler, and so before the body is
@@ -104,7 +93,9 @@ impl<S: Send + Sync, T: RouteQuery> FromRequestParts<S> for Params<T> {
                 ),
             ));
         }
-        T::parse(&parts.uri).map(Params).map_err(query_error)
+        T::parse(&parts.uri)
+            .map(Params)
+            .map_err(|e| reject::query(e).into())
     }
 }
 
@@ -116,19 +107,21 @@ impl RouteQuery for SearchParams {
     }
 }
 
-/// `GET /v1/search`: the text and [`SearchParams`].
+/// `GET /v1/search`: the text, how to match it, and [`SearchParams`].
 pub struct TextSearch {
     pub q: String,
+    pub mode: SearchMode,
     pub params: SearchParams,
 }
 
 impl RouteQuery for TextSearch {
-    const KEYS: &'static [&'static str] = &["q", "k", "offset", "min_score"];
+    const KEYS: &'static [&'static str] = &["q", "mode", "k", "offset", "min_score"];
 
     fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
-        let Query(TextQuery { q }) = Query::try_from_uri(uri)?;
+        let Query(TextQuery { q, mode }) = Query::try_from_uri(uri)?;
         Ok(Self {
             q: q.unwrap_or_default(),
+            mode: mode.unwrap_or_default(),
             params: SearchParams::parse(uri)?,
         })
     }
@@ -200,31 +193,11 @@ pub(super) async fn first_file(mut multipart: Multipart) -> Result<Vec<u8>, ApiE
     Err(missing_file())
 }
 
-/// The body of an endpoint that takes either a multipart upload or JSON.
-pub(super) enum UploadOrJson<T> {
-    Upload(Multipart),
-    Json(T),
-}
-
-/// Reads the body as multipart if the content type says so, else as JSON.
+/// The body of an endpoint that takes either a multipart upload or JSON, chosen by
+/// `Content-Type` (anything else is a 415 before the body is read).
 pub(super) async fn upload_or_json<T: DeserializeOwned>(
     request: Request,
     state: &AppState,
-) -> Result<UploadOrJson<T>, ApiError> {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if content_type.starts_with("multipart/form-data") {
-        let multipart = Multipart::from_request(request, state)
-            .await
-            .map_err(|e| ApiError::new(ErrorKind::InvalidMultipart, e.body_text()))?;
-        return Ok(UploadOrJson::Upload(multipart));
-    }
-    let Json(body) = Json::<T>::from_request(request, state)
-        .await
-        .map_err(json_error)?;
-    Ok(UploadOrJson::Json(body))
+) -> Result<JsonOrMultipart<T>, ApiError> {
+    Ok(JsonOrMultipart::from_request(request, state).await?)
 }

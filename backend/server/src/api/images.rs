@@ -12,9 +12,11 @@ use uuid::Uuid;
 
 use super::error::{BodyRefused, Faults, InvalidInput, NotFound, RateLimited, WriteRefused};
 use super::extract::{
-    ListQuery, Params, UploadOrJson, json_error, missing_file, multipart_error, next_part, path_id,
+    ListQuery, Params, json_error, missing_file, multipart_error, next_part, path_id,
     upload_or_json,
 };
+use http_edge::reject::JsonOrMultipart;
+
 use super::{ApiError, AppState};
 use crate::fetch::{FetchError, ImageFetcher};
 
@@ -174,7 +176,7 @@ pub(super) async fn add_image(
     request: Request,
 ) -> Result<Json<ImageItem>, ApiError> {
     let (bytes, attributes, id) = match upload_or_json::<AddImageUrl>(request, &state).await? {
-        UploadOrJson::Upload(mut multipart) => {
+        JsonOrMultipart::Multipart(mut multipart) => {
             let mut fields = serde_json::Map::new();
             let mut bytes = None;
             let mut parts = 0;
@@ -211,7 +213,7 @@ pub(super) async fn add_image(
                     .map_err(|e| ApiError::new(ErrorKind::InvalidField, e.to_string()))?;
             (bytes, attributes, id)
         }
-        UploadOrJson::Json(body) => {
+        JsonOrMultipart::Json(body) => {
             let bytes = state
                 .fetcher
                 .fetch(&body.url)

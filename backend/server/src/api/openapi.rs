@@ -21,7 +21,7 @@ use super::{images, search};
         SearchResponse, backend_api::SearchHit, ImageItem, ImageAttributes, ListResponse,
         StatsResponse, FacetsResponse, backend_api::FacetValue, IngestBatchRequest,
         backend_api::IngestItem, IngestBatchResponse, ExistsRequest, ExistsResponse, ErrorBody,
-        ErrorDetail, TextSearchRequest, images::AddImageUrl, DeleteResponse
+        ErrorDetail, TextSearchRequest, images::AddImageUrl, DeleteResponse, backend_api::SearchMode
     )),
     modifiers(&ApiKeyScheme)
 )]

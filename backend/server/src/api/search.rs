@@ -4,17 +4,20 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Multipart, Path, Request, State};
 use backend_api::{
-    ErrorKind, FacetsResponse, Filters, SearchParams, SearchResponse, StatsResponse, TextQuery,
-    TextSearchRequest,
+    ErrorKind, FacetsResponse, Filters, SearchMode, SearchParams, SearchResponse, StatsResponse,
+    TextQuery, TextSearchRequest,
 };
 use uuid::Uuid;
 
 use super::error::{BodyRefused, Faults, InvalidInput, NotFound, RateLimited};
-use super::extract::{Params, TextSearch, UploadOrJson, first_file, path_id, upload_or_json};
+use super::extract::{Params, TextSearch, first_file, path_id, upload_or_json};
 use super::images::ImageUpload;
+use http_edge::reject::JsonOrMultipart;
+
 use super::{ApiError, AppState};
 
-/// Text search with the model's prompt template.
+/// Text search: by meaning (the model's embedding of the text, prompt template applied), by
+/// words (BM25 over captions and attributes), or both fused (`mode`, default `hybrid`).
 #[utoipa::path(get, path = "/v1/search", params(TextQuery, SearchParams, Filters),
     responses(
         (status = 200, body = SearchResponse),
@@ -25,9 +28,9 @@ use super::{ApiError, AppState};
 )]
 pub(super) async fn search_text(
     State(state): State<AppState>,
-    Params(TextSearch { q, params }): Params<TextSearch>,
+    Params(TextSearch { q, mode, params }): Params<TextSearch>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    Ok(Json(state.engine.search_text(&q, &params).await?))
+    Ok(Json(state.engine.search_text(&q, mode, &params).await?))
 }
 
 /// Image search: a multipart upload (field `file`), same filters as text search.
@@ -70,7 +73,7 @@ pub(super) async fn search_reference(
     request: Request,
 ) -> Result<Json<SearchResponse>, ApiError> {
     match upload_or_json::<TextSearchRequest>(request, &state).await? {
-        UploadOrJson::Upload(multipart) => {
+        JsonOrMultipart::Multipart(multipart) => {
             let image = first_file(multipart).await?;
             Ok(Json(
                 state
@@ -79,12 +82,15 @@ pub(super) async fn search_reference(
                     .await?,
             ))
         }
-        UploadOrJson::Json(body) => {
+        JsonOrMultipart::Json(body) => {
             let params = SearchParams {
                 k: body.k,
                 ..Default::default()
             };
-            Ok(Json(state.engine.search_text(&body.text, &params).await?))
+            let mode = SearchMode::default();
+            Ok(Json(
+                state.engine.search_text(&body.text, mode, &params).await?,
+            ))
         }
     }
 }

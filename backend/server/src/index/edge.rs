@@ -10,20 +10,23 @@ use std::sync::{Arc, RwLock};
 
 use backend_api::Filters;
 use qdrant_edge::{
-    Condition, CountRequestBuilder, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig,
-    EdgeShard, EdgeVectorParams, FacetRequestBuilder, FacetValue, FieldCondition,
-    FieldIndexOperations, Filter as EdgeFilter, JsonPath, Match, NamedQuery, OperationError,
-    Payload, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStructPersisted, QueryEnum, QueryRequestBuilder, RetrieveRequestBuilder,
-    ScoringQuery, SearchParams, UpdateOperation, VectorStructPersisted, WithPayloadInterface,
-    WithVector,
+    Condition, CountRequestBuilder, CreateIndex, CreateVectorName, DEFAULT_VECTOR_NAME, Distance,
+    EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams, FacetRequestBuilder,
+    FacetValue, FieldCondition, FieldIndexOperations, Filter as EdgeFilter, Fusion,
+    HasVectorCondition, JsonPath, Match, Modifier, NamedQuery, OperationError, Payload,
+    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
+    PointStructPersisted, PointVectorsPersisted, PrefetchBuilder, QueryEnum, QueryRequestBuilder,
+    RetrieveRequestBuilder, ScoringQuery, SearchParams, UpdateOperation, UpdateVectorsOp,
+    VectorInternal, VectorNameOperations, VectorOperations, VectorPersisted, VectorStructInternal,
+    VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::keywords::{self, KEYWORDS, SparseVector};
 use super::{
-    Filter, IndexError, Point, Record, ScoredPoint, SearchRequest, SearchTuning, StoredPayload,
-    VectorIndex,
+    Filter, IndexError, IndexQuery, Point, Record, ScoredPoint, SearchRequest, SearchTuning,
+    StoredPayload, VectorIndex,
 };
 
 pub struct EdgeIndex {
@@ -86,6 +89,24 @@ fn from_payload(payload: Option<&Payload>) -> Result<StoredPayload, IndexError> 
         .map_err(|e| IndexError::Internal(format!("stored payload unreadable: {e}")))
 }
 
+fn sparse(vector: SparseVector) -> qdrant_edge::SparseVector {
+    qdrant_edge::SparseVector {
+        indices: vector.indices,
+        values: vector.values,
+    }
+}
+
+fn dense(vector: Vec<f32>) -> ScoringQuery {
+    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery::default_dense(vector)))
+}
+
+fn by_keywords(words: SparseVector) -> ScoringQuery {
+    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+        query: VectorInternal::Sparse(sparse(words)),
+        using: Some(KEYWORDS.to_owned()),
+    }))
+}
+
 fn uuid_of(id: &PointId) -> Option<Uuid> {
     match id {
         PointId::Uuid(u) => Some(*u),
@@ -138,16 +159,40 @@ impl EdgeIndex {
 
     /// The shard, created for vectors of `dim` if the store is new.
     fn shard_for(&self, dim: usize) -> Result<Arc<EdgeShard>, IndexError> {
+        self.shard_with(dim, true)
+    }
+
+    /// A new store as made before keyword vectors (dense vectors only), for tests of the
+    /// keyword backfill that migrates such stores.
+    #[doc(hidden)]
+    pub fn open_without_keywords(
+        dir: &Path,
+        tuning: SearchTuning,
+        dim: usize,
+    ) -> Result<Self, IndexError> {
+        let index = Self::open(dir, tuning)?;
+        index.shard_with(dim, false)?;
+        Ok(index)
+    }
+
+    fn shard_with(&self, dim: usize, keywords: bool) -> Result<Arc<EdgeShard>, IndexError> {
         let mut guard = self.shard.write().unwrap_or_else(|e| e.into_inner());
         if let Some(shard) = guard.as_ref() {
             return Ok(shard.clone());
         }
-        let config = EdgeConfig::builder()
-            .vector(
-                DEFAULT_VECTOR_NAME,
-                EdgeVectorParams::builder(dim, Distance::Cosine).build(),
-            )
-            .build();
+        let mut config = EdgeConfig::builder().vector(
+            DEFAULT_VECTOR_NAME,
+            EdgeVectorParams::builder(dim, Distance::Cosine).build(),
+        );
+        if keywords {
+            config = config.sparse_vector(
+                KEYWORDS,
+                EdgeSparseVectorParams::builder()
+                    .modifier(Modifier::Idf)
+                    .build(),
+            );
+        }
+        let config = config.build();
         let shard = EdgeShard::new(&self.dir, config).map_err(internal)?;
         for field in Filters::FIELDS {
             shard
@@ -186,7 +231,11 @@ fn records(found: Vec<qdrant_edge::Record>) -> Result<Vec<Record>, IndexError> {
         .filter_map(|r| uuid_of(&r.id).map(|id| (id, r)))
         .map(|(id, r)| {
             let vector = match &r.vector {
-                Some(qdrant_edge::VectorStructInternal::Single(v)) => Some(v.clone()),
+                Some(VectorStructInternal::Single(v)) => Some(v.clone()),
+                Some(VectorStructInternal::Named(named)) => match named.get(DEFAULT_VECTOR_NAME) {
+                    Some(VectorInternal::Dense(v)) => Some(v.clone()),
+                    _ => None,
+                },
                 _ => None,
             };
             Ok(Record {
@@ -206,17 +255,41 @@ impl VectorIndex for EdgeIndex {
         config.vectors.get(DEFAULT_VECTOR_NAME).map(|p| p.size)
     }
 
+    fn has_keywords(&self) -> bool {
+        self.current()
+            .is_none_or(|shard| shard.config().sparse_vectors.contains_key(KEYWORDS))
+    }
+
     async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {
         let Some(dim) = points.first().map(|p| p.vector.len()) else {
             return Ok(());
         };
         let shard = self.shard_for(dim)?;
+        let with_keywords = shard.config().sparse_vectors.contains_key(KEYWORDS);
         let persisted = points
             .iter()
             .map(|p| {
+                let vector = if with_keywords {
+                    let keywords = keywords::document(&p.payload.attributes)?;
+                    VectorStructPersisted::Named(
+                        [
+                            (
+                                DEFAULT_VECTOR_NAME.to_owned(),
+                                VectorPersisted::Dense(p.vector.clone()),
+                            ),
+                            (
+                                KEYWORDS.to_owned(),
+                                VectorPersisted::Sparse(sparse(keywords)),
+                            ),
+                        ]
+                        .into(),
+                    )
+                } else {
+                    VectorStructPersisted::Single(p.vector.clone())
+                };
                 Ok(PointStructPersisted {
                     id: PointId::Uuid(p.id),
-                    vector: VectorStructPersisted::Single(p.vector.clone()),
+                    vector,
                     payload: Some(to_payload(&p.payload)?),
                 })
             })
@@ -285,18 +358,38 @@ impl VectorIndex for EdgeIndex {
                 Some(_) => (request.offset + request.limit + 1, 0),
                 None => (request.limit, request.offset),
             };
+            let params = SearchParams {
+                hnsw_ef: Some(tuning.hnsw_ef),
+                exact: tuning.exact,
+                ..Default::default()
+            };
             let mut builder = QueryRequestBuilder::new(limit)
-                .query(ScoringQuery::Vector(QueryEnum::Nearest(
-                    NamedQuery::default_dense(request.vector),
-                )))
                 .offset(offset)
-                .params(SearchParams {
-                    hnsw_ef: Some(tuning.hnsw_ef),
-                    exact: tuning.exact,
-                    ..Default::default()
-                })
                 .with_payload(WithPayloadInterface::Bool(true))
                 .with_vector(WithVector::Bool(false));
+            match request.query {
+                IndexQuery::Vector(vector) => {
+                    builder = builder.query(dense(vector)).params(params);
+                }
+                IndexQuery::Keywords(words) => {
+                    builder = builder.query(by_keywords(words));
+                }
+                IndexQuery::Hybrid { vector, keywords } => {
+                    let depth = IndexQuery::prefetch_depth(limit + offset);
+                    let mut by_meaning = PrefetchBuilder::new(depth)
+                        .query(dense(vector))
+                        .params(params);
+                    let mut by_words = PrefetchBuilder::new(depth).query(by_keywords(keywords));
+                    if let Some(filter) = &filter {
+                        by_meaning = by_meaning.filter(filter.clone());
+                        by_words = by_words.filter(filter.clone());
+                    }
+                    builder = builder
+                        .add_prefetch(by_meaning.build())
+                        .add_prefetch(by_words.build())
+                        .query(ScoringQuery::Fusion(Fusion::Dbsf));
+                }
+            }
             if let Some(filter) = filter {
                 builder = builder.filter(filter);
             }
@@ -401,6 +494,87 @@ impl VectorIndex for EdgeIndex {
                     _ => None,
                 })
                 .collect())
+        })
+        .await
+    }
+
+    async fn add_keywords(&self) -> Result<(), IndexError> {
+        self.blocking(|shard| {
+            let Some(shard) = shard else { return Ok(()) };
+            if shard.config().sparse_vectors.contains_key(KEYWORDS) {
+                return Ok(());
+            }
+            let config = serde_json::from_value(serde_json::json!({"sparse": {"modifier": "idf"}}))
+                .map_err(|e| IndexError::Internal(format!("keyword vector config: {e}")))?;
+            shard
+                .update(UpdateOperation::VectorNameOperation(
+                    VectorNameOperations::CreateVectorName(CreateVectorName {
+                        vector_name: KEYWORDS.to_owned(),
+                        config,
+                    }),
+                ))
+                .map_err(internal)
+        })
+        .await
+    }
+
+    async fn missing_keywords(&self, limit: usize) -> Result<Vec<Record>, IndexError> {
+        self.blocking(move |shard| {
+            let Some(shard) = shard else {
+                return Ok(Vec::new());
+            };
+            let without = EdgeFilter {
+                must_not: Some(vec![Condition::HasVector(HasVectorCondition {
+                    has_vector: KEYWORDS.to_owned(),
+                })]),
+                ..Default::default()
+            };
+            let hits = shard
+                .query(
+                    QueryRequestBuilder::new(limit)
+                        .filter(without)
+                        .with_payload(WithPayloadInterface::Bool(true))
+                        .with_vector(WithVector::Bool(false))
+                        .build(),
+                )
+                .map_err(internal)?;
+            hits.iter()
+                .filter_map(|h| uuid_of(&h.id).map(|id| (id, h)))
+                .map(|(id, h)| {
+                    Ok(Record {
+                        id,
+                        payload: from_payload(h.payload.as_ref())?,
+                        vector: None,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_keywords(&self, records: &[Record]) -> Result<(), IndexError> {
+        let points = records
+            .iter()
+            .map(|r| {
+                let words = keywords::document(&r.payload.attributes)?;
+                Ok(PointVectorsPersisted {
+                    id: PointId::Uuid(r.id),
+                    vector: VectorStructPersisted::Named(
+                        [(KEYWORDS.to_owned(), VectorPersisted::Sparse(sparse(words)))].into(),
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>, IndexError>>()?;
+        self.blocking(move |shard| {
+            let Some(shard) = shard else { return Ok(()) };
+            shard
+                .update(UpdateOperation::VectorOperation(
+                    VectorOperations::UpdateVectors(UpdateVectorsOp {
+                        points,
+                        update_filter: None,
+                    }),
+                ))
+                .map_err(internal)
         })
         .await
     }

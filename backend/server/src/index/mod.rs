@@ -1,9 +1,12 @@
 //! The vector index behind one trait, [`VectorIndex`], with two implementations chosen by
 //! configuration: Qdrant's embedded engine on disk ([`edge::EdgeIndex`], the default) and a
 //! Qdrant server over gRPC ([`server::QdrantServerIndex`], when `QDRANT_URL` is set). Both store
-//! the same payload and index the same keyword fields, [`Filters::FIELDS`].
+//! the same payload and index the same keyword fields, [`Filters::FIELDS`]. Beside each dense
+//! vector both store a keyword vector made from the payload ([`keywords`]), for keyword and
+//! hybrid search.
 
 pub mod edge;
+pub mod keywords;
 pub mod server;
 
 use backend_api::{Filters, ImageAttributes};
@@ -60,12 +63,41 @@ impl Filter {
     }
 }
 
+/// What a search ranks by.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexQuery {
+    /// Nearest to a dense vector (cosine similarity).
+    Vector(Vec<f32>),
+    /// Best BM25 matches of the words' keyword vector (IDF-weighted by the index); only points
+    /// sharing a term are found.
+    Keywords(keywords::SparseVector),
+    /// Both rankings, each [`HYBRID_DEPTH`] deep (at least the page's depth), fused by
+    /// distribution-based score fusion (see [`keywords`]).
+    Hybrid {
+        vector: Vec<f32>,
+        keywords: keywords::SparseVector,
+    },
+}
+
+/// How deep each ranking of a hybrid search goes before fusion. A fixed depth keeps pages of
+/// the fused ranking consistent with each other down to it.
+pub const HYBRID_DEPTH: usize = 200;
+
+impl IndexQuery {
+    /// How deep each ranking of a fused search is fetched for results down to `depth`.
+    pub fn prefetch_depth(depth: usize) -> usize {
+        HYBRID_DEPTH.max(depth)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
-    pub vector: Vec<f32>,
+    pub query: IndexQuery,
     pub limit: usize,
     pub offset: usize,
     pub filter: Filter,
+    /// The lowest score shown, on the scale of the query's score: cosine similarity (vector),
+    /// BM25 (keywords), the fused score (hybrid).
     pub min_score: Option<f32>,
     /// Left out of the results (the query image itself, for "more like this").
     pub exclude: Option<Uuid>,
@@ -106,6 +138,8 @@ pub enum IndexError {
 pub trait VectorIndex: Send + Sync {
     /// The vector size, once the index exists.
     fn dim(&self) -> Option<usize>;
+    /// Whether points carry keyword vectors (an index made before them does not).
+    fn has_keywords(&self) -> bool;
     /// Inserts or replaces points by id.
     async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError>;
     /// Removes points; returns how many existed.
@@ -130,6 +164,13 @@ pub trait VectorIndex: Send + Sync {
     async fn probe(&self) -> Result<(), IndexError> {
         self.count(&Filter::default()).await.map(drop)
     }
+    /// Gives an index made before keyword vectors their configuration (no-op when it has it);
+    /// its points get theirs from [`VectorIndex::set_keywords`].
+    async fn add_keywords(&self) -> Result<(), IndexError>;
+    /// Up to `limit` points without a keyword vector (with their payloads).
+    async fn missing_keywords(&self, limit: usize) -> Result<Vec<Record>, IndexError>;
+    /// Writes each record's keyword vector, made from its payload.
+    async fn set_keywords(&self, records: &[Record]) -> Result<(), IndexError>;
     /// Makes every acknowledged write durable.
     async fn flush(&self) -> Result<(), IndexError>;
     /// Builds the HNSW graph over what was written (off the request path).

@@ -8,16 +8,20 @@ use qdrant_client::Qdrant;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FacetCountsBuilder, FieldType, Filter as QdrantFilter,
-    GetPointsBuilder, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, SearchParamsBuilder,
-    UpsertPointsBuilder, VectorParamsBuilder, facet_value,
+    CreateVectorNameRequestBuilder, DeletePointsBuilder, Distance, FacetCountsBuilder, FieldType,
+    Filter as QdrantFilter, Fusion, GetPointsBuilder, Modifier, NamedVectors, PointId, PointStruct,
+    PointVectors, PointsIdsList, PrefetchQueryBuilder, Query, QueryPointsBuilder,
+    SearchParamsBuilder, SparseVectorCreationConfigBuilder, SparseVectorParamsBuilder,
+    SparseVectorsConfigBuilder, UpdatePointVectorsBuilder, UpsertPointsBuilder, Vector,
+    VectorInput, VectorParamsBuilder, facet_value,
 };
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::keywords::{self, KEYWORDS, SparseVector};
 use super::{
-    Filter, IndexError, Point, Record, ScoredPoint, SearchRequest, SearchTuning, StoredPayload,
-    VectorIndex,
+    Filter, IndexError, IndexQuery, Point, Record, ScoredPoint, SearchRequest, SearchTuning,
+    StoredPayload, VectorIndex,
 };
 
 pub struct QdrantServerIndex {
@@ -25,6 +29,10 @@ pub struct QdrantServerIndex {
     collection: String,
     tuning: SearchTuning,
     dim: RwLock<Option<usize>>,
+    /// Whether the collection has keyword vectors (one made before them has not).
+    keywords: RwLock<bool>,
+    /// Held while the collection is being created (the first writes race for it).
+    creating: tokio::sync::Mutex<()>,
 }
 
 /// A failed call to the Qdrant server: counted as an upstream error where it happens (the
@@ -42,6 +50,21 @@ pub fn qdrant_filter(filter: &Filter) -> Option<QdrantFilter> {
     Some(QdrantFilter::must(filter.must().map(|(field, value)| {
         Condition::matches(field, value.to_owned())
     })))
+}
+
+/// The sparse vector of a keyword query.
+fn by_keywords(words: SparseVector) -> Query {
+    Query::new_nearest(VectorInput::new_sparse(words.indices, words.values))
+}
+
+/// The keyword vector's configuration: term weights times the index's IDF.
+fn keyword_vectors() -> SparseVectorsConfigBuilder {
+    let mut config = SparseVectorsConfigBuilder::default();
+    config.add_named_vector_params(
+        KEYWORDS,
+        SparseVectorParamsBuilder::default().modifier(Modifier::Idf),
+    );
+    config
 }
 
 fn point_uuid(id: Option<&PointId>) -> Option<Uuid> {
@@ -92,46 +115,80 @@ impl QdrantServerIndex {
             collection: collection.to_owned(),
             tuning,
             dim: RwLock::new(None),
+            keywords: RwLock::new(true),
+            creating: tokio::sync::Mutex::new(()),
         };
-        if index
-            .client
-            .collection_exists(collection)
-            .await
-            .map_err(unavailable)?
-        {
-            let info = index
-                .client
-                .collection_info(collection)
-                .await
-                .map_err(unavailable)?;
-            let dim = info
-                .result
-                .and_then(|r| r.config)
-                .and_then(|c| c.params)
-                .and_then(|p| p.vectors_config)
-                .and_then(|v| v.config)
-                .and_then(|c| match c {
-                    qdrant_client::qdrant::vectors_config::Config::Params(p) => {
-                        Some(p.size as usize)
-                    }
-                    qdrant_client::qdrant::vectors_config::Config::ParamsMap(_) => None,
-                });
-            *index.dim.write().unwrap_or_else(|e| e.into_inner()) = dim;
-        }
+        index.read_dim().await?;
         Ok(index)
     }
 
+    /// Reads the vector size of the collection, if it exists, into `dim`.
+    async fn read_dim(&self) -> Result<Option<usize>, IndexError> {
+        if !self
+            .client
+            .collection_exists(&self.collection)
+            .await
+            .map_err(unavailable)?
+        {
+            return Ok(None);
+        }
+        let info = self
+            .client
+            .collection_info(&self.collection)
+            .await
+            .map_err(unavailable)?;
+        let params = info.result.and_then(|r| r.config).and_then(|c| c.params);
+        let keywords = params
+            .as_ref()
+            .and_then(|p| p.sparse_vectors_config.as_ref())
+            .is_some_and(|sparse| sparse.map.contains_key(KEYWORDS));
+        *self.keywords.write().unwrap_or_else(|e| e.into_inner()) = keywords;
+        let dim = params
+            .and_then(|p| p.vectors_config)
+            .and_then(|v| v.config)
+            .and_then(|c| match c {
+                qdrant_client::qdrant::vectors_config::Config::Params(p) => Some(p.size as usize),
+                qdrant_client::qdrant::vectors_config::Config::ParamsMap(_) => None,
+            });
+        *self.dim.write().unwrap_or_else(|e| e.into_inner()) = dim;
+        Ok(dim)
+    }
+
+    /// Creates the collection for vectors of `dim` on the first write. One creation per
+    /// process at a time; another writer (a second backend, the ETL's) may win the race, and
+    /// then its collection is used if its vectors have the same size.
     async fn ensure_collection(&self, dim: usize) -> Result<(), IndexError> {
+        self.create(dim, true).await
+    }
+
+    /// Creates the collection as made before keyword vectors (dense vectors only), for tests of
+    /// the keyword backfill that migrates such collections.
+    #[doc(hidden)]
+    pub async fn create_without_keywords(&self, dim: usize) -> Result<(), IndexError> {
+        self.create(dim, false).await
+    }
+
+    async fn create(&self, dim: usize, keywords: bool) -> Result<(), IndexError> {
         if self.dim().is_some() {
             return Ok(());
         }
-        self.client
-            .create_collection(
-                CreateCollectionBuilder::new(&self.collection)
-                    .vectors_config(VectorParamsBuilder::new(dim as u64, Distance::Cosine)),
-            )
-            .await
-            .map_err(unavailable)?;
+        let _creating = self.creating.lock().await;
+        if self.dim().is_some() {
+            return Ok(());
+        }
+        let mut collection = CreateCollectionBuilder::new(&self.collection)
+            .vectors_config(VectorParamsBuilder::new(dim as u64, Distance::Cosine));
+        if keywords {
+            collection = collection.sparse_vectors_config(keyword_vectors());
+        }
+        let created = self.client.create_collection(collection).await;
+        if let Err(error) = created {
+            return match self.read_dim().await? {
+                Some(expected) if expected == dim => Ok(()),
+                Some(expected) => Err(IndexError::Dimension { expected, got: dim }),
+                None => Err(unavailable(error)),
+            };
+        }
         for field in Filters::FIELDS {
             self.client
                 .create_field_index(
@@ -146,6 +203,7 @@ impl QdrantServerIndex {
                 .map_err(unavailable)?;
         }
         *self.dim.write().unwrap_or_else(|e| e.into_inner()) = Some(dim);
+        *self.keywords.write().unwrap_or_else(|e| e.into_inner()) = keywords;
         Ok(())
     }
 
@@ -158,6 +216,10 @@ impl QdrantServerIndex {
 impl VectorIndex for QdrantServerIndex {
     fn dim(&self) -> Option<usize> {
         *self.dim.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_keywords(&self) -> bool {
+        *self.keywords.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The server's health check: answers even before the collection exists (a count would not
@@ -175,6 +237,14 @@ impl VectorIndex for QdrantServerIndex {
             return Ok(());
         };
         self.ensure_collection(dim).await?;
+        if let Some(expected) = self.dim()
+            && let Some(other) = points.iter().find(|p| p.vector.len() != expected)
+        {
+            return Err(IndexError::Dimension {
+                expected,
+                got: other.vector.len(),
+            });
+        }
         let points = points
             .into_iter()
             .map(|p| {
@@ -184,7 +254,15 @@ impl VectorIndex for QdrantServerIndex {
                         qdrant_client::Payload::try_from(v)
                             .map_err(|e| IndexError::Internal(e.to_string()))
                     })?;
-                Ok(PointStruct::new(p.id.to_string(), p.vector, payload))
+                let vectors = if self.has_keywords() {
+                    let words = keywords::document(&p.payload.attributes)?;
+                    NamedVectors::default()
+                        .add_vector("", p.vector)
+                        .add_vector(KEYWORDS, Vector::new_sparse(words.indices, words.values))
+                } else {
+                    NamedVectors::default().add_vector("", p.vector)
+                };
+                Ok(PointStruct::new(p.id.to_string(), vectors, payload))
             })
             .collect::<Result<Vec<_>, IndexError>>()?;
         self.client
@@ -230,16 +308,17 @@ impl VectorIndex for QdrantServerIndex {
             .into_iter()
             .filter_map(|p| point_uuid(p.id.as_ref()).map(|id| (id, p)))
             .map(|(id, p)| {
-                #[allow(deprecated)]
-                let vector = p
-                    .vectors
-                    .and_then(|v| v.vectors_options)
-                    .and_then(|o| match o {
-                        qdrant_client::qdrant::vectors_output::VectorsOptions::Vector(v) => {
-                            Some(v.data)
-                        }
-                        _ => None,
-                    });
+                // The dense vector (the unnamed one). Servers since 1.16 send it in `vector`, not
+                // the deprecated `data` (read alone, that is empty: "expected dim 256, got 0").
+                let vector =
+                    p.vectors
+                        .and_then(|v| v.get_vector_by_name(""))
+                        .and_then(|v| match v {
+                            qdrant_client::qdrant::vector_output::Vector::Dense(dense) => {
+                                Some(dense.data)
+                            }
+                            _ => None,
+                        });
                 Ok(Record {
                     id,
                     payload: payload_of(p.payload)?,
@@ -253,23 +332,48 @@ impl VectorIndex for QdrantServerIndex {
         if self.dim().is_none() {
             return Ok(Vec::new());
         }
-        let mut builder = QueryPointsBuilder::new(&self.collection)
-            .query(request.vector)
-            .limit(request.limit as u64)
-            .offset(request.offset as u64)
-            .params(
-                SearchParamsBuilder::default()
-                    .hnsw_ef(self.tuning.hnsw_ef as u64)
-                    .exact(self.tuning.exact),
-            )
-            .with_payload(true);
+        let params = SearchParamsBuilder::default()
+            .hnsw_ef(self.tuning.hnsw_ef as u64)
+            .exact(self.tuning.exact);
         let mut filter = qdrant_filter(&request.filter).unwrap_or_default();
         if let Some(id) = request.exclude {
             filter
                 .must_not
                 .push(Condition::has_id([PointId::from(id.to_string())]));
         }
-        if filter != QdrantFilter::default() {
+        let filter = (filter != QdrantFilter::default()).then_some(filter);
+        let mut builder = QueryPointsBuilder::new(&self.collection)
+            .limit(request.limit as u64)
+            .offset(request.offset as u64)
+            .with_payload(true);
+        match request.query {
+            IndexQuery::Vector(vector) => {
+                builder = builder.query(vector).params(params);
+            }
+            IndexQuery::Keywords(words) => {
+                builder = builder.query(by_keywords(words)).using(KEYWORDS);
+            }
+            IndexQuery::Hybrid { vector, keywords } => {
+                let depth = IndexQuery::prefetch_depth(request.limit + request.offset) as u64;
+                let mut by_meaning = PrefetchQueryBuilder::default()
+                    .query(Query::new_nearest(vector))
+                    .params(params)
+                    .limit(depth);
+                let mut by_words = PrefetchQueryBuilder::default()
+                    .query(by_keywords(keywords))
+                    .using(KEYWORDS)
+                    .limit(depth);
+                if let Some(filter) = &filter {
+                    by_meaning = by_meaning.filter(filter.clone());
+                    by_words = by_words.filter(filter.clone());
+                }
+                builder = builder
+                    .add_prefetch(by_meaning)
+                    .add_prefetch(by_words)
+                    .query(Query::new_fusion(Fusion::Dbsf));
+            }
+        }
+        if let Some(filter) = filter {
             builder = builder.filter(filter);
         }
         if let Some(min) = request.min_score {
@@ -345,6 +449,64 @@ impl VectorIndex for QdrantServerIndex {
                 _ => None,
             })
             .collect())
+    }
+
+    async fn add_keywords(&self) -> Result<(), IndexError> {
+        if self.dim().is_none() || self.has_keywords() {
+            return Ok(());
+        }
+        let config = SparseVectorCreationConfigBuilder::default().modifier(Modifier::Idf as i32);
+        let added = self
+            .client
+            .create_vector_name(
+                CreateVectorNameRequestBuilder::new(&self.collection, KEYWORDS, config).wait(true),
+            )
+            .await;
+        // Another backend may have added it meanwhile: what the collection says is what counts.
+        if let Err(error) = added {
+            self.read_dim().await?;
+            if !self.has_keywords() {
+                return Err(unavailable(error));
+            }
+        }
+        *self.keywords.write().unwrap_or_else(|e| e.into_inner()) = true;
+        Ok(())
+    }
+
+    async fn missing_keywords(&self, limit: usize) -> Result<Vec<Record>, IndexError> {
+        if self.dim().is_none() {
+            return Ok(Vec::new());
+        }
+        let builder = QueryPointsBuilder::new(&self.collection)
+            .limit(limit as u64)
+            .filter(QdrantFilter::must_not([Condition::has_vector(KEYWORDS)]))
+            .with_payload(true);
+        self.query(builder, |id, _score, payload| Record {
+            id,
+            payload,
+            vector: None,
+        })
+        .await
+    }
+
+    async fn set_keywords(&self, records: &[Record]) -> Result<(), IndexError> {
+        let points = records
+            .iter()
+            .map(|r| {
+                let words = keywords::document(&r.payload.attributes)?;
+                let vectors = NamedVectors::default()
+                    .add_vector(KEYWORDS, Vector::new_sparse(words.indices, words.values));
+                Ok(PointVectors {
+                    id: Some(PointId::from(r.id.to_string())),
+                    vectors: Some(vectors.into()),
+                })
+            })
+            .collect::<Result<Vec<_>, IndexError>>()?;
+        self.client
+            .update_vectors(UpdatePointVectorsBuilder::new(&self.collection, points).wait(true))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn flush(&self) -> Result<(), IndexError> {

@@ -92,12 +92,15 @@ impl SearchEngine {
                 "limit + offset must be at most {MAX_DEPTH}"
             )));
         }
-        self.check_filters(filters).await?;
         let filter = Filter::attributes(filters.clone());
-        let (records, total) = tokio::try_join!(
-            self.index.list(offset, limit, &filter),
-            self.index.count(&filter)
-        )?;
+        let listed = async {
+            tokio::try_join!(
+                self.index.list(offset, limit, &filter),
+                self.index.count(&filter)
+            )
+            .map_err(SearchError::from)
+        };
+        let (records, total) = self.with_checked_filters(filters, listed).await?;
         let items = self
             .items(records.into_iter().map(|r| (r.id, r.payload)))
             .await?;

@@ -1,7 +1,8 @@
 //! The facet snapshot: values and counts of every filter field, scanned from the index at most
 //! once per [`SNAPSHOT_TTL`] (and after writes), by one caller while the others wait for it
-//! (moka's `try_get_with` is single-flight). Filters are checked against it alongside the
-//! embedding, never before it.
+//! (moka's `try_get_with` is single-flight). Filters are checked against the snapshot in memory
+//! before the embedding (a refused value costs no model call); a cold snapshot is scanned
+//! alongside the embedding, never before it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ impl FacetSnapshot {
             .map_err(|e| (*e).clone())
     }
 
+    /// The snapshot if one is in memory: no scan.
+    pub async fn cached(&self) -> Option<Arc<Facets>> {
+        self.cache.get(&()).await
+    }
+
     /// Writes change counts and may add values: the next reader rescans.
     pub async fn invalidate(&self) {
         self.cache.invalidate(&()).await;
@@ -72,19 +78,37 @@ pub fn unknown_value<'a>(facets: &Facets, filters: &'a Filters) -> Option<(&'sta
     })
 }
 
+fn refuse_unknown(facets: &Facets, filters: &Filters) -> Result<(), SearchError> {
+    match unknown_value(facets, filters) {
+        Some((field, value)) => Err(SearchError::Invalid(format!(
+            "unknown {field} {value:?}: no indexed image has it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl SearchEngine {
-    /// Refuses a filter value the index does not hold. No filters: no snapshot needed.
-    pub(super) async fn check_filters(&self, filters: &Filters) -> Result<(), SearchError> {
+    /// Finds a query's vector with `find` while `filters` are checked: against the snapshot in
+    /// memory first (a refused value then costs no model call), else by a scan that runs
+    /// alongside `find`. No filters: no snapshot needed.
+    pub(super) async fn with_checked_filters<T>(
+        &self,
+        filters: &Filters,
+        find: impl Future<Output = Result<T, SearchError>>,
+    ) -> Result<T, SearchError> {
         if filters.is_empty() {
-            return Ok(());
+            return find.await;
         }
-        let facets = self.facets.get(self.index.as_ref()).await?;
-        match unknown_value(&facets, filters) {
-            Some((field, value)) => Err(SearchError::Invalid(format!(
-                "unknown {field} {value:?}: no indexed image has it"
-            ))),
-            None => Ok(()),
+        if let Some(facets) = self.facets.cached().await {
+            refuse_unknown(&facets, filters)?;
+            return find.await;
         }
+        let scan = async {
+            let facets = self.facets.get(self.index.as_ref()).await?;
+            refuse_unknown(&facets, filters)
+        };
+        let (found, ()) = tokio::try_join!(find, scan)?;
+        Ok(found)
     }
 
     pub async fn facets(&self) -> Result<FacetsResponse, SearchError> {

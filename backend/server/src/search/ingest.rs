@@ -180,3 +180,41 @@ impl SearchEngine {
         self.get(id).await
     }
 }
+
+/// Points written per step of the keyword backfill.
+const KEYWORD_BATCH: usize = 256;
+
+impl SearchEngine {
+    /// Gives every point of an index made before keyword vectors its keyword vector, made from
+    /// its payload (no model call), a batch at a time. Resumable: what is done is in the index,
+    /// so a restart goes on where it stopped. Returns how many points it wrote.
+    pub async fn backfill_keywords(&self) -> Result<usize, SearchError> {
+        if self.index.dim().is_none() {
+            return Ok(0);
+        }
+        self.index.add_keywords().await?;
+        let mut written = 0;
+        let mut previous = Vec::new();
+        loop {
+            let batch = self.index.missing_keywords(KEYWORD_BATCH).await?;
+            let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
+            if batch.is_empty() || ids == previous {
+                // The same points again: the index did not keep what was written (their text
+                // has no word at all); they are found by meaning only.
+                if !batch.is_empty() {
+                    tracing::warn!(points = batch.len(), "points left without keyword vectors");
+                }
+                break;
+            }
+            self.index.set_keywords(&batch).await?;
+            written += batch.len();
+            tracing::info!(written, "keyword vectors backfilled");
+            previous = ids;
+        }
+        if written > 0 {
+            self.index.flush().await?;
+            self.written();
+        }
+        Ok(written)
+    }
+}

@@ -1,15 +1,16 @@
 //! Searches: a [`SearchPlan`] is made once from the parameters (paging, score floor, filters),
-//! then the query vector (embedded, or stored for "more like this") is found while the filters
-//! are checked against the facet snapshot, then one index search, then pre-signed URLs.
+//! then the query vector (embedded, or stored for "more like this") is found once the filters
+//! pass the facet snapshot (or while a cold snapshot is scanned), then one index search, then
+//! pre-signed URLs.
 
 use std::time::Instant;
 
-use backend_api::{SearchHit, SearchParams, SearchResponse};
+use backend_api::{SearchHit, SearchMode, SearchParams, SearchResponse};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{DEFAULT_K, MAX_DEPTH, MAX_K, MAX_QUERY_CHARS, SearchEngine, SearchError};
-use crate::index::{Filter, SearchRequest};
+use crate::index::{Filter, IndexQuery, SearchRequest, keywords};
 use crate::metrics;
 
 /// A checked search: what to fetch from the index, made once per request.
@@ -25,7 +26,7 @@ pub struct SearchPlan {
 
 impl SearchPlan {
     /// Checks paging and the score floor. Filter values are checked against the facet
-    /// snapshot separately ([`SearchEngine::check_filters`]), alongside the embedding.
+    /// snapshot separately ([`SearchEngine::with_checked_filters`]).
     pub fn new(params: &SearchParams) -> Result<Self, SearchError> {
         let k = params.k.unwrap_or(DEFAULT_K);
         let offset = params.offset.unwrap_or(0);
@@ -62,9 +63,9 @@ impl SearchPlan {
         }
     }
 
-    fn request(&self, vector: Vec<f32>) -> SearchRequest {
+    fn request(&self, query: IndexQuery) -> SearchRequest {
         SearchRequest {
-            vector,
+            query,
             limit: self.k,
             offset: self.offset,
             filter: self.filter.clone(),
@@ -74,10 +75,11 @@ impl SearchPlan {
     }
 }
 
-/// The query vector of a search and what it says of itself.
+/// What a search ranks by, and what it says of itself.
 struct Query {
     kind: &'static str,
-    vector: Vec<f32>,
+    mode: SearchMode,
+    query: IndexQuery,
     embedded_text: Option<String>,
 }
 
@@ -86,6 +88,7 @@ impl SearchEngine {
     pub async fn search_text(
         &self,
         q: &str,
+        mode: SearchMode,
         params: &SearchParams,
     ) -> Result<SearchResponse, SearchError> {
         let started = Instant::now();
@@ -99,6 +102,22 @@ impl SearchEngine {
             )));
         }
         let plan = SearchPlan::new(params)?;
+        let mode = self.mode_for(mode)?;
+        let words = match mode {
+            SearchMode::Vector => None,
+            SearchMode::Hybrid | SearchMode::Keyword => Some(keywords::query(q)?),
+        };
+        if let (SearchMode::Keyword, Some(words)) = (mode, &words) {
+            let query = Query {
+                kind: "text",
+                mode,
+                query: IndexQuery::Keywords(words.clone()),
+                embedded_text: None,
+            };
+            self.with_checked_filters(&plan.filter.attributes, async { Ok(()) })
+                .await?;
+            return self.run(query, &plan, started).await;
+        }
         let embed = async {
             let encode = Instant::now();
             let embedded = self
@@ -109,14 +128,37 @@ impl SearchEngine {
             metrics::stage("encode", encode.elapsed());
             Ok::<_, SearchError>(embedded)
         };
-        let ((caption, vector), ()) =
-            tokio::try_join!(embed, self.check_filters(&plan.filter.attributes))?;
+        let (caption, vector) = self
+            .with_checked_filters(&plan.filter.attributes, embed)
+            .await?;
+        // A query of stop words and punctuation has no words to match: meaning alone.
+        let (mode, query) = match words {
+            Some(keywords) if !keywords.is_empty() => {
+                (mode, IndexQuery::Hybrid { vector, keywords })
+            }
+            _ => (SearchMode::Vector, IndexQuery::Vector(vector)),
+        };
         let query = Query {
             kind: "text",
-            vector,
+            mode,
+            query,
             embedded_text: Some(caption),
         };
         self.run(query, &plan, started).await
+    }
+
+    /// The mode a text search can run in here: an index made before keyword vectors matches
+    /// by meaning alone (a hybrid search says so in its `mode`; a keyword search is refused).
+    fn mode_for(&self, asked: SearchMode) -> Result<SearchMode, SearchError> {
+        if asked == SearchMode::Vector || self.index.has_keywords() {
+            return Ok(asked);
+        }
+        match asked {
+            SearchMode::Keyword => Err(SearchError::Invalid(
+                "this catalogue has no keyword index yet; search with mode=vector".into(),
+            )),
+            _ => Ok(SearchMode::Vector),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(bytes = image.len()))]
@@ -127,7 +169,9 @@ impl SearchEngine {
     ) -> Result<SearchResponse, SearchError> {
         let started = Instant::now();
         if image.is_empty() {
-            return Err(SearchError::Invalid("the uploaded image is empty".into()));
+            return Err(SearchError::NotAnImage(
+                "the uploaded file is empty: not an image".into(),
+            ));
         }
         let plan = SearchPlan::new(params)?;
         let embed = async {
@@ -143,10 +187,13 @@ impl SearchEngine {
             metrics::stage("encode", encode.elapsed());
             Ok::<_, SearchError>(vector)
         };
-        let (vector, ()) = tokio::try_join!(embed, self.check_filters(&plan.filter.attributes))?;
+        let vector = self
+            .with_checked_filters(&plan.filter.attributes, embed)
+            .await?;
         let query = Query {
             kind: "image",
-            vector,
+            mode: SearchMode::Vector,
+            query: IndexQuery::Vector(vector),
             embedded_text: None,
         };
         self.run(query, &plan, started).await
@@ -168,10 +215,13 @@ impl SearchEngine {
                 .and_then(|r| r.vector)
                 .ok_or(SearchError::NotFound(id))
         };
-        let (vector, ()) = tokio::try_join!(stored, self.check_filters(&plan.filter.attributes))?;
+        let vector = self
+            .with_checked_filters(&plan.filter.attributes, stored)
+            .await?;
         let query = Query {
             kind: "similar",
-            vector,
+            mode: SearchMode::Vector,
+            query: IndexQuery::Vector(vector),
             embedded_text: None,
         };
         self.run(query, &plan, started).await
@@ -186,9 +236,10 @@ impl SearchEngine {
         let search = Instant::now();
         let hits = self
             .index
-            .search(plan.request(query.vector))
+            .search(plan.request(query.query))
             .instrument(tracing::info_span!(
                 "index_search",
+                mode = query.mode.as_str(),
                 k = plan.k,
                 offset = plan.offset
             ))
@@ -212,6 +263,7 @@ impl SearchEngine {
             k: plan.k,
             offset: plan.offset,
             embedded_text: query.embedded_text,
+            mode: query.mode,
             // The identity model-serving last reported: no call per search.
             model: self.encoder.model().unwrap_or_else(|| "unknown".to_owned()),
             took_ms: started.elapsed().as_secs_f64() * 1e3,

@@ -6,11 +6,13 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use backend_api::{Filters, ImageAttributes, SearchParams};
+use backend_api::{Filters, ImageAttributes, SearchMode, SearchParams};
 use secrecy::SecretString;
 
 use super::*;
-use crate::index::{Point, Record, ScoredPoint, SearchRequest, StoredPayload};
+use crate::index::{
+    IndexQuery, Point, Record, ScoredPoint, SearchRequest, StoredPayload, keywords,
+};
 use crate::storage::{PresignSettings, StorageSettings};
 
 #[test]
@@ -24,6 +26,10 @@ fn timestamps_are_rfc3339_utc() {
 struct FakeIndex {
     points: Mutex<Vec<Point>>,
     facet_calls: AtomicUsize,
+    /// Every search's query, in order.
+    searches: Mutex<Vec<IndexQuery>>,
+    /// An index made before keyword vectors.
+    without_keywords: bool,
 }
 
 fn matches(filter: &Filter, payload: &StoredPayload) -> bool {
@@ -74,16 +80,41 @@ impl VectorIndex for FakeIndex {
             })
             .collect())
     }
+    fn has_keywords(&self) -> bool {
+        !self.without_keywords
+    }
+    /// Vectors by cosine; words by the number of the query's terms in the document (a stand-in
+    /// for BM25); hybrid by the vector alone (fusion is the engines' part, tested over both in
+    /// the `engines` integration suite).
     async fn search(&self, request: SearchRequest) -> Result<Vec<ScoredPoint>, IndexError> {
+        self.searches
+            .lock()
+            .expect("lock")
+            .push(request.query.clone());
         let all = self.points.lock().expect("lock");
+        let score = |p: &Point| match &request.query {
+            IndexQuery::Vector(vector) | IndexQuery::Hybrid { vector, .. } => {
+                cosine(vector, &p.vector)
+            }
+            IndexQuery::Keywords(words) => {
+                let doc = keywords::document(&p.payload.attributes).expect("document");
+                words
+                    .indices
+                    .iter()
+                    .filter(|t| doc.indices.contains(t))
+                    .count() as f32
+            }
+        };
+        let keyword = matches!(request.query, IndexQuery::Keywords(_));
         let mut hits: Vec<ScoredPoint> = all
             .iter()
             .filter(|p| Some(p.id) != request.exclude && matches(&request.filter, &p.payload))
             .map(|p| ScoredPoint {
                 id: p.id,
-                score: cosine(&request.vector, &p.vector),
+                score: score(p),
                 payload: p.payload.clone(),
             })
+            .filter(|h| !keyword || h.score > 0.0)
             .filter(|h| request.min_score.is_none_or(|min| h.score >= min))
             .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
@@ -133,6 +164,16 @@ impl VectorIndex for FakeIndex {
             }
         }
         Ok(counts.into_iter().collect())
+    }
+    /// Keyword vectors are made from payloads on the fly here: nothing to add or backfill.
+    async fn add_keywords(&self) -> Result<(), IndexError> {
+        Ok(())
+    }
+    async fn missing_keywords(&self, _limit: usize) -> Result<Vec<Record>, IndexError> {
+        Ok(Vec::new())
+    }
+    async fn set_keywords(&self, _records: &[Record]) -> Result<(), IndexError> {
+        Ok(())
     }
     async fn flush(&self) -> Result<(), IndexError> {
         Ok(())
@@ -193,7 +234,15 @@ async fn engine(
     n: usize,
     embedder: FakeEmbedder,
 ) -> (Arc<SearchEngine>, Arc<FakeIndex>, Arc<FakeEmbedder>) {
-    let index = Arc::new(FakeIndex::default());
+    engine_over(FakeIndex::default(), n, embedder).await
+}
+
+async fn engine_over(
+    index: FakeIndex,
+    n: usize,
+    embedder: FakeEmbedder,
+) -> (Arc<SearchEngine>, Arc<FakeIndex>, Arc<FakeEmbedder>) {
+    let index = Arc::new(index);
     let points = (0..n)
         .map(|i| {
             let angle = (i as f32).to_radians();
@@ -296,7 +345,7 @@ async fn filters_are_checked_against_one_snapshot_scanned_once() {
     let (engine, index, embedder) = engine(10, FakeEmbedder::default()).await;
     // No filter: no scan.
     engine
-        .search_text("dress", &params(5, 0))
+        .search_text("dress", SearchMode::Hybrid, &params(5, 0))
         .await
         .expect("search");
     assert_eq!(index.facet_calls.load(Ordering::SeqCst), 0);
@@ -309,7 +358,7 @@ async fn filters_are_checked_against_one_snapshot_scanned_once() {
         },
         ..SearchParams::default()
     };
-    let searches = (0..16).map(|_| engine.search_text("dress", &women));
+    let searches = (0..16).map(|_| engine.search_text("dress", SearchMode::Hybrid, &women));
     for result in futures::future::join_all(searches).await {
         let response = result.expect("filtered");
         assert_eq!(response.hits.len(), 5);
@@ -332,7 +381,10 @@ async fn filters_are_checked_against_one_snapshot_scanned_once() {
         },
         ..SearchParams::default()
     };
-    match engine.search_text("dress", &martian).await {
+    match engine
+        .search_text("dress", SearchMode::Hybrid, &martian)
+        .await
+    {
         Err(error @ SearchError::Invalid(_)) => {
             assert_eq!(error.kind(), ErrorKind::InvalidRequest);
             assert!(error.to_string().contains("Martian") && !error.to_string().contains("/v1"));
@@ -358,7 +410,7 @@ async fn filters_are_checked_against_one_snapshot_scanned_once() {
         .await
         .expect("ingest");
     let found = engine
-        .search_text("dress", &martian)
+        .search_text("dress", SearchMode::Hybrid, &martian)
         .await
         .expect("now known");
     assert_eq!(found.hits.len(), 1);
@@ -366,8 +418,8 @@ async fn filters_are_checked_against_one_snapshot_scanned_once() {
         index.facet_calls.load(Ordering::SeqCst),
         2 * Filters::FIELDS.len()
     );
-    // The refused search embedded too: filters are checked alongside the embedding, not before.
-    assert_eq!(embedder.calls.load(Ordering::SeqCst), 19);
+    // 1 + 16 + 1 searches embedded; the refused one did not (the snapshot was in memory).
+    assert_eq!(embedder.calls.load(Ordering::SeqCst), 18);
 }
 
 #[tokio::test]
@@ -378,9 +430,96 @@ async fn a_failing_model_is_a_kind_with_a_retry_after() {
     };
     let (engine, _, _) = engine(3, down).await;
     let error = engine
-        .search_text("dress", &params(5, 0))
+        .search_text("dress", SearchMode::Hybrid, &params(5, 0))
         .await
         .expect_err("down");
     assert_eq!(error.kind(), ErrorKind::ModelUnavailable);
     assert_eq!(error.retry_after(), Some(Duration::from_secs(2)));
+}
+
+#[tokio::test]
+async fn an_empty_upload_is_not_an_image_and_costs_no_model_call() {
+    let (engine, _, embedder) = engine(3, FakeEmbedder::default()).await;
+    let error = engine
+        .search_image(Vec::new(), &params(5, 0))
+        .await
+        .expect_err("empty");
+    assert_eq!(
+        error.kind(),
+        ErrorKind::UnsupportedImage,
+        "as model-serving says"
+    );
+    assert_eq!(embedder.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn text_modes_choose_what_the_index_ranks_by() {
+    let (engine, index, embedder) = engine(10, FakeEmbedder::default()).await;
+    let search = |q: &'static str, mode| {
+        let engine = engine.clone();
+        async move { engine.search_text(q, mode, &params(5, 0)).await }
+    };
+    let hybrid = search("summer dress", SearchMode::Hybrid)
+        .await
+        .expect("hybrid");
+    assert_eq!(hybrid.mode, SearchMode::Hybrid);
+    assert!(hybrid.embedded_text.is_some());
+    let calls = embedder.calls.load(Ordering::SeqCst);
+    let keyword = search("Summers", SearchMode::Keyword)
+        .await
+        .expect("keyword");
+    assert_eq!(keyword.mode, SearchMode::Keyword);
+    assert_eq!(
+        keyword.hits.len(),
+        5,
+        "every product is a summer one (stemmed)"
+    );
+    assert_eq!(keyword.embedded_text, None);
+    assert_eq!(
+        embedder.calls.load(Ordering::SeqCst),
+        calls,
+        "words need no model"
+    );
+    let none = search("kurta", SearchMode::Keyword).await.expect("keyword");
+    assert!(none.hits.is_empty(), "no product has the word");
+    let vector = search("summer dress", SearchMode::Vector)
+        .await
+        .expect("vector");
+    assert_eq!(vector.mode, SearchMode::Vector);
+    let stop_words = search("the", SearchMode::Hybrid).await.expect("stop words");
+    assert_eq!(
+        stop_words.mode,
+        SearchMode::Vector,
+        "no words left to match"
+    );
+    let seen = index.searches.lock().expect("lock").clone();
+    assert!(matches!(&seen[0], IndexQuery::Hybrid { keywords, .. } if keywords.indices.len() == 2));
+    assert!(matches!(&seen[1], IndexQuery::Keywords(words) if words.indices.len() == 1));
+    assert!(matches!(seen[3], IndexQuery::Vector(_)));
+    assert!(matches!(seen[4], IndexQuery::Vector(_)));
+}
+
+#[tokio::test]
+async fn an_index_without_keyword_vectors_matches_by_meaning() {
+    let old = FakeIndex {
+        without_keywords: true,
+        ..FakeIndex::default()
+    };
+    let (engine, index, _) = engine_over(old, 5, FakeEmbedder::default()).await;
+    let hybrid = engine
+        .search_text("summer dress", SearchMode::Hybrid, &params(5, 0))
+        .await
+        .expect("hybrid");
+    assert_eq!(hybrid.mode, SearchMode::Vector, "says how it was matched");
+    assert_eq!(hybrid.hits.len(), 5);
+    let keyword = engine
+        .search_text("summer", SearchMode::Keyword, &params(5, 0))
+        .await
+        .expect_err("no keyword index");
+    assert_eq!(keyword.kind(), ErrorKind::InvalidRequest);
+    assert!(keyword.to_string().contains("mode=vector"), "{keyword}");
+    assert!(matches!(
+        index.searches.lock().expect("lock")[..],
+        [IndexQuery::Vector(_)]
+    ));
 }

@@ -207,25 +207,4 @@ pub async fn error_of(
     (status, body.error.code, retry)
 }
 
-/// Polls the backend's `/health/ready` until it answers `status`; returns its body.
-pub async fn wait_for_ready(addr: SocketAddr, status: u16, within: Duration) -> serde_json::Value {
-    let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let response = http
-            .get(format!("http://{addr}/health/ready"))
-            .send()
-            .await
-            .expect("ready");
-        let now = response.status().as_u16();
-        let body: serde_json::Value = response.json().await.expect("json");
-        if now == status {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/health/ready still {now} after {within:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use http_edge::testing::wait_for_ready;

@@ -3,10 +3,10 @@
 //! fed with real photos. Each test runs in its own process under cargo nextest.
 
 mod edge;
+mod engines;
 mod helpers;
 mod hostile;
 mod images;
 mod qdrant_live;
-mod qdrant_server;
 mod resilience;
 mod search;

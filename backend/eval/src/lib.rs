@@ -1,0 +1,468 @@
+//! Search quality measured the way a shopper meets it: the development split's held-out
+//! products are loaded with the ETL, and every question goes to the backend's API
+//! (`GET /v1/search`, `GET /v1/images/{id}/similar`), in each matching mode side by side.
+//!
+//! The held-out products are those `model-serving/training` never trained on: FNV-1a(id) % 10 == 0
+//! (the rule of `data.py`). The questions:
+//! - caption → product: each product's display name as the query; R@1 and R@10 of that product;
+//! - "<brand> <type>" (the name's first word and the article type, e.g. "Puma Watches"), for each
+//!   pair with at least 3 products: precision of the top min(5, products) results;
+//! - "<type>" and "<colour> <type>" (at least 10 and 5 products): precision of the top
+//!   min(10, products);
+//! - more like this (no words, so one figure for every mode): the share of the 10 nearest
+//!   products with the query product's type.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use backend_api::{BackendClient, SearchMode, SearchParams, SearchResponse};
+use futures::StreamExt as _;
+use uuid::Uuid;
+
+/// Queries in flight at once.
+const CONCURRENCY: usize = 4;
+
+/// A held-out product, as `styles.csv` describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Product {
+    pub id: String,
+    pub caption: String,
+    pub article_type: String,
+    pub colour: String,
+}
+
+impl Product {
+    /// The first word of the display name ("Puma Men Black Watch" → "puma").
+    pub fn brand(&self) -> String {
+        brand_of(&self.caption)
+    }
+}
+
+fn brand_of(caption: &str) -> String {
+    caption
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_lowercase()
+}
+
+/// 32-bit FNV-1a of the UTF-8 bytes: the split rule of `model-serving/training/data.py`.
+pub fn fnv1a32(text: &str) -> u32 {
+    text.bytes().fold(0x811C_9DC5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+pub fn is_validation(product_id: &str) -> bool {
+    fnv1a32(product_id).is_multiple_of(10)
+}
+
+/// The held-out products with a photo, in file order, at most `limit`; and their raw CSV lines.
+pub fn validation_products(
+    dataset: &Path,
+    limit: usize,
+) -> anyhow::Result<(Vec<Product>, Vec<String>)> {
+    let path = dataset.join("styles.csv");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut products = Vec::new();
+    let mut lines = Vec::new();
+    for line in text.lines().skip(1) {
+        if products.len() >= limit {
+            break;
+        }
+        // The display name is the rest of the line (it may hold commas), as the ETL reads it.
+        let fields: Vec<&str> = line.splitn(10, ',').collect();
+        let [id, _, _, _, article_type, colour, _, _, _, caption] = fields[..] else {
+            continue;
+        };
+        let id = id.trim();
+        if !is_validation(id) || !dataset.join("images").join(format!("{id}.jpg")).is_file() {
+            continue;
+        }
+        products.push(Product {
+            id: id.to_owned(),
+            caption: caption.trim().to_owned(),
+            article_type: article_type.trim().to_owned(),
+            colour: colour.trim().to_owned(),
+        });
+        lines.push(line.to_owned());
+    }
+    Ok((products, lines))
+}
+
+/// A dataset folder holding only `lines` of `dataset`'s `styles.csv` (its photos linked), for
+/// the ETL to load.
+pub fn write_split(dataset: &Path, lines: &[String], out: &Path) -> anyhow::Result<()> {
+    let header = std::fs::read_to_string(dataset.join("styles.csv"))?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut csv = header;
+    for line in lines {
+        csv.push('\n');
+        csv.push_str(line);
+    }
+    csv.push('\n');
+    std::fs::write(out.join("styles.csv"), csv)?;
+    let images = std::fs::canonicalize(dataset.join("images"))?;
+    std::os::unix::fs::symlink(images, out.join("images"))?;
+    Ok(())
+}
+
+/// One mode's figures (`None`: no question of that family).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scores {
+    pub caption_r1: Option<f64>,
+    pub caption_r10: Option<f64>,
+    pub brand_type: Option<f64>,
+    pub type_p10: Option<f64>,
+    pub colour_type_p10: Option<f64>,
+    pub queries: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub products: usize,
+    pub model: String,
+    pub modes: BTreeMap<&'static str, Scores>,
+    pub similar_type_p10: Option<f64>,
+    /// Questions per family: captions, brand+type, type, colour+type, similar.
+    pub questions: [usize; 5],
+}
+
+fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// An attribute question: the query and what a relevant hit has.
+struct Question {
+    query: String,
+    depth: usize,
+    relevant: Box<dyn Fn(&backend_api::ImageItem) -> bool + Send + Sync>,
+}
+
+/// Groups of at least `min` products by `key`, in a stable order.
+fn groups<K: Ord + Clone>(
+    products: &[Product],
+    key: impl Fn(&Product) -> Option<K>,
+    min: usize,
+) -> Vec<(K, usize)> {
+    let mut counts = BTreeMap::new();
+    for p in products {
+        if let Some(k) = key(p) {
+            *counts.entry(k).or_insert(0usize) += 1;
+        }
+    }
+    counts.into_iter().filter(|(_, n)| *n >= min).collect()
+}
+
+fn questions(products: &[Product]) -> [Vec<Question>; 3] {
+    let same =
+        |a: &Option<String>, b: &str| a.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(b));
+    let brand_type = groups(
+        products,
+        |p| (!p.brand().is_empty()).then(|| (p.brand(), p.article_type.clone())),
+        3,
+    )
+    .into_iter()
+    .map(|((brand, kind), n)| Question {
+        query: format!("{brand} {kind}"),
+        depth: n.min(5),
+        relevant: Box::new(move |item| {
+            brand_of(&item.attributes.caption) == brand
+                && same(&item.attributes.article_type, &kind)
+        }),
+    })
+    .collect();
+    let by_type = groups(products, |p| Some(p.article_type.clone()), 10)
+        .into_iter()
+        .map(|(kind, n)| Question {
+            query: kind.clone(),
+            depth: n.min(10),
+            relevant: Box::new(move |item| same(&item.attributes.article_type, &kind)),
+        })
+        .collect();
+    let colour_type = groups(
+        products,
+        |p| (!p.colour.is_empty()).then(|| (p.colour.clone(), p.article_type.clone())),
+        5,
+    )
+    .into_iter()
+    .map(|((colour, kind), n)| Question {
+        query: format!("{colour} {kind}"),
+        depth: n.min(10),
+        relevant: Box::new(move |item| {
+            same(&item.attributes.colour, &colour) && same(&item.attributes.article_type, &kind)
+        }),
+    })
+    .collect();
+    [brand_type, by_type, colour_type]
+}
+
+async fn search(
+    client: &BackendClient,
+    q: &str,
+    mode: SearchMode,
+    k: usize,
+) -> anyhow::Result<SearchResponse> {
+    let params = SearchParams {
+        k: Some(k),
+        ..SearchParams::default()
+    };
+    client
+        .search_text_as(q, mode, &params)
+        .await
+        .with_context(|| format!("{mode} search for {q:?}"))
+}
+
+/// Every question in every mode, through `client`. `points` gives each product's point id (as
+/// the ETL made it); `max_captions` bounds the caption and similar questions (evenly sampled).
+pub async fn evaluate(
+    client: &BackendClient,
+    products: &[Product],
+    points: &[Uuid],
+    max_captions: usize,
+) -> anyhow::Result<Report> {
+    let step = products.len().div_ceil(max_captions.max(1)).max(1);
+    let sample: Vec<usize> = (0..products.len()).step_by(step).collect();
+    let families = questions(products);
+    let mut report = Report {
+        products: products.len(),
+        questions: [
+            sample.len(),
+            families[0].len(),
+            families[1].len(),
+            families[2].len(),
+            sample.len(),
+        ],
+        ..Report::default()
+    };
+    for mode in SearchMode::ALL {
+        let mut scores = Scores::default();
+        let found: Vec<(bool, bool)> = futures::stream::iter(&sample)
+            .map(|&i| async move {
+                let response = search(client, &products[i].caption, mode, 10).await?;
+                let rank = response.hits.iter().position(|h| h.item.id == points[i]);
+                Ok::<_, anyhow::Error>((rank == Some(0), rank.is_some()))
+            })
+            .buffered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+        let share = |f: fn(&(bool, bool)) -> bool| {
+            mean(
+                &found
+                    .iter()
+                    .map(|x| f64::from(u8::from(f(x))))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        scores.caption_r1 = share(|x| x.0);
+        scores.caption_r10 = share(|x| x.1);
+        let mut precision = Vec::new();
+        for family in &families {
+            let values: Vec<f64> = futures::stream::iter(family)
+                .map(|question| async move {
+                    let response = search(client, &question.query, mode, question.depth).await?;
+                    let relevant = response
+                        .hits
+                        .iter()
+                        .take(question.depth)
+                        .filter(|h| (question.relevant)(&h.item))
+                        .count();
+                    Ok::<_, anyhow::Error>(relevant as f64 / question.depth as f64)
+                })
+                .buffered(CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<anyhow::Result<_>>()?;
+            precision.push(mean(&values));
+        }
+        scores.brand_type = precision[0];
+        scores.type_p10 = precision[1];
+        scores.colour_type_p10 = precision[2];
+        scores.queries = sample.len() + families.iter().map(Vec::len).sum::<usize>();
+        report.modes.insert(mode.as_str(), scores);
+    }
+    let model = search(client, "dress", SearchMode::Vector, 1).await?.model;
+    report.model = model;
+    let params = SearchParams {
+        k: Some(10),
+        ..SearchParams::default()
+    };
+    let unique: HashSet<Uuid> = sample.iter().map(|&i| points[i]).collect();
+    let by_point: HashMap<Uuid, &Product> =
+        sample.iter().map(|&i| (points[i], &products[i])).collect();
+    let similar: Vec<f64> = futures::stream::iter(unique)
+        .map(|id| {
+            let params = &params;
+            let kind = by_point[&id].article_type.clone();
+            async move {
+                let response = client
+                    .similar(id, params)
+                    .await
+                    .with_context(|| format!("more like {id}"))?;
+                let same = response
+                    .hits
+                    .iter()
+                    .filter(|h| {
+                        h.item
+                            .attributes
+                            .article_type
+                            .as_deref()
+                            .is_some_and(|t| t == kind)
+                    })
+                    .count();
+                Ok::<_, anyhow::Error>(same as f64 / 10.0)
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    report.similar_type_p10 = mean(&similar);
+    Ok(report)
+}
+
+impl Report {
+    /// The figures as a table, a row per mode.
+    pub fn table(&self) -> String {
+        let cell = |v: Option<f64>| v.map_or_else(|| "    -".to_owned(), |v| format!("{v:5.3}"));
+        let mut out = String::new();
+        let [captions, brand_type, types, colour_types, similar] = self.questions;
+        let _ = writeln!(
+            out,
+            "search quality through the API: {} held-out products, model {}",
+            self.products, self.model
+        );
+        let _ = writeln!(
+            out,
+            "questions: {captions} captions, {brand_type} brand+type, {types} type, {colour_types} colour+type, {similar} more-like-this"
+        );
+        let _ = writeln!(
+            out,
+            "mode      caption R@1  caption R@10  brand+type P  type P@10  colour+type P@10"
+        );
+        for (mode, s) in &self.modes {
+            let _ = writeln!(
+                out,
+                "{mode:<8}  {:>11}  {:>12}  {:>12}  {:>9}  {:>16}",
+                cell(s.caption_r1),
+                cell(s.caption_r10),
+                cell(s.brand_type),
+                cell(s.type_p10),
+                cell(s.colour_type_p10),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "more like this (no words, every mode): type P@10 {}",
+            cell(self.similar_type_p10)
+        );
+        out
+    }
+
+    pub fn mode(&self, mode: SearchMode) -> &Scores {
+        static EMPTY: Scores = Scores {
+            caption_r1: None,
+            caption_r10: None,
+            brand_type: None,
+            type_p10: None,
+            colour_type_p10: None,
+            queries: 0,
+        };
+        self.modes.get(mode.as_str()).unwrap_or(&EMPTY)
+    }
+}
+
+/// Loads the first `limit` held-out products of `dataset` into `catalogue` with the ETL, then
+/// evaluates through its backend; the report, and the products loaded.
+pub async fn run(
+    catalogue: &local_stack::Catalogue,
+    dataset: &Path,
+    limit: usize,
+    max_captions: usize,
+) -> anyhow::Result<Report> {
+    let (products, lines) = validation_products(dataset, limit)?;
+    anyhow::ensure!(
+        !products.is_empty(),
+        "no held-out products with photos in {}",
+        dataset.display()
+    );
+    let split = tempfile::tempdir()?;
+    write_split(dataset, &lines, split.path())?;
+    let timeout = std::time::Duration::from_secs(300);
+    let backend_url = catalogue.backend.url();
+    let clients = etl::Clients {
+        backend: BackendClient::new(backend_url.clone(), timeout)?
+            .with_api_key(local_stack::API_KEY),
+        model: model_serving_api::ModelServingClient::new(catalogue.model.url(), timeout)?,
+        store: catalogue.store()?,
+    };
+    let options = etl::LoadOptions {
+        dataset: etl::datasets::DatasetKind::FashionProductImages,
+        source: split.path().to_owned(),
+        limit: None,
+        batch_size: 32,
+        concurrency: 2,
+        dry_run: false,
+        progress: false,
+        max_request_pixels: etl::DEFAULT_MAX_REQUEST_PIXELS,
+    };
+    let summary = etl::load(&options, &clients).await?;
+    anyhow::ensure!(
+        summary.failed.is_empty(),
+        "the ETL failed on {} products: {:?}",
+        summary.failed.len(),
+        summary.failed.first()
+    );
+    let points = products
+        .iter()
+        .map(|p| {
+            let photo = dataset.join("images").join(format!("{}.jpg", p.id));
+            let bytes = std::fs::read(&photo)?;
+            Ok(etl::point_id(
+                etl::datasets::DatasetKind::FashionProductImages,
+                &bytes,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<Uuid>>>()?;
+    let client = BackendClient::new(backend_url, timeout)?;
+    evaluate(&client, &products, &points, max_captions).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_split_rule_is_training_s() {
+        // Values of data.py's fnv1a32.
+        assert_eq!(fnv1a32(""), 0x811C_9DC5);
+        assert_eq!(fnv1a32("a"), 0xE40C_292C);
+        assert_eq!(
+            (0..1000).filter(|i| is_validation(&i.to_string())).count() / 10,
+            10,
+            "about one in ten"
+        );
+    }
+
+    #[test]
+    fn brands_are_the_first_word() {
+        let p = Product {
+            id: "1".into(),
+            caption: "Puma Men Black Watch".into(),
+            article_type: "Watches".into(),
+            colour: "Black".into(),
+        };
+        assert_eq!(p.brand(), "puma");
+        assert_eq!(brand_of(""), "");
+    }
+}

@@ -1,0 +1,40 @@
+//! The small version of `make eval-search`, in `make test`: 300 held-out products loaded with
+//! the ETL under the trained model, 120 caption questions, every mode. It fails on a clear
+//! regression of what hybrid search is for; the thresholds sit well under what it measures
+//! (see the README's search quality table).
+
+use backend_api::SearchMode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hybrid_search_finds_what_shoppers_name() {
+    let model = local_stack::workspace().join("model-serving/models/fashion-clip-mini");
+    let catalogue = local_stack::Catalogue::start(model)
+        .await
+        .expect("catalogue");
+    let report = search_eval::run(&catalogue, &local_stack::dataset_dir(), 300, 120)
+        .await
+        .expect("evaluation");
+    catalogue.stop().await.expect("stop");
+    println!("{}", report.table());
+    let (vector, keyword, hybrid) = (
+        report.mode(SearchMode::Vector),
+        report.mode(SearchMode::Keyword),
+        report.mode(SearchMode::Hybrid),
+    );
+    let figure = |v: Option<f64>| v.expect("questions of every family");
+    assert!(figure(hybrid.brand_type) >= 0.6, "brand + type: {hybrid:?}");
+    assert!(
+        figure(hybrid.brand_type) > figure(vector.brand_type) + 0.2,
+        "words help: {hybrid:?} vs {vector:?}"
+    );
+    assert!(figure(hybrid.caption_r10) >= 0.7, "captions: {hybrid:?}");
+    assert!(
+        figure(hybrid.type_p10) >= figure(vector.type_p10) - 0.1,
+        "types no worse than by meaning alone: {hybrid:?} vs {vector:?}"
+    );
+    assert!(
+        figure(keyword.caption_r10) > 0.0 && figure(vector.caption_r10) > 0.0,
+        "every mode answers"
+    );
+    assert!(figure(report.similar_type_p10) >= 0.3, "more like this");
+}
