@@ -240,6 +240,7 @@ hostile: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json ## hostile cases (bombs
 -include backend/contract/contract.mk
 -include model-serving/training/training.mk
 -include model-serving/fuzz/fuzz.mk
+-include deploy/deploy.mk
 
 .PHONY: clean
 clean: ## remove build output and generated models (keeps the download cache)

@@ -26,6 +26,7 @@ pub(crate) fn problem(title: &str, detail: impl Into<String>) -> Notice {
         kind: NoticeKind::Problem,
         title: title.to_owned(),
         detail: detail.into(),
+        suggestions: Vec::new(),
     }
 }
 
@@ -34,6 +35,7 @@ pub(crate) fn info(title: impl Into<String>, detail: impl Into<String>) -> Notic
         kind: NoticeKind::Info,
         title: title.into(),
         detail: detail.into(),
+        suggestions: Vec::new(),
     }
 }
 

@@ -132,14 +132,24 @@ pub async fn search(
                 previous,
                 next,
             };
-            let empty = info(
-                format!("No results for “{q}”"),
-                if refinement.is_empty() {
-                    "Try other words, or search with a photo."
-                } else {
-                    "Try fewer filters or a lower minimum score."
-                },
-            );
+            let empty = if response.relevance_floor.is_some() && refinement.is_empty() {
+                // The backend shows nothing below the model's relevance floor: nothing in the
+                // catalogue is like these words. Offer what it does hold.
+                info(
+                    format!("No good matches for “{q}”"),
+                    "Nothing in the catalogue is close enough to it. Try one of these, or search with a photo.",
+                )
+                .suggesting(views::suggestions(facets.as_ref()))
+            } else {
+                info(
+                    format!("No results for “{q}”"),
+                    if refinement.is_empty() {
+                        "Try other words, or search with a photo."
+                    } else {
+                        "Try fewer filters or a lower minimum score."
+                    },
+                )
+            };
             (results, empty)
         })
         .map_err(|trouble| trouble_notice(trouble, state.timeout, "query"));

@@ -85,6 +85,15 @@ pub struct Notice {
     pub kind: NoticeKind,
     pub title: String,
     pub detail: String,
+    /// Searches to try instead: (words, link).
+    pub suggestions: Vec<(String, String)>,
+}
+
+impl Notice {
+    pub fn suggesting(mut self, suggestions: Vec<(String, String)>) -> Self {
+        self.suggestions = suggestions;
+        self
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -286,16 +295,48 @@ pub fn home(catalogue_size: Option<u64>) -> AnyView {
     .into_any()
 }
 
+/// Searches to suggest when nothing matches: the catalogue's most common article types.
+pub fn suggestions(facets: Option<&FacetsResponse>) -> Vec<(String, String)> {
+    const SUGGESTED: usize = 6;
+    facets
+        .and_then(|f| f.facets.get("article_type"))
+        .map(|values| {
+            values
+                .iter()
+                .take(SUGGESTED)
+                .map(|v| {
+                    let href = format!(
+                        "/?{}",
+                        form_urlencoded::Serializer::new(String::new())
+                            .append_pair("q", &v.value)
+                            .finish()
+                    );
+                    (v.value.clone(), href)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A notice on its own (nothing found, bad input, backend trouble).
 pub fn notice(notice: Notice) -> AnyView {
     let (class, role) = match notice.kind {
         NoticeKind::Info => ("notice info", "status"),
         NoticeKind::Problem => ("notice problem", "alert"),
     };
+    let suggestions = (!notice.suggestions.is_empty()).then(|| {
+        let links = notice
+            .suggestions
+            .into_iter()
+            .map(|(words, href)| view! { <li><a href=href>{words}</a></li> })
+            .collect_view();
+        view! { <ul class="suggestions" aria-label="Try instead">{links}</ul> }
+    });
     view! {
         <section class=class role=role>
             <h1>{notice.title}</h1>
             <p>{notice.detail}</p>
+            {suggestions}
             <p><a href="/">"Back to the start"</a></p>
         </section>
     }
@@ -450,6 +491,30 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn no_good_matches_suggests_the_commonest_types_as_searches() {
+        let facets = facets(&[("article_type", &["Tshirts", "Casual Shoes", "Watches"])]);
+        let suggested = suggestions(Some(&facets));
+        assert_eq!(suggested.len(), 3);
+        assert_eq!(
+            suggested[1],
+            ("Casual Shoes".to_owned(), "/?q=Casual+Shoes".to_owned())
+        );
+        assert!(suggestions(None).is_empty());
+        let empty = Notice {
+            kind: NoticeKind::Info,
+            title: "No good matches for “qorvex”".into(),
+            detail: "Nothing in the catalogue is close enough to it.".into(),
+            suggestions: suggested,
+        };
+        let html = document("", &SearchState::default(), None, notice(empty));
+        assert!(
+            html.contains("<a href=\"/?q=Casual+Shoes\">Casual Shoes</a>"),
+            "{html}"
+        );
+        assert!(html.contains("No good matches for “qorvex”"));
     }
 
     #[test]

@@ -102,6 +102,11 @@ pub struct SearchResponse {
     pub embedded_text: Option<String>,
     /// How the query was matched (photo and "more like this" searches: `vector`).
     pub mode: SearchMode,
+    /// The model's relevance floor, when a text search applied one: a product found by meaning
+    /// alone is at least this similar (cosine); below it, nothing is shown as a match (so a
+    /// query that matches nothing well answers no hits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relevance_floor: Option<f32>,
     pub model: String,
     pub took_ms: f64,
 }

@@ -10,7 +10,11 @@
 //! - "<type>" and "<colour> <type>" (at least 10 and 5 products): precision of the top
 //!   min(10, products);
 //! - more like this (no words, so one figure for every mode): the share of the 10 nearest
-//!   products with the query product's type.
+//!   products with the query product's type;
+//! - made-up words ("qorvex blint"): the share answered with no match at all in hybrid mode
+//!   (the model's relevance floor at work), and, for a model without a floor, the calibration
+//!   of one: the similarity of each caption's own product against the best similarity a made-up
+//!   query reaches.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -23,6 +27,8 @@ use uuid::Uuid;
 
 /// Queries in flight at once.
 const CONCURRENCY: usize = 4;
+/// Made-up queries asked.
+const GIBBERISH: usize = 40;
 
 /// A held-out product, as `styles.csv` describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,8 +136,52 @@ pub struct Report {
     pub model: String,
     pub modes: BTreeMap<&'static str, Scores>,
     pub similar_type_p10: Option<f64>,
+    /// The model's relevance floor, as the backend applied it.
+    pub relevance_floor: Option<f32>,
+    /// Share of made-up queries answered with no hit in hybrid mode.
+    pub gibberish_unanswered: Option<f64>,
+    /// Vector mode: the similarity of each caption's own product (when in the top 10), and the
+    /// best similarity each made-up query reached: what a floor is calibrated on.
+    pub own_product_scores: Vec<f32>,
+    pub gibberish_scores: Vec<f32>,
     /// Questions per family: captions, brand+type, type, colour+type, similar.
     pub questions: [usize; 5],
+}
+
+/// Made-up two-word queries, the same every run (a fixed linear congruential sequence).
+pub fn gibberish(n: usize) -> Vec<String> {
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |below: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % below
+    };
+    (0..n)
+        .map(|_| {
+            let mut word = || {
+                let len = 5 + next(5);
+                (0..len)
+                    .map(|_| char::from(b'a' + next(26) as u8))
+                    .collect::<String>()
+            };
+            format!("{} {}", word(), word())
+        })
+        .collect()
+}
+
+/// The lowest floor (a multiple of 0.01) that leaves at most 5% of made-up queries with a hit,
+/// and the share of captions' own products at or above it; `None` without made-up scores.
+pub fn suggest_floor(own: &[f32], gibberish: &[f32]) -> Option<(f32, f64)> {
+    if gibberish.is_empty() {
+        return None;
+    }
+    let mut sorted = gibberish.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let p95 = sorted[((sorted.len() as f64 * 0.95).ceil() as usize).min(sorted.len()) - 1];
+    let floor = ((p95 * 100.0).floor() + 1.0) / 100.0;
+    let kept = own.iter().filter(|s| **s >= floor).count() as f64 / own.len().max(1) as f64;
+    Some((floor, kept))
 }
 
 fn mean(values: &[f64]) -> Option<f64> {
@@ -243,18 +293,22 @@ pub async fn evaluate(
     };
     for mode in SearchMode::ALL {
         let mut scores = Scores::default();
-        let found: Vec<(bool, bool)> = futures::stream::iter(&sample)
+        let found: Vec<(bool, bool, Option<f32>)> = futures::stream::iter(&sample)
             .map(|&i| async move {
                 let response = search(client, &products[i].caption, mode, 10).await?;
                 let rank = response.hits.iter().position(|h| h.item.id == points[i]);
-                Ok::<_, anyhow::Error>((rank == Some(0), rank.is_some()))
+                let score = rank.map(|r| response.hits[r].score);
+                Ok::<_, anyhow::Error>((rank == Some(0), rank.is_some(), score))
             })
             .buffered(CONCURRENCY)
             .collect::<Vec<_>>()
             .await
             .into_iter()
             .collect::<anyhow::Result<_>>()?;
-        let share = |f: fn(&(bool, bool)) -> bool| {
+        if mode == SearchMode::Vector {
+            report.own_product_scores = found.iter().filter_map(|x| x.2).collect();
+        }
+        let share = |f: fn(&(bool, bool, Option<f32>)) -> bool| {
             mean(
                 &found
                     .iter()
@@ -290,8 +344,20 @@ pub async fn evaluate(
         scores.queries = sample.len() + families.iter().map(Vec::len).sum::<usize>();
         report.modes.insert(mode.as_str(), scores);
     }
-    let model = search(client, "dress", SearchMode::Vector, 1).await?.model;
-    report.model = model;
+    let probe = search(client, "dress", SearchMode::Hybrid, 1).await?;
+    report.model = probe.model;
+    report.relevance_floor = probe.relevance_floor;
+    let made_up = gibberish(GIBBERISH);
+    let mut unanswered = Vec::new();
+    for q in &made_up {
+        let hybrid = search(client, q, SearchMode::Hybrid, 10).await?;
+        unanswered.push(f64::from(u8::from(hybrid.hits.is_empty())));
+        let vector = search(client, q, SearchMode::Vector, 1).await?;
+        report
+            .gibberish_scores
+            .extend(vector.hits.first().map(|h| h.score));
+    }
+    report.gibberish_unanswered = mean(&unanswered);
     let params = SearchParams {
         k: Some(10),
         ..SearchParams::default()
@@ -366,6 +432,22 @@ impl Report {
             "more like this (no words, every mode): type P@10 {}",
             cell(self.similar_type_p10)
         );
+        let _ = writeln!(
+            out,
+            "made-up queries answered with no match (hybrid): {} (relevance floor {})",
+            cell(self.gibberish_unanswered),
+            self.relevance_floor
+                .map_or_else(|| "none".to_owned(), |f| format!("{f:.2}"))
+        );
+        if self.relevance_floor.is_none()
+            && let Some((floor, kept)) =
+                suggest_floor(&self.own_product_scores, &self.gibberish_scores)
+        {
+            let _ = writeln!(
+                out,
+                "calibration: a relevance floor of {floor:.2} (above 95% of made-up queries' best similarity) keeps {kept:.3} of the captions' own products found by meaning"
+            );
+        }
         out
     }
 
@@ -452,6 +534,17 @@ mod tests {
             10,
             "about one in ten"
         );
+    }
+
+    #[test]
+    fn made_up_queries_are_the_same_every_run_and_a_floor_sits_above_them() {
+        assert_eq!(gibberish(3), gibberish(3));
+        assert!(gibberish(40).iter().all(|q| q.split(' ').count() == 2));
+        let made_up: Vec<f32> = (0..100).map(|i| 0.10 + i as f32 * 0.001).collect();
+        let (floor, kept) = suggest_floor(&[0.5, 0.3, 0.19], &made_up).expect("floor");
+        assert!((floor - 0.20).abs() < 1e-6, "{floor}");
+        assert!((kept - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(suggest_floor(&[0.5], &[]), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! fresh in-process catalogue (model-serving with `MODEL_DIR`, default the trained model; the
 //! backend with its embedded engine and S3), asks the backend every question in each mode, and
 //! prints the table. `EVAL_PRODUCTS` (default 1000) bounds the products loaded, `EVAL_CAPTIONS`
-//! (default 400) the caption and more-like-this questions.
+//! (default 400) the caption and more-like-this questions. `EVAL_CALIBRATE=1` evaluates a copy of
+//! the model without its relevance floor and suggests one (see the README, Search quality).
 
 use std::path::PathBuf;
 
@@ -25,10 +26,33 @@ async fn main() -> anyhow::Result<()> {
     let captions = number("EVAL_CAPTIONS", 400)?;
     let dataset = local_stack::dataset_dir();
     let started = std::time::Instant::now();
+    let calibrate = std::env::var_os("EVAL_CALIBRATE").is_some_and(|v| v == "1");
+    let unfloored = tempfile::tempdir()?;
+    let model = if calibrate {
+        without_floor(&model, unfloored.path())?;
+        unfloored.path().to_owned()
+    } else {
+        model
+    };
     let catalogue = local_stack::Catalogue::start(model).await?;
     let report = search_eval::run(&catalogue, &dataset, products, captions).await;
     catalogue.stop().await?;
     print!("{}", report?.table());
     println!("({:.0} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A copy of the model folder whose `model.json` has no relevance floor.
+fn without_floor(model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(model)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), out.join(entry.file_name()))?;
+    }
+    let path = out.join("model.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    if let Some(fields) = spec.as_object_mut() {
+        fields.remove("relevance_floor");
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&spec)?)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The small version of `make eval-search`, in `make test`: 300 held-out products loaded with
-//! the ETL under the trained model, 120 caption questions, every mode. It fails on a clear
-//! regression of what hybrid search is for; the thresholds sit well under what it measures
-//! (see the README's search quality table).
+//! the ETL under the trained model, 120 caption questions, every mode, 40 made-up queries. It
+//! fails on a clear regression of what hybrid search is for; the thresholds sit well under what
+//! it measures (see the README's search quality table).
 
 use backend_api::SearchMode;
 
@@ -37,4 +37,14 @@ async fn hybrid_search_finds_what_shoppers_name() {
         "every mode answers"
     );
     assert!(figure(report.similar_type_p10) >= 0.3, "more like this");
+    // The trained model's relevance floor (model.json): made-up words find nothing.
+    assert!(
+        report.relevance_floor.is_some(),
+        "the trained model has a floor"
+    );
+    assert!(
+        figure(report.gibberish_unanswered) >= 0.8,
+        "made-up queries answered with no match: {:?}",
+        report.gibberish_unanswered
+    );
 }

@@ -33,6 +33,17 @@ pub struct BackendConfig {
     pub qdrant_api_key: Option<SecretString>,
     #[arg(long, env = "QDRANT_COLLECTION", default_value = "fashion_images")]
     pub qdrant_collection: String,
+    /// Shards of a new collection on a Qdrant server (a cluster spreads them over its nodes).
+    /// Unset: Qdrant's default.
+    #[arg(long, env = "QDRANT_SHARDS")]
+    pub qdrant_shards: Option<u32>,
+    /// Copies of each shard of a new collection (2 or more: the cluster survives a lost node).
+    /// Unset: Qdrant's default (1).
+    #[arg(long, env = "QDRANT_REPLICATION_FACTOR")]
+    pub qdrant_replication_factor: Option<u32>,
+    /// Copies that must acknowledge a write before it is answered. Unset: Qdrant's default (1).
+    #[arg(long, env = "QDRANT_WRITE_CONSISTENCY")]
+    pub qdrant_write_consistency: Option<u32>,
     /// HNSW search breadth; higher is slower and more exact.
     #[arg(long, env = "SEARCH_HNSW_EF", default_value_t = 128)]
     pub hnsw_ef: usize,
@@ -115,6 +126,25 @@ impl BackendConfig {
             .is_some_and(|k| k.expose_secret().len() < 16)
         {
             return Err("API_KEY must be at least 16 characters".into());
+        }
+        if [
+            self.qdrant_shards,
+            self.qdrant_replication_factor,
+            self.qdrant_write_consistency,
+        ]
+        .contains(&Some(0))
+        {
+            return Err(
+                "QDRANT_SHARDS, QDRANT_REPLICATION_FACTOR and QDRANT_WRITE_CONSISTENCY must be positive"
+                    .into(),
+            );
+        }
+        if self.qdrant_write_consistency.unwrap_or(1) > self.qdrant_replication_factor.unwrap_or(1)
+        {
+            return Err(
+                "QDRANT_WRITE_CONSISTENCY cannot exceed QDRANT_REPLICATION_FACTOR (copies to wait for > copies made)"
+                    .into(),
+            );
         }
         if self.hnsw_ef == 0 {
             return Err("SEARCH_HNSW_EF must be positive".into());

@@ -288,6 +288,9 @@ pub trait Embedder: Send + Sync {
     /// The model's name as last reported, without a call; `None` before model-serving was first
     /// reached.
     fn model(&self) -> Option<String>;
+    /// The model's relevance floor (a cosine similarity) for text queries, as last reported;
+    /// `None` when it has none (or before model-serving was first reached).
+    fn relevance_floor(&self) -> Option<f32>;
     /// Whether calls are being turned away (model-serving failing).
     fn breaker_open(&self) -> bool;
 }
@@ -510,6 +513,10 @@ impl Embedder for QueryEncoder {
 
     fn model(&self) -> Option<String> {
         self.known().map(|info| info.name)
+    }
+
+    fn relevance_floor(&self) -> Option<f32> {
+        self.known().and_then(|info| info.relevance_floor)
     }
 
     fn breaker_open(&self) -> bool {

@@ -33,7 +33,7 @@ use crate::config::BackendConfig;
 use crate::embedded_s3::EmbeddedS3;
 use crate::encoder::{EncoderSettings, QueryEncoder};
 use crate::index::edge::EdgeIndex;
-use crate::index::server::QdrantServerIndex;
+use crate::index::server::{ClusterLayout, QdrantServerIndex};
 use crate::index::{SearchTuning, VectorIndex};
 use crate::search::SearchEngine;
 use crate::storage::{ObjectStore, PresignSettings, StorageSettings};
@@ -71,7 +71,12 @@ pub async fn build(
             Arc::new(
                 QdrantServerIndex::connect(url, key, &config.qdrant_collection, tuning)
                     .await
-                    .with_context(|| format!("Qdrant at {url}"))?,
+                    .with_context(|| format!("Qdrant at {url}"))?
+                    .with_layout(ClusterLayout {
+                        shards: config.qdrant_shards,
+                        replication_factor: config.qdrant_replication_factor,
+                        write_consistency: config.qdrant_write_consistency,
+                    }),
             )
         }
         None => {

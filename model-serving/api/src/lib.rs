@@ -39,6 +39,10 @@ pub struct ModelInfo {
     pub prompt_template: String,
     pub max_batch: usize,
     pub max_items_per_request: usize,
+    /// The cosine similarity below which a text query's nearest images are not matches (from
+    /// the model folder's `model.json`); `None`: the model has no measured floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relevance_floor: Option<f32>,
 }
 
 /// Every error response: `{"error": {"code": "...", "message": "..."}}`.

@@ -248,6 +248,7 @@ impl ClipEncoder {
             prompt_template: self.spec.prompt_template.clone(),
             max_batch: self.config.batch.max_batch,
             max_items_per_request: self.config.max_items_per_request,
+            relevance_floor: self.spec.relevance_floor,
         }
     }
 

@@ -268,6 +268,8 @@ pub fn spec_from_hub_config(name: &str, dir: &Path) -> Result<ModelSpec, Downloa
         context_length: context as usize,
         pad_token_id: 0,
         prompt_template: "a photo of {}".to_owned(),
+        // A downloaded model has not been measured here.
+        relevance_floor: None,
     };
     spec.validate().map_err(DownloadError::Config)?;
     Ok(spec)

@@ -27,6 +27,10 @@ pub struct ModelSpec {
     /// How the search app turns a shopper's query into a caption; `{}` is the query.
     #[serde(default = "default_prompt")]
     pub prompt_template: String,
+    /// The cosine similarity below which a text query's nearest images are not matches for
+    /// this model (measured by `make eval-search` on the development split); absent: no floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relevance_floor: Option<f32>,
 }
 
 pub const RESIZE_SHORTEST_EDGE_BICUBIC: &str = "shortest_edge_bicubic";
@@ -108,6 +112,12 @@ impl ModelSpec {
         if !self.prompt_template.contains("{}") {
             return Err("prompt_template must contain {}".into());
         }
+        if self
+            .relevance_floor
+            .is_some_and(|floor| !(-1.0..=1.0).contains(&floor))
+        {
+            return Err("relevance_floor must be a cosine similarity, between -1 and 1".into());
+        }
         Ok(())
     }
 }
@@ -133,6 +143,10 @@ mod tests {
         let mut bad = s.clone();
         bad.image_std[1] = 0.0;
         assert!(bad.validate().is_err());
+        assert_eq!(s.relevance_floor, None, "no floor unless measured");
+        let mut floor = s.clone();
+        floor.relevance_floor = Some(1.5);
+        assert!(floor.validate().is_err());
         let mut bad = s;
         bad.resize = "squash".into();
         assert!(bad.validate().unwrap_err().contains("squash"));

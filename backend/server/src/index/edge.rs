@@ -225,6 +225,34 @@ impl EdgeIndex {
     }
 }
 
+/// Points with their payloads in id order (stable pages), filtered.
+fn scroll(
+    shard: &EdgeShard,
+    offset: usize,
+    limit: usize,
+    filter: Option<EdgeFilter>,
+) -> Result<Vec<Record>, IndexError> {
+    // No scoring query: points in id order.
+    let mut builder = QueryRequestBuilder::new(limit)
+        .offset(offset)
+        .with_payload(WithPayloadInterface::Bool(true))
+        .with_vector(WithVector::Bool(false));
+    if let Some(filter) = filter {
+        builder = builder.filter(filter);
+    }
+    let hits = shard.query(builder.build()).map_err(internal)?;
+    hits.iter()
+        .filter_map(|h| uuid_of(&h.id).map(|id| (id, h)))
+        .map(|(id, h)| {
+            Ok(Record {
+                id,
+                payload: from_payload(h.payload.as_ref())?,
+                vector: None,
+            })
+        })
+        .collect()
+}
+
 fn records(found: Vec<qdrant_edge::Record>) -> Result<Vec<Record>, IndexError> {
     found
         .iter()
@@ -432,25 +460,7 @@ impl VectorIndex for EdgeIndex {
             let Some(shard) = shard else {
                 return Ok(Vec::new());
             };
-            // No scoring query: points in id order, so pages are stable.
-            let mut builder = QueryRequestBuilder::new(limit)
-                .offset(offset)
-                .with_payload(WithPayloadInterface::Bool(true))
-                .with_vector(WithVector::Bool(false));
-            if let Some(filter) = filter {
-                builder = builder.filter(filter);
-            }
-            let hits = shard.query(builder.build()).map_err(internal)?;
-            hits.iter()
-                .filter_map(|h| uuid_of(&h.id).map(|id| (id, h)))
-                .map(|(id, h)| {
-                    Ok(Record {
-                        id,
-                        payload: from_payload(h.payload.as_ref())?,
-                        vector: None,
-                    })
-                })
-                .collect()
+            scroll(&shard, offset, limit, filter)
         })
         .await
     }
@@ -529,25 +539,7 @@ impl VectorIndex for EdgeIndex {
                 })]),
                 ..Default::default()
             };
-            let hits = shard
-                .query(
-                    QueryRequestBuilder::new(limit)
-                        .filter(without)
-                        .with_payload(WithPayloadInterface::Bool(true))
-                        .with_vector(WithVector::Bool(false))
-                        .build(),
-                )
-                .map_err(internal)?;
-            hits.iter()
-                .filter_map(|h| uuid_of(&h.id).map(|id| (id, h)))
-                .map(|(id, h)| {
-                    Ok(Record {
-                        id,
-                        payload: from_payload(h.payload.as_ref())?,
-                        vector: None,
-                    })
-                })
-                .collect()
+            scroll(&shard, 0, limit, Some(without))
         })
         .await
     }

@@ -24,6 +24,14 @@ use super::{
     StoredPayload, VectorIndex,
 };
 
+/// How a new collection is laid out over a Qdrant cluster; `None`: Qdrant's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterLayout {
+    pub shards: Option<u32>,
+    pub replication_factor: Option<u32>,
+    pub write_consistency: Option<u32>,
+}
+
 pub struct QdrantServerIndex {
     client: Qdrant,
     collection: String,
@@ -33,6 +41,7 @@ pub struct QdrantServerIndex {
     keywords: RwLock<bool>,
     /// Held while the collection is being created (the first writes race for it).
     creating: tokio::sync::Mutex<()>,
+    layout: ClusterLayout,
 }
 
 /// A failed call to the Qdrant server: counted as an upstream error where it happens (the
@@ -117,9 +126,16 @@ impl QdrantServerIndex {
             dim: RwLock::new(None),
             keywords: RwLock::new(true),
             creating: tokio::sync::Mutex::new(()),
+            layout: ClusterLayout::default(),
         };
         index.read_dim().await?;
         Ok(index)
+    }
+
+    /// Shards and copies for the collection, when this index creates it.
+    pub fn with_layout(mut self, layout: ClusterLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Reads the vector size of the collection, if it exists, into `dim`.
@@ -180,6 +196,15 @@ impl QdrantServerIndex {
             .vectors_config(VectorParamsBuilder::new(dim as u64, Distance::Cosine));
         if keywords {
             collection = collection.sparse_vectors_config(keyword_vectors());
+        }
+        if let Some(shards) = self.layout.shards {
+            collection = collection.shard_number(shards);
+        }
+        if let Some(copies) = self.layout.replication_factor {
+            collection = collection.replication_factor(copies);
+        }
+        if let Some(acks) = self.layout.write_consistency {
+            collection = collection.write_consistency_factor(acks);
         }
         let created = self.client.create_collection(collection).await;
         if let Err(error) = created {

@@ -131,6 +131,10 @@ impl SearchEngine {
         let (caption, vector) = self
             .with_checked_filters(&plan.filter.attributes, embed)
             .await?;
+        // A query is matched by meaning only when something is at least as near as the model's
+        // relevance floor; by words when any product has one of them. A query that reaches
+        // neither (gibberish) answers no hits rather than the least unlike products.
+        let floor = self.encoder.relevance_floor();
         // A query of stop words and punctuation has no words to match: meaning alone.
         let (mode, query) = match words {
             Some(keywords) if !keywords.is_empty() => {
@@ -138,13 +142,61 @@ impl SearchEngine {
             }
             _ => (SearchMode::Vector, IndexQuery::Vector(vector)),
         };
+        let matched = match floor {
+            Some(floor) => self.reaches(&query, floor, &plan.filter).await?,
+            None => true,
+        };
         let query = Query {
             kind: "text",
             mode,
             query,
             embedded_text: Some(caption),
         };
-        self.run(query, &plan, started).await
+        let mut response = if matched {
+            self.run(query, &plan, started).await?
+        } else {
+            self.answer(Vec::new(), query, &plan, started)
+        };
+        response.relevance_floor = floor;
+        Ok(response)
+    }
+
+    /// Whether a text query matches anything: a product at least `floor` near in meaning, or
+    /// (hybrid) one with a word of it. Two one-result index searches, at once.
+    async fn reaches(
+        &self,
+        query: &IndexQuery,
+        floor: f32,
+        filter: &Filter,
+    ) -> Result<bool, SearchError> {
+        let probe = |query: IndexQuery, min_score: Option<f32>| SearchRequest {
+            query,
+            limit: 1,
+            offset: 0,
+            filter: filter.clone(),
+            min_score,
+            exclude: None,
+        };
+        let (vector, words) = match query {
+            IndexQuery::Hybrid { vector, keywords } => (vector, Some(keywords)),
+            IndexQuery::Vector(vector) => (vector, None),
+            IndexQuery::Keywords(_) => return Ok(true),
+        };
+        let near = self
+            .index
+            .search(probe(IndexQuery::Vector(vector.clone()), Some(floor)));
+        let worded = async {
+            match words {
+                Some(words) => {
+                    self.index
+                        .search(probe(IndexQuery::Keywords(words.clone()), None))
+                        .await
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let (near, worded) = tokio::try_join!(near, worded)?;
+        Ok(!near.is_empty() || !worded.is_empty())
     }
 
     /// The mode a text search can run in here: an index made before keyword vectors matches
@@ -236,7 +288,7 @@ impl SearchEngine {
         let search = Instant::now();
         let hits = self
             .index
-            .search(plan.request(query.query))
+            .search(plan.request(query.query.clone()))
             .instrument(tracing::info_span!(
                 "index_search",
                 mode = query.mode.as_str(),
@@ -256,17 +308,28 @@ impl SearchEngine {
             .map(|(score, item)| SearchHit { score, item })
             .collect();
         metrics::stage("presign", presign.elapsed());
+        Ok(self.answer(hits, query, plan, started))
+    }
+
+    fn answer(
+        &self,
+        hits: Vec<SearchHit>,
+        query: Query,
+        plan: &SearchPlan,
+        started: Instant,
+    ) -> SearchResponse {
         metrics::stage("total", started.elapsed());
         metrics::search(query.kind);
-        Ok(SearchResponse {
+        SearchResponse {
             hits,
             k: plan.k,
             offset: plan.offset,
             embedded_text: query.embedded_text,
             mode: query.mode,
+            relevance_floor: None,
             // The identity model-serving last reported: no call per search.
             model: self.encoder.model().unwrap_or_else(|| "unknown".to_owned()),
             took_ms: started.elapsed().as_secs_f64() * 1e3,
-        })
+        }
     }
 }

@@ -187,6 +187,7 @@ impl VectorIndex for FakeIndex {
 struct FakeEmbedder {
     calls: AtomicUsize,
     down: bool,
+    floor: Option<f32>,
 }
 
 #[async_trait::async_trait]
@@ -207,6 +208,9 @@ impl Embedder for FakeEmbedder {
     }
     fn model(&self) -> Option<String> {
         Some("fake-model".into())
+    }
+    fn relevance_floor(&self) -> Option<f32> {
+        self.floor
     }
     fn breaker_open(&self) -> bool {
         false
@@ -522,4 +526,52 @@ async fn an_index_without_keyword_vectors_matches_by_meaning() {
         index.searches.lock().expect("lock")[..],
         [IndexQuery::Vector(_)]
     ));
+}
+
+#[tokio::test]
+async fn a_query_that_reaches_no_match_answers_nothing() {
+    // The text query embeds as [1, 0, 0]: point 0 is at similarity 1, and no floor above 1 is
+    // ever reached by meaning; words still match.
+    let strict = FakeEmbedder {
+        floor: Some(1.01),
+        ..FakeEmbedder::default()
+    };
+    let (engine, index, _) = engine(10, strict).await;
+    let search = |q: &'static str, mode| {
+        let engine = engine.clone();
+        async move { engine.search_text(q, mode, &params(10, 0)).await }
+    };
+    let gibberish = search("qwxzv", SearchMode::Hybrid).await.expect("hybrid");
+    assert!(gibberish.hits.is_empty(), "nothing near enough, no word");
+    assert_eq!(gibberish.relevance_floor, Some(1.01));
+    let by_meaning = search("qwxzv", SearchMode::Vector).await.expect("vector");
+    assert!(by_meaning.hits.is_empty());
+    let worded = search("summer", SearchMode::Hybrid).await.expect("hybrid");
+    assert_eq!(worded.hits.len(), 10, "a word matches: the whole ranking");
+    let keyword = search("summer", SearchMode::Keyword)
+        .await
+        .expect("keyword");
+    assert_eq!(keyword.hits.len(), 10);
+    // A photo is not a text query: no floor.
+    let photo = engine
+        .search_image(vec![1, 2, 3], &params(10, 0))
+        .await
+        .expect("photo");
+    assert_eq!(photo.hits.len(), 10);
+    assert_eq!(photo.relevance_floor, None);
+
+    // With a floor that the nearest reaches, the ranking is the whole one (the floor decides
+    // whether a query matches at all, not where the list ends).
+    let searches_before = index.searches.lock().expect("lock").len();
+    let lenient = FakeEmbedder {
+        floor: Some(0.999),
+        ..FakeEmbedder::default()
+    };
+    let (engine, _, _) = engine_over(FakeIndex::default(), 10, lenient).await;
+    let near = engine
+        .search_text("qwxzv", SearchMode::Hybrid, &params(10, 0))
+        .await
+        .expect("hybrid");
+    assert_eq!(near.hits.len(), 10);
+    assert!(searches_before > 0);
 }
