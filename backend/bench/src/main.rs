@@ -19,7 +19,7 @@ use backend::index::edge::EdgeIndex;
 use backend::index::{
     Filter, IndexQuery, Point, SearchRequest, SearchTuning, StoredPayload, VectorIndex,
 };
-use backend_api::{BackendClient, ImageAttributes, IngestItem, SearchParams};
+use backend_api::{BackendClient, ImageAttributes, IngestItem, SearchMode, SearchParams};
 use model_serving_api::ModelServingClient;
 use uuid::Uuid;
 
@@ -74,13 +74,28 @@ fn env_path(name: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{name} is not set (run `make bench`)"))
 }
 
+/// Words a catalogue's captions are made of, so keyword and hybrid searches have terms to
+/// match (a product name: brand, colour, type).
+const BRANDS: [&str; 8] = [
+    "Puma", "Nike", "Titan", "Fabindia", "Adidas", "Fastrack", "Biba", "Roadster",
+];
+const COLOURS: [&str; 6] = ["Red", "Blue", "Black", "White", "Green", "Pink"];
+const TYPES: [&str; 8] = [
+    "Dress", "Jacket", "Watch", "Kurta", "Sneakers", "Shirt", "Jeans", "Handbag",
+];
+
 fn payload(key: &str, i: usize) -> StoredPayload {
     StoredPayload {
         s3_key: key.to_owned(),
         created_at: "2026-11-21T00:00:00Z".into(),
         attributes: ImageAttributes {
             dataset: "bench".into(),
-            caption: format!("item {i}"),
+            caption: format!(
+                "{} {} {} {i}",
+                BRANDS[i % BRANDS.len()],
+                COLOURS[(i / 8) % COLOURS.len()],
+                TYPES[(i / 48) % TYPES.len()]
+            ),
             gender: Some(if i.is_multiple_of(2) { "Men" } else { "Women" }.into()),
             ..Default::default()
         },
@@ -174,7 +189,9 @@ async fn pipeline() -> anyhow::Result<()> {
         ..Default::default()
     };
     // Warm-up (connections, model info).
-    client.search_text("warm up", &params).await?;
+    client
+        .search_text_as("warm up", SearchMode::Vector, &params)
+        .await?;
 
     // 1 client, distinct queries (cache misses), end to end.
     let queries: Vec<String> = (0..200)
@@ -183,7 +200,9 @@ async fn pipeline() -> anyhow::Result<()> {
     let mut e2e = Vec::new();
     for q in &queries {
         let t = Instant::now();
-        client.search_text(q, &params).await?;
+        client
+            .search_text_as(q, SearchMode::Vector, &params)
+            .await?;
         e2e.push(t.elapsed().as_secs_f64());
     }
     // The two stages alone, same queries' shapes: encode through model-serving, index search.
@@ -230,7 +249,11 @@ async fn pipeline() -> anyhow::Result<()> {
                 for i in 0..40 {
                     let t = Instant::now();
                     client
-                        .search_text(&format!("blue denim jacket {c} {i}"), &params)
+                        .search_text_as(
+                            &format!("blue denim jacket {c} {i}"),
+                            SearchMode::Vector,
+                            &params,
+                        )
                         .await?;
                     out.push(t.elapsed().as_secs_f64());
                 }
@@ -252,7 +275,7 @@ async fn pipeline() -> anyhow::Result<()> {
     for _ in 0..200 {
         let t = Instant::now();
         client
-            .search_text("red summer dress number 0", &params)
+            .search_text_as("red summer dress number 0", SearchMode::Vector, &params)
             .await?;
         cached.push(t.elapsed().as_secs_f64());
     }
@@ -265,6 +288,62 @@ async fn pipeline() -> anyhow::Result<()> {
         "    end-to-end / (encode + index search) at p50   {:.2}   (target <= 1.2)",
         e2e50 / (enc50 + idx50)
     );
+
+    // Hybrid (the default) against vector-only, same queries, same load: words found in the
+    // catalogue's captions, so both rankings have candidates.
+    println!(
+        "\n(C) hybrid vs vector-only text search, uncached (target: hybrid p99 <= 1.3x vector)"
+    );
+    for mode in [SearchMode::Vector, SearchMode::Hybrid] {
+        // Distinct per mode too: the query cache must not serve one mode's embeddings to the
+        // other.
+        let word_query = move |c: usize, i: usize| {
+            format!(
+                "{} {} {} {}-{c}-{i}",
+                COLOURS[i % COLOURS.len()].to_lowercase(),
+                TYPES[(i + c) % TYPES.len()].to_lowercase(),
+                BRANDS[c % BRANDS.len()].to_lowercase(),
+                mode.as_str()
+            )
+        };
+        let mut one = Vec::new();
+        for i in 0..200 {
+            let t = Instant::now();
+            client
+                .search_text_as(&word_query(99, i), mode, &params)
+                .await?;
+            one.push(t.elapsed().as_secs_f64());
+        }
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|c| {
+                let client = client.clone();
+                let params = params.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for i in 0..40 {
+                        let t = Instant::now();
+                        client
+                            .search_text_as(&word_query(c, 1000 + i), mode, &params)
+                            .await?;
+                        out.push(t.elapsed().as_secs_f64());
+                    }
+                    Ok::<_, anyhow::Error>(out)
+                })
+            })
+            .collect();
+        let mut many = Vec::new();
+        for task in tasks {
+            many.extend(task.await??);
+        }
+        let rate = many.len() as f64 / started.elapsed().as_secs_f64();
+        let (o50, o99) = ms(one);
+        let (m50, m99) = ms(many);
+        println!(
+            "    {:<7} 1 client p50 {o50:>6.2} ms p99 {o99:>6.2} ms   16 clients p50 {m50:>6.2} ms p99 {m99:>6.2} ms ({rate:.0}/s)",
+            mode.as_str()
+        );
+    }
 
     drop(engine);
     backend.stop().await?;
