@@ -5,7 +5,8 @@
 //! Settings (environment): `HOSTILE_BIN_DIR` (the release binaries), `MODEL_DIR`,
 //! `ORT_DYLIB_PATH`, `DATASET_DIR` (photos to index first), `HOSTILE_SOAK_SECS` (default 600, 0
 //! skips the soak), `HOSTILE_CLIENTS` (default 16), `HOSTILE_CASES` (0 runs the soak alone),
-//! `HOSTILE_PHOTOS` (default 40), `HOSTILE_LATENCY` (1: search latency only, no cases or soak). The
+//! `HOSTILE_PHOTOS` (default 40), `HOSTILE_LATENCY` (1: search latency only, no cases or soak;
+//! `HOSTILE_LATENCY_REQUESTS` per phase, `HOSTILE_SEARCH_PARAMS` added to each search). The
 //! services inherit the environment, so `METRICS_UPKEEP_SECS=0` soaks them without the metrics
 //! upkeep (the "before" measurement). Every process it starts is stopped by pid.
 
@@ -606,6 +607,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if latency_only {
+        // HOSTILE_SEARCH_PARAMS (e.g. "&mode=vector") is added to every latency search, so a
+        // build can be compared with an older one on the same kind of search.
+        let search_url = format!("{search_url}{}", env_or("HOSTILE_SEARCH_PARAMS", ""));
         latency(&run, &search_url).await;
     } else if soak_secs > 0 {
         let shop_url = run.service("frontend").url("/");
@@ -711,8 +715,8 @@ async fn soak(run: &Run, search_url: &str, shop_url: &str, secs: u64, clients: u
 
 /// `HOSTILE_LATENCY=1`: text-search latency through the backend's API at 1 and 16 clients,
 /// uncached (every query new, so it is embedded by model-serving) and cached (20 queries asked
-/// before); each phase bounded to 400 requests and 60 s. Run it against two builds
-/// (`HOSTILE_BIN_DIR`) to compare them.
+/// before); each phase bounded to `HOSTILE_LATENCY_REQUESTS` requests (default 400) and 60 s.
+/// Run it against two builds (`HOSTILE_BIN_DIR`) to compare them.
 async fn latency(run: &Run, search_url: &str) {
     let warm: Vec<String> = (0..20).map(|i| format!("warm query {i}")).collect();
     for q in &warm {
@@ -726,9 +730,12 @@ async fn latency(run: &Run, search_url: &str) {
     println!("| clients | queries | requests | failed | p50 ms | p99 ms | searches/s |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
     let nonce = std::process::id();
+    let requests: u64 = env_or("HOSTILE_LATENCY_REQUESTS", "400")
+        .parse()
+        .unwrap_or(400);
     for clients in [1usize, 16] {
         for cached in [false, true] {
-            let budget = Arc::new(AtomicU64::new(400));
+            let budget = Arc::new(AtomicU64::new(requests));
             let started = Instant::now();
             let tasks: Vec<_> = (0..clients)
                 .map(|c| {
