@@ -142,9 +142,14 @@ impl SearchEngine {
             }
             _ => (SearchMode::Vector, IndexQuery::Vector(vector)),
         };
-        let matched = match floor {
-            Some(floor) => self.reaches(&query, floor, &plan.filter).await?,
-            None => true,
+        // The probes run beside the search, not before it: a query that matches costs no
+        // extra wait; one that does not has its hits dropped.
+        let probed = floor.map(|floor| (query.clone(), floor));
+        let reach = async {
+            match &probed {
+                Some((query, floor)) => self.reaches(query, *floor, &plan.filter).await,
+                None => Ok(true),
+            }
         };
         let query = Query {
             kind: "text",
@@ -152,11 +157,10 @@ impl SearchEngine {
             query,
             embedded_text: Some(caption),
         };
-        let mut response = if matched {
-            self.run(query, &plan, started).await?
-        } else {
-            self.answer(Vec::new(), query, &plan, started)
-        };
+        let (matched, mut response) = tokio::try_join!(reach, self.run(query, &plan, started))?;
+        if !matched {
+            response.hits.clear();
+        }
         response.relevance_floor = floor;
         Ok(response)
     }
