@@ -134,7 +134,13 @@ impl SearchEngine {
         // A query is matched by meaning only when something is at least as near as the model's
         // relevance floor; by words when any product has one of them. A query that reaches
         // neither (gibberish) answers no hits rather than the least unlike products.
-        let floor = self.encoder.relevance_floor();
+        // Only hybrid searches are gated: the floor was calibrated there, where words rescue
+        // what meaning alone would miss. A vector-only search with it answered nothing for
+        // "red dress" (`make run`); vector mode needs a floor of its own (not calibrated yet).
+        let floor = self
+            .encoder
+            .relevance_floor()
+            .filter(|_| mode == SearchMode::Hybrid);
         // A query of stop words and punctuation has no words to match: meaning alone.
         let (mode, query) = match words {
             Some(keywords) if !keywords.is_empty() => {
