@@ -384,6 +384,7 @@ async fn recall() -> anyhow::Result<()> {
     let tuning = |hnsw_ef| SearchTuning {
         hnsw_ef,
         exact: false,
+        threads: 1,
     };
     let started = Instant::now();
     {

@@ -1,11 +1,16 @@
 //! Object storage through `aws-sdk-s3`: put, get, delete, and — when configured — pre-signed GETs
 //! signed for the endpoint browsers reach (which may differ from the one the service talks to).
 //!
+//! Pre-signed URLs are made with `aws-sigv4` directly, the signer the SDK itself uses: the SDK's
+//! `presigned()` runs a whole request pipeline (endpoint resolution, ~20 interceptors) to sign
+//! one URL, which was about a third of the backend's CPU per cached search. A unit test checks
+//! that both produce the same URL.
+//!
 //! Pre-signing is optional ([`StorageSettings::presign`]): a writer such as the ETL configures
 //! none and carries no TTL; [`ObjectStore::presign_get`] then fails with
 //! [`StorageError::Config`].
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -15,9 +20,28 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::head_bucket::HeadBucketError;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
-use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SignatureLocation,
+    SigningSettings, UriPathNormalizationMode, sign,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret as _, SecretString};
+
+/// S3's limit on a pre-signed URL's lifetime.
+pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What stays as it is in a key in the URL path: RFC 3986's unreserved characters and `/`.
+const PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+/// The same without `/`, for query values.
+const QUERY: &AsciiSet = &PATH.add(b'/');
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -59,11 +83,112 @@ pub struct ObjectStore {
     on_unavailable: Option<fn()>,
 }
 
+/// Signs GET URLs for the public endpoint; never sends a request.
 #[derive(Clone)]
 struct Presigner {
-    /// Signs URLs for the public endpoint; never sends a request.
-    client: Client,
+    /// `scheme://host[:port][/path]` of the public endpoint, without a trailing `/`.
+    base: String,
+    /// The `host` header a browser sends to it (the one signed header).
+    host: String,
+    region: String,
+    identity: Identity,
     ttl: Duration,
+}
+
+impl Presigner {
+    fn new(presign: &PresignSettings, s: &StorageSettings) -> Result<Self, StorageError> {
+        if presign.ttl.is_zero() || presign.ttl > MAX_PRESIGN_TTL {
+            return Err(StorageError::Config(format!(
+                "a pre-signed URL lives between 1 s and 7 days (S3's limit), not {} s",
+                presign.ttl.as_secs()
+            )));
+        }
+        let endpoint = url::Url::parse(&presign.public_endpoint).map_err(|e| {
+            StorageError::Config(format!(
+                "public endpoint {:?}: {e}",
+                presign.public_endpoint
+            ))
+        })?;
+        let host = match (endpoint.scheme(), endpoint.host_str()) {
+            ("http" | "https", Some(host)) => match endpoint.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            },
+            _ => {
+                return Err(StorageError::Config(format!(
+                    "public endpoint {:?} is not an http(s) URL with a host",
+                    presign.public_endpoint
+                )));
+            }
+        };
+        Ok(Self {
+            base: format!(
+                "{}://{host}{}",
+                endpoint.scheme(),
+                endpoint.path().trim_end_matches('/')
+            ),
+            host,
+            region: s.region.clone(),
+            identity: Credentials::new(
+                s.access_key.clone(),
+                s.secret_key.expose_secret().to_owned(),
+                None,
+                None,
+                "static",
+            )
+            .into(),
+            ttl: presign.ttl,
+        })
+    }
+
+    /// A path-style GET URL for `bucket/key`, valid for `ttl` from `now`; the same URL the SDK's
+    /// `get_object().presigned()` makes.
+    fn url(
+        &self,
+        bucket: &str,
+        key: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<String, StorageError> {
+        let failed = |e: &dyn std::fmt::Display| StorageError::Config(format!("presign: {e}"));
+        let mut url = format!(
+            "{}/{}/{}?x-id=GetObject",
+            self.base,
+            utf8_percent_encode(bucket, PATH),
+            utf8_percent_encode(key, PATH)
+        );
+        let mut settings = SigningSettings::default();
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(ttl);
+        // S3's rules: the path as sent (encoded once, not normalised), no payload hash.
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        settings.payload_checksum_kind = PayloadChecksumKind::NoHeader;
+        let params = v4::SigningParams::builder()
+            .identity(&self.identity)
+            .region(&self.region)
+            .name("s3")
+            .time(now)
+            .settings(settings)
+            .build()
+            .map_err(|e| failed(&e))?
+            .into();
+        let request = SignableRequest::new(
+            "GET",
+            &url,
+            std::iter::once(("host", self.host.as_str())),
+            SignableBody::UnsignedPayload,
+        )
+        .map_err(|e| failed(&e))?;
+        let (instructions, _) = sign(request, &params).map_err(|e| failed(&e))?.into_parts();
+        for (name, value) in instructions.params() {
+            url.push('&');
+            url.push_str(name);
+            url.push('=');
+            url.extend(utf8_percent_encode(value, QUERY));
+        }
+        Ok(url)
+    }
 }
 
 fn client(endpoint: &str, s: &StorageSettings) -> Client {
@@ -97,17 +222,11 @@ fn client(endpoint: &str, s: &StorageSettings) -> Client {
 
 impl ObjectStore {
     pub fn new(settings: &StorageSettings) -> Result<Self, StorageError> {
-        let presigner = match &settings.presign {
-            Some(presign) => {
-                PresigningConfig::expires_in(presign.ttl)
-                    .map_err(|e| StorageError::Config(e.to_string()))?;
-                Some(Presigner {
-                    client: client(&presign.public_endpoint, settings),
-                    ttl: presign.ttl,
-                })
-            }
-            None => None,
-        };
+        let presigner = settings
+            .presign
+            .as_ref()
+            .map(|presign| Presigner::new(presign, settings))
+            .transpose()?;
         Ok(Self {
             client: client(&settings.endpoint, settings),
             bucket: settings.bucket.clone(),
@@ -265,28 +384,15 @@ impl ObjectStore {
     }
 
     /// A GET URL for `key`, valid for the configured TTL, signed locally (no request is sent).
-    pub async fn presign_get(&self, key: &str) -> Result<String, StorageError> {
-        let config = PresigningConfig::expires_in(self.presigner()?.ttl)
-            .map_err(|e| StorageError::Config(e.to_string()))?;
-        self.presign_with(key, config).await
+    pub fn presign_get(&self, key: &str) -> Result<String, StorageError> {
+        let presigner = self.presigner()?;
+        presigner.url(&self.bucket, key, presigner.ttl, SystemTime::now())
     }
 
-    /// As [`presign_get`](Self::presign_get) with an explicit config (tests sign already-expired URLs).
-    pub async fn presign_with(
-        &self,
-        key: &str,
-        config: PresigningConfig,
-    ) -> Result<String, StorageError> {
-        let request = self
-            .presigner()?
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .presigned(config)
-            .await
-            .map_err(|e| StorageError::Config(format!("presign: {}", DisplayErrorContext(&e))))?;
-        Ok(request.uri().to_owned())
+    /// As [`presign_get`](Self::presign_get) for another lifetime (tests sign short-lived URLs).
+    pub fn presign_for(&self, key: &str, ttl: Duration) -> Result<String, StorageError> {
+        self.presigner()?
+            .url(&self.bucket, key, ttl, SystemTime::now())
     }
 }
 
@@ -312,28 +418,89 @@ mod tests {
         assert!(debug.contains("REDACTED"), "{debug}");
     }
 
-    #[tokio::test]
-    async fn a_writer_has_no_presigning() {
+    #[test]
+    fn a_writer_has_no_presigning() {
         let store = ObjectStore::new(&settings(None)).expect("store");
-        let error = store.presign_get("images/ab/x.jpg").await.unwrap_err();
+        let error = store.presign_get("images/ab/x.jpg").unwrap_err();
         assert!(matches!(error, StorageError::Config(_)), "{error}");
     }
 
-    #[tokio::test]
-    async fn urls_are_signed_locally_for_the_public_endpoint() {
+    #[test]
+    fn urls_are_signed_locally_for_the_public_endpoint() {
         let store = ObjectStore::new(&settings(Some(PresignSettings {
             public_endpoint: "https://images.example.com".into(),
             ttl: Duration::from_secs(300),
         })))
         .expect("store");
         // Nothing listens on the private endpoint: signing sends no request.
-        let url = store.presign_get("images/ab/x.jpg").await.expect("signed");
+        let url = store.presign_get("images/ab/x.jpg").expect("signed");
         assert!(
             url.starts_with("https://images.example.com/fashion-images/images/ab/x.jpg?"),
             "{url}"
         );
         assert!(url.contains("X-Amz-Expires=300"), "{url}");
         assert!(url.contains("X-Amz-Signature="), "{url}");
+    }
+
+    /// The URL is the SDK's own, byte for byte, for the same key, endpoint and time: endpoints
+    /// with and without a port or a path, keys that need escaping.
+    #[tokio::test]
+    async fn urls_are_the_ones_the_sdk_signs() {
+        use aws_sdk_s3::presigning::PresigningConfig;
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let ttl = Duration::from_secs(900);
+        for endpoint in [
+            "http://127.0.0.1:9000",
+            "https://images.example.com",
+            "https://images.example.com/s3/",
+        ] {
+            let settings = settings(Some(PresignSettings {
+                public_endpoint: endpoint.into(),
+                ttl,
+            }));
+            let store = ObjectStore::new(&settings).expect("store");
+            let sdk = client(endpoint, &settings);
+            for key in [
+                "images/ab/0123abcdef.jpg",
+                "odd keys/with spaces+plus&amp=/é~_.-",
+            ] {
+                let ours = store
+                    .presigner()
+                    .expect("presigner")
+                    .url("fashion-images", key, ttl, at)
+                    .expect("ours");
+                let theirs = sdk
+                    .get_object()
+                    .bucket("fashion-images")
+                    .key(key)
+                    .presigned(
+                        PresigningConfig::builder()
+                            .start_time(at)
+                            .expires_in(ttl)
+                            .build()
+                            .expect("config"),
+                    )
+                    .await
+                    .expect("sdk")
+                    .uri()
+                    .to_owned();
+                assert_eq!(ours, theirs, "{endpoint} {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_public_endpoint_must_be_an_http_url() {
+        for endpoint in ["", "images.example.com", "ftp://images.example.com", "http://"] {
+            let refused = ObjectStore::new(&settings(Some(PresignSettings {
+                public_endpoint: endpoint.into(),
+                ttl: Duration::from_secs(60),
+            })));
+            assert!(
+                matches!(refused, Err(StorageError::Config(_))),
+                "{endpoint:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub async fn build(
     let tuning = SearchTuning {
         hnsw_ef: config.hnsw_ef,
         exact: config.exact,
+        threads: config.index_search_threads,
     };
     let index: Arc<dyn VectorIndex> = match &config.qdrant_url {
         Some(url) => {

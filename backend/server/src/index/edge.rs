@@ -139,7 +139,11 @@ impl EdgeIndex {
         }
         let shard_dir = dir.join("shard");
         let shard = if EdgeConfig::load(&shard_dir).is_some() {
-            let shard = EdgeShard::load(&shard_dir, None).map_err(internal)?;
+            // Only the pool size is given: everything else keeps what the shard was made with.
+            let pool = EdgeConfig::builder()
+                .max_search_threads(tuning.threads)
+                .build();
+            let shard = EdgeShard::load(&shard_dir, Some(pool)).map_err(internal)?;
             tracing::info!(dir = %shard_dir.display(), "embedded index opened");
             Some(Arc::new(shard))
         } else {
@@ -192,7 +196,7 @@ impl EdgeIndex {
                     .build(),
             );
         }
-        let config = config.build();
+        let config = config.max_search_threads(self.tuning.threads).build();
         let shard = EdgeShard::new(&self.dir, config).map_err(internal)?;
         for field in Filters::FIELDS {
             shard

@@ -122,6 +122,8 @@ pub struct Record {
 pub struct SearchTuning {
     pub hnsw_ef: usize,
     pub exact: bool,
+    /// The embedded engine's search pool size (the server sizes its own).
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

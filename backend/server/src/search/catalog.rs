@@ -10,12 +10,9 @@ use crate::index::{Filter, Record, StoredPayload};
 use crate::metrics;
 
 impl SearchEngine {
-    pub(super) async fn item(
-        &self,
-        id: Uuid,
-        payload: StoredPayload,
-    ) -> Result<ImageItem, SearchError> {
-        let url = self.store.presign_get(&payload.s3_key).await?;
+    /// An item with its pre-signed URL (local signing: no call to storage).
+    pub(super) fn item(&self, id: Uuid, payload: StoredPayload) -> Result<ImageItem, SearchError> {
+        let url = self.store.presign_get(&payload.s3_key)?;
         Ok(ImageItem {
             id,
             s3_key: payload.s3_key,
@@ -25,18 +22,15 @@ impl SearchEngine {
         })
     }
 
-    /// Items with pre-signed URLs, in order. Presigning is local signing (no call to storage), so
-    /// all of a page's are made at once rather than one await after another.
-    pub(super) async fn items(
+    /// Items with pre-signed URLs, in order: a few microseconds of CPU each, no await.
+    pub(super) fn items(
         &self,
         records: impl IntoIterator<Item = (Uuid, StoredPayload)>,
     ) -> Result<Vec<ImageItem>, SearchError> {
-        futures::future::try_join_all(
-            records
-                .into_iter()
-                .map(|(id, payload)| self.item(id, payload)),
-        )
-        .await
+        records
+            .into_iter()
+            .map(|(id, payload)| self.item(id, payload))
+            .collect()
     }
 
     /// The stored point without its vector, or `NotFound`.
@@ -51,7 +45,7 @@ impl SearchEngine {
 
     pub async fn get(&self, id: Uuid) -> Result<ImageItem, SearchError> {
         let record = self.record(id).await?;
-        self.item(record.id, record.payload).await
+        self.item(record.id, record.payload)
     }
 
     /// Removes the point, and its object when no other point shares it.
@@ -101,9 +95,7 @@ impl SearchEngine {
             .map_err(SearchError::from)
         };
         let (records, total) = self.with_checked_filters(filters, listed).await?;
-        let items = self
-            .items(records.into_iter().map(|r| (r.id, r.payload)))
-            .await?;
+        let items = self.items(records.into_iter().map(|r| (r.id, r.payload)))?;
         Ok(ListResponse {
             items,
             offset,

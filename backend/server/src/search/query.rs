@@ -314,7 +314,7 @@ impl SearchEngine {
             .unzip();
         let hits = scores
             .into_iter()
-            .zip(self.items(records).await?)
+            .zip(self.items(records)?)
             .map(|(score, item)| SearchHit { score, item })
             .collect();
         metrics::stage("presign", presign.elapsed());

@@ -23,6 +23,7 @@ const DIM: usize = 8;
 const TUNING: SearchTuning = SearchTuning {
     hnsw_ef: 64,
     exact: false,
+    threads: 1,
 };
 
 /// Point `i`: a unit vector at angle `i` degrees in the first plane (so similarity to point 0

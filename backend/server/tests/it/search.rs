@@ -80,13 +80,10 @@ async fn ingest_search_presign_filter_delete() {
         StatusCode::FORBIDDEN
     );
     // Signatures count whole seconds: 3 s leaves a busy machine time for the first GET.
-    let short = aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3))
-        .expect("config");
     let expiring = backend
         .engine
         .store()
-        .presign_with(&page.hits[0].item.s3_key, short)
-        .await
+        .presign_for(&page.hits[0].item.s3_key, Duration::from_secs(3))
         .expect("presign");
     assert_eq!(
         reqwest::get(&expiring).await.expect("GET").status(),
