@@ -34,6 +34,7 @@ struct Cli {
 struct Services {
     #[arg(long, env = "BACKEND_URL", default_value = "http://127.0.0.1:8000")]
     backend_url: String,
+    /// model-serving, or several replicas separated by commas (round robin with failover).
     #[arg(
         long,
         env = "MODEL_SERVING_URL",

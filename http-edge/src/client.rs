@@ -36,6 +36,9 @@ pub enum CallError {
     Transport(#[source] reqwest::Error),
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// The client was given settings it cannot use (found when it is made, not per call).
+    #[error("client configuration: {0}")]
+    Config(String),
 }
 
 impl CallError {

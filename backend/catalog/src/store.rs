@@ -491,7 +491,12 @@ mod tests {
 
     #[test]
     fn a_public_endpoint_must_be_an_http_url() {
-        for endpoint in ["", "images.example.com", "ftp://images.example.com", "http://"] {
+        for endpoint in [
+            "",
+            "images.example.com",
+            "ftp://images.example.com",
+            "http://",
+        ] {
             let refused = ObjectStore::new(&settings(Some(PresignSettings {
                 public_endpoint: endpoint.into(),
                 ttl: Duration::from_secs(60),

@@ -19,6 +19,7 @@ pub struct BackendConfig {
     /// Index and embedded S3 objects live here.
     #[arg(long, env = "DATA_DIR", default_value = "./var/data")]
     pub data_dir: PathBuf,
+    /// model-serving, or several replicas separated by commas (round robin with failover).
     #[arg(
         long,
         env = "MODEL_SERVING_URL",

@@ -271,10 +271,12 @@ fn verdict(error: ClientError) -> Verdict {
             retry: !e.is_timeout(),
             cause,
         },
-        ClientError::Server { .. } | ClientError::Decode(_) => Verdict::Fault {
-            retry: false,
-            cause,
-        },
+        ClientError::Server { .. } | ClientError::Decode(_) | ClientError::Config(_) => {
+            Verdict::Fault {
+                retry: false,
+                cause,
+            }
+        }
     }
 }
 

@@ -4,9 +4,11 @@
 
 mod edge;
 mod engines;
+mod failover;
 mod helpers;
 mod hostile;
 mod images;
+mod qdrant_cluster;
 mod qdrant_live;
 mod resilience;
 mod search;
