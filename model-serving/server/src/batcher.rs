@@ -1,6 +1,7 @@
-//! Dynamic batching: concurrent requests are coalesced into one model run of up to `max_batch`
-//! items, waiting at most `max_wait` for a batch to fill. One worker thread per model runs the
-//! batches, off the async runtime. Admission is bounded in items: when the queue holds
+//! Dynamic batching, only under load: an idle worker runs a request at once; the requests that
+//! arrive while a run is in flight form the next batch, up to `max_batch` items. `max_wait`
+//! (0 by default) lets a batch that found company wait that long for more. One worker thread
+//! per model runs the batches, off the async runtime. Admission is bounded in items: when the queue holds
 //! `max_queued` items a new request is refused at once (the caller answers 503), so memory stays
 //! bounded under any load.
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use crate::metrics;
@@ -156,6 +157,21 @@ impl<I> Drop for Reservation<'_, I> {
     }
 }
 
+/// Adds `job` to the batch, or hands it back when it would make the batch exceed `max_batch`.
+fn add<I>(
+    jobs: &mut Vec<Job<I>>,
+    size: &mut usize,
+    max_batch: usize,
+    job: Job<I>,
+) -> Result<(), Job<I>> {
+    if *size + job.items.len() > max_batch {
+        return Err(job);
+    }
+    *size += job.items.len();
+    jobs.push(job);
+    Ok(())
+}
+
 fn worker<I, F>(
     modality: &'static str,
     config: BatchConfig,
@@ -175,22 +191,26 @@ fn worker<I, F>(
                 Err(_) => return,
             },
         };
-        // Wait for company until the first job has waited max_wait; jobs that queued up while
-        // the previous batch ran are taken at once.
+        // What queued up while the previous batch ran is taken at once; a job that finds the
+        // worker idle runs alone, without waiting for company.
         let deadline = first.enqueued + config.max_wait;
         let mut size = first.items.len();
         let mut jobs = vec![first];
-        while size < max_batch {
-            match rx.recv_deadline(deadline) {
-                Ok(job) if size + job.items.len() > max_batch => {
-                    carried = Some(job);
+        let mut company = false;
+        while let Ok(job) = rx.try_recv() {
+            company = true;
+            if let Err(full) = add(&mut jobs, &mut size, max_batch, job) {
+                carried = Some(full);
+                break;
+            }
+        }
+        // Under load, a batch may wait up to `max_wait` (from its first job) to fill.
+        if company && carried.is_none() {
+            while let Ok(job) = rx.recv_deadline(deadline) {
+                if let Err(full) = add(&mut jobs, &mut size, max_batch, job) {
+                    carried = Some(full);
                     break;
                 }
-                Ok(job) => {
-                    size += job.items.len();
-                    jobs.push(job);
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
 
@@ -275,6 +295,54 @@ mod tests {
         let sizes = sizes.lock().expect("lock").clone();
         assert_eq!(sizes.iter().sum::<usize>(), 16);
         assert!(sizes.len() < 8, "8 concurrent requests ran as {sizes:?}");
+    }
+
+    /// An idle worker runs a lone request at once: with a minute of `max_wait`, it still
+    /// answers (the old batcher waited the whole `max_wait` for company).
+    #[tokio::test]
+    async fn an_idle_worker_does_not_wait_for_company() {
+        let batcher = Batcher::start("test", config(32, 60_000, 64), |items: Vec<u32>| {
+            Ok(items.iter().map(|&i| vec![i as f32]).collect())
+        })
+        .expect("start");
+        for i in 0..3 {
+            let answer = tokio::time::timeout(Duration::from_secs(20), batcher.submit(vec![i]))
+                .await
+                .expect("answered without waiting for max_wait");
+            assert_eq!(answer, Ok(vec![vec![i as f32]]));
+        }
+    }
+
+    /// Requests that arrive while a run is in flight form the next batch, all of them.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn arrivals_during_a_run_form_the_next_batch() {
+        let gate = Arc::new(Mutex::new(()));
+        let hold = gate.lock().expect("lock");
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (worker_gate, seen) = (gate.clone(), sizes.clone());
+        let batcher = Arc::new(
+            Batcher::start("test", config(8, 0, 64), move |items: Vec<u32>| {
+                seen.lock().expect("lock").push(items.len());
+                let _g = worker_gate.lock().expect("lock");
+                Ok(items.iter().map(|&i| vec![i as f32]).collect())
+            })
+            .expect("start"),
+        );
+        let submit = |items: Vec<u32>| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(items).await })
+        };
+        let first = submit(vec![1]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rest: Vec<_> = (2..5).map(|i| submit(vec![i])).collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(hold);
+        assert_eq!(first.await.expect("join"), Ok(vec![vec![1.0]]));
+        for (task, i) in rest.into_iter().zip(2..) {
+            assert_eq!(task.await.expect("join"), Ok(vec![vec![i as f32]]));
+        }
+        assert_eq!(*sizes.lock().expect("lock"), [1, 3]);
     }
 
     // The std mutex is the worker thread's gate: holding it across awaits is the point.

@@ -25,7 +25,8 @@ pub struct ServeConfig {
     /// Most items in one ONNX Runtime run; 1 disables dynamic batching.
     #[arg(long, env = "MODEL_SERVING_MAX_BATCH", default_value_t = encoder::DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
-    /// Longest a request waits for others to share its batch.
+    /// Under load, the longest a batch waits (from its first request) for more requests; a
+    /// request that finds the worker idle never waits.
     #[arg(long, env = "MODEL_SERVING_MAX_WAIT_MS", default_value_t = encoder::DEFAULT_MAX_WAIT_MS)]
     pub max_wait_ms: u64,
     /// Items admitted to each queue before requests are refused with 503.

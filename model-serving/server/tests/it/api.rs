@@ -289,28 +289,49 @@ async fn bad_input_gets_a_clear_4xx() {
     assert_eq!(ok.status(), StatusCode::OK);
 }
 
+/// A 4000 × 4000 JPEG (16 MP, the per-image limit): small to send, a few tens of milliseconds
+/// to decode. Images are decoded after their queue room is reserved, one at a time with one
+/// decode thread, so a request of several holds its room (and its time) while they decode.
+fn large_jpeg() -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    DynamicImage::new_rgb8(4000, 4000)
+        .write_to(&mut out, ImageFormat::Jpeg)
+        .expect("encode");
+    out.into_inner()
+}
+
+fn multipart(files: &[Vec<u8>]) -> Form {
+    let mut form = Form::new();
+    for (i, f) in files.iter().enumerate() {
+        form = form.part("files", Part::bytes(f.clone()).file_name(format!("f{i}")));
+    }
+    form
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let mut config = encoder_config();
-    // Requests wait up to 2 s for a batch to fill, and the queue admits 4 items.
+    // The image queue admits 4 items; one image is decoded at a time.
     config.batch = BatchConfig {
         max_batch: 64,
-        max_wait: Duration::from_secs(2),
+        max_wait: Duration::ZERO,
         max_queued: 4,
     };
     config.max_items_per_request = 4;
+    config.decode_threads = 1;
     let app = spawn_app_with(config, limits()).await;
-    let texts: Vec<String> = (0..3).map(|i| format!("shirt {i}")).collect();
+    let images = vec![large_jpeg(); 3];
     let waiting = {
         let client = app.client.clone();
-        let texts = texts.clone();
-        tokio::spawn(async move { client.encode_text(&texts).await })
+        let images = images.clone();
+        tokio::spawn(async move { client.encode_images(images).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first request holds 3 of the 4 places while its 48 MP decode.
+    tokio::time::sleep(Duration::from_millis(30)).await;
     let refused = app
         .http
-        .post(app.url("/encode_text"))
-        .json(&serde_json::json!({ "texts": texts }))
+        .post(app.url("/encode_image"))
+        .multipart(multipart(&images))
         .send()
         .await
         .expect("send");
@@ -325,7 +346,10 @@ async fn a_full_queue_answers_503_with_retry_after() {
         .expect("queued request completes");
     assert_eq!(first.embeddings.len(), 3);
     let metrics = app.metrics().await;
-    assert!(metrics.contains(r#"model_serving_errors_total{modality="text",kind="overloaded"} 1"#));
+    assert!(
+        metrics.contains(r#"model_serving_errors_total{modality="image",kind="overloaded"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -435,18 +459,19 @@ async fn shutdown_drains_in_flight_requests() {
 
 #[tokio::test]
 async fn a_slow_encode_is_cut_off_by_the_edge_timeout() {
-    // The batcher waits 800 ms for company; the edge allows 100 ms for the whole request.
+    // Eight 16 MP images decoded one at a time (hundreds of milliseconds); the edge allows
+    // 50 ms for the whole request.
     let mut config = encoder_config();
-    config.batch.max_wait = Duration::from_millis(800);
+    config.decode_threads = 1;
     let limits = model_serving::HttpLimits {
-        request_timeout: Duration::from_millis(100),
+        request_timeout: Duration::from_millis(50),
         ..limits()
     };
     let app = spawn_app_with(config, limits).await;
     let response = app
         .http
-        .post(app.url("/encode_text"))
-        .json(&serde_json::json!({"texts": ["linen trousers"]}))
+        .post(app.url("/encode_image"))
+        .multipart(multipart(&vec![large_jpeg(); 8]))
         .send()
         .await
         .expect("answered");
