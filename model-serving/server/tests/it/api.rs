@@ -320,18 +320,30 @@ async fn a_full_queue_answers_503_with_retry_after() {
     config.max_items_per_request = 4;
     config.decode_threads = 1;
     let app = spawn_app_with(config, limits()).await;
-    let images = vec![large_jpeg(); 3];
+    let images = vec![large_jpeg(); 4];
     let waiting = {
         let client = app.client.clone();
         let images = images.clone();
         tokio::spawn(async move { client.encode_images(images).await })
     };
-    // The first request holds 3 of the 4 places while its 48 MP decode.
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // The first request holds all 4 places while its 64 MP decode: wait until the queue gauge
+    // shows it (room is reserved before anything is decoded), then send one more image.
+    let started = std::time::Instant::now();
+    while !app
+        .metrics()
+        .await
+        .contains(r#"model_serving_queue_depth_items{modality="image"} 4"#)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first request never held the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let refused = app
         .http
         .post(app.url("/encode_image"))
-        .multipart(multipart(&images))
+        .multipart(multipart(&images[..1]))
         .send()
         .await
         .expect("send");
@@ -344,7 +356,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         .await
         .expect("join")
         .expect("queued request completes");
-    assert_eq!(first.embeddings.len(), 3);
+    assert_eq!(first.embeddings.len(), 4);
     let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"model_serving_errors_total{modality="image",kind="overloaded"} 1"#),
