@@ -125,6 +125,30 @@ test: system-deps $(ORT_LIB) $(VENV_STAMP) $(TINY_MODEL)/model.json ## everythin
 	  $(LINTED) $(CARGO) nextest run --workspace --locked --no-fail-fast
 	$(if $(strip $(TEST_EXTRA)),$(MAKE) --no-print-directory $(TEST_EXTRA))
 
+# The production path, opt-in (a Qdrant server is not in any package registry: build it from
+# source or download its release binary, and name it in QDRANT_BIN). Runs the backend's suites
+# that need it: both engines under one contract, readiness following the server, a 3-node
+# cluster losing a node under load, and two backends behind nginx (deploy/nginx.conf) over an
+# external S3 server (moto's standalone server, in its own venv) losing one backend under load.
+S3_VENV        := $(CACHE_DIR)/venv-s3
+S3_VENV_STAMP  := $(S3_VENV)/.moto-5.2.5
+LIVE_PACKAGES  := nginx-light
+
+$(S3_VENV_STAMP):
+	@[ -x $(S3_VENV)/bin/python ] || $(PYTHON) -m venv $(S3_VENV)
+	@$(S3_VENV)/bin/pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+	@touch $@
+
+.PHONY: test-live
+test-live: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json $(S3_VENV_STAMP) ## server-path tests: QDRANT_BIN=<qdrant> make test-live
+	@[ -x "$(QDRANT_BIN)" ] || { echo "set QDRANT_BIN to a Qdrant server binary (README: Scaling out)"; exit 1; }
+	@dpkg-query -W -f='$${Status}' $(LIVE_PACKAGES) 2>/dev/null | grep -q "install ok installed" || \
+	  { $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(LIVE_PACKAGES) >/dev/null; }
+	$(MAKE) --no-print-directory build-tested
+	TEST_MODEL_DIR=$(TINY_MODEL) QDRANT_BIN=$(QDRANT_BIN) S3_SERVER_BIN=$(S3_VENV)/bin/moto_server \
+	  $(LINTED) $(CARGO) nextest run -p backend --locked --no-fail-fast --no-capture \
+	  -E 'test(/engines|qdrant_live|qdrant_cluster|replicas/)'
+
 # ---------------------------------------------------------------------------- run
 
 .PHONY: build-release

@@ -3,7 +3,6 @@
 //! bounded 16-client search load: no search fails.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,17 +21,7 @@ struct Replica {
 
 impl Replica {
     async fn start() -> Self {
-        let exe = std::env::current_exe().expect("test executable path");
-        let bin: PathBuf = exe
-            .parent()
-            .and_then(std::path::Path::parent)
-            .expect("target profile dir")
-            .join("model-serving");
-        assert!(
-            bin.exists(),
-            "{} is missing: build the binaries first (`cargo build --bins`; `make test` does)",
-            bin.display()
-        );
+        let bin = workspace_bin("model-serving");
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port");
@@ -46,23 +35,12 @@ impl Replica {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn model-serving");
-        // Until it listens (connections are refused before), at most 60 s.
-        let started = Instant::now();
-        loop {
-            let ready = reqwest::get(format!("http://{addr}/health/ready")).await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            assert!(
-                child.try_wait().expect("child status").is_none(),
-                "model-serving exited at start"
-            );
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "model-serving not ready in 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_up(
+            &format!("http://{addr}/health/ready"),
+            Duration::from_secs(60),
+            || matches!(child.try_wait(), Ok(None)),
+        )
+        .await;
         Self { child, addr }
     }
 

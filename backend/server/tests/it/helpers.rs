@@ -208,3 +208,37 @@ pub async fn error_of(
 }
 
 pub use http_edge::testing::wait_for_ready;
+
+/// A binary of this workspace beside the test executable (`make test` builds them with the
+/// tests: `cargo build --bins --tests`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --bins`; `make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `url` until it answers with a success status, at most `within`; panics otherwise, or
+/// at once when `alive` says the process behind it has exited.
+pub async fn wait_until_up(url: &str, within: Duration, mut alive: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    loop {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        assert!(alive(), "the process behind {url} exited");
+        assert!(started.elapsed() < within, "{url} not up in {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

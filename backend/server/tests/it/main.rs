@@ -10,5 +10,6 @@ mod hostile;
 mod images;
 mod qdrant_cluster;
 mod qdrant_live;
+mod replicas;
 mod resilience;
 mod search;
