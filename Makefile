@@ -149,6 +149,16 @@ test-live: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json $(S3_VENV_STAMP) ## s
 	  $(LINTED) $(CARGO) nextest run -p backend --locked --no-fail-fast --no-capture \
 	  -E 'test(/engines|qdrant_live|qdrant_cluster|replicas/)'
 
+# Two of each service behind nginx (deploy/nginx.conf), over a Qdrant server and an S3 server:
+# the compose file's topology as processes on this machine (deploy/local-cluster.sh).
+.PHONY: cluster
+cluster: $(ORT_LIB) $(TINY_MODEL)/model.json build-release $(S3_VENV_STAMP) ## two of each behind nginx: QDRANT_BIN=<qdrant> make cluster (make stop)
+	@dpkg-query -W -f='$${Status}' $(LIVE_PACKAGES) 2>/dev/null | grep -q "install ok installed" || \
+	  { $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(LIVE_PACKAGES) >/dev/null; }
+	@mkdir -p $(RUN_DIR)
+	@$(SERVICE_SECRETS) ROOT=$(ROOT) RUN_DIR=$(RUN_DIR) TARGET_DIR=$(TARGET_DIR) RUN_MODEL=$(RUN_MODEL) \
+	  S3_VENV=$(S3_VENV) bash deploy/local-cluster.sh
+
 # ---------------------------------------------------------------------------- run
 
 .PHONY: build-release
@@ -222,7 +232,7 @@ demo-data:
 	$(TARGET_DIR)/release/etl status 2>>$(RUN_DIR)/etl.log
 
 .PHONY: stop
-stop: ## stop what `make run` started (by pid)
+stop: ## stop what `make run` or `make cluster` started (by pid)
 	@for f in $(wildcard $(RUN_DIR)/*.pid); do \
 	  pid=$$(cat $$f); name=$$(basename $$f .pid); \
 	  if kill -0 $$pid 2>/dev/null; then kill -TERM $$pid; \

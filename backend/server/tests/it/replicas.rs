@@ -47,15 +47,32 @@ impl Process {
         matches!(self.0.try_wait(), Ok(None))
     }
 
+    /// SIGKILL: a crash.
     fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s: nginx's master stops its workers only when asked (a
+    /// SIGKILLed master leaves them running).
+    fn stop(&mut self) {
+        if !self.alive() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
