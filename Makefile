@@ -149,6 +149,18 @@ test-live: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json $(S3_VENV_STAMP) ## s
 	  $(LINTED) $(CARGO) nextest run -p backend --locked --no-fail-fast --no-capture \
 	  -E 'test(/engines|qdrant_live|qdrant_cluster|replicas/)'
 
+# The server path's rates (backend/server/tests/it/bench_cluster.rs, an ignored test that only
+# prints): 16 clients through nginx with 1 vs 2 backends over 1 Qdrant node vs a 3-node cluster,
+# and batch upserts with the embedded engine, one node and the cluster; release binaries.
+.PHONY: bench-cluster
+bench-cluster: $(ORT_LIB) $(TINY_MODEL)/model.json $(S3_VENV_STAMP) build-release ## server-path rates: QDRANT_BIN=<qdrant> make bench-cluster
+	@[ -x "$(QDRANT_BIN)" ] || { echo "set QDRANT_BIN to a Qdrant server binary (README: Scaling out)"; exit 1; }
+	@dpkg-query -W -f='$${Status}' $(LIVE_PACKAGES) 2>/dev/null | grep -q "install ok installed" || \
+	  { $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(LIVE_PACKAGES) >/dev/null; }
+	TEST_MODEL_DIR=$(TINY_MODEL) QDRANT_BIN=$(QDRANT_BIN) S3_SERVER_BIN=$(S3_VENV)/bin/moto_server \
+	  BENCH_BIN_DIR=$(TARGET_DIR)/release $(CARGO) nextest run -p backend --locked --no-capture \
+	  --run-ignored only -E 'test(bench_cluster)'
+
 # Two of each service behind nginx (deploy/nginx.conf), over a Qdrant server and an S3 server:
 # the compose file's topology as processes on this machine (deploy/local-cluster.sh).
 .PHONY: cluster

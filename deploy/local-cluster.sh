@@ -87,7 +87,8 @@ sed -e 's|worker_processes auto;|worker_processes 1;|' \
 start nginx http://127.0.0.1:8081/healthz \
   "$NGINX_BIN" -p "$CLUSTER_DIR/nginx" -c "$CLUSTER_DIR/nginx/nginx.conf" -e stderr -g 'daemon off;'
 start frontend http://127.0.0.1:3000/health/ready \
-  env FRONTEND_ADDR=127.0.0.1:3000 BACKEND_URL=http://127.0.0.1:8000 "$TARGET_DIR/release/frontend"
+  env FRONTEND_ADDR=127.0.0.1:3000 BACKEND_URL=http://127.0.0.1:8000 FRONTEND_TRUSTED_PROXIES=127.0.0.1 \
+    "$TARGET_DIR/release/frontend"
 
 # A demo catalogue through the balancer when the index is empty (the ETL writes the photos to S3).
 total=$(curl -fsS http://127.0.0.1:8000/v1/stats | sed -n 's/.*"total":\([0-9]*\).*/\1/p')

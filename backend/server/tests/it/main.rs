@@ -2,6 +2,7 @@
 //! embedded Qdrant engine and the embedded S3 server, on port 0 with temporary directories,
 //! fed with real photos. Each test runs in its own process under cargo nextest.
 
+mod bench_cluster;
 mod edge;
 mod engines;
 mod failover;

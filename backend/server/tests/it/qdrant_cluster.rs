@@ -25,12 +25,12 @@ fn free_addr() -> SocketAddr {
 }
 
 /// One peer of the cluster; SIGKILLed when dropped.
-struct Node {
+pub(crate) struct Node {
     child: Option<Child>,
     bin: PathBuf,
     storage: PathBuf,
     http: SocketAddr,
-    grpc: SocketAddr,
+    pub(crate) grpc: SocketAddr,
     p2p: SocketAddr,
     /// The first peer's p2p URL, for the others to join through.
     bootstrap: Option<String>,
@@ -172,25 +172,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_survives_a_killed_node() {
-    let Some(bin) = std::env::var_os("QDRANT_BIN").map(PathBuf::from) else {
-        eprintln!("skipped: set QDRANT_BIN to a Qdrant server binary to run the cluster test");
-        return;
-    };
-    let root = tempfile::tempdir().expect("tempdir");
-    let mut first = Node::new(&bin, root.path(), 0, None);
+/// Three peers on loopback, each joined through the first once the cluster has a leader; returns
+/// when every peer is known.
+pub(crate) async fn start_cluster(bin: &Path, root: &Path) -> Vec<Node> {
+    let mut first = Node::new(bin, root, 0, None);
     first.start();
     let bootstrap = Some(first.p2p_url());
     let mut nodes = vec![first];
-    // One at a time: each joins through the first once the cluster has a leader.
     for i in 1..3 {
         let first = &nodes[0];
         until("peer joined", Duration::from_secs(60), || async {
             first.peers().await >= i
         })
         .await;
-        let mut node = Node::new(&bin, root.path(), i, bootstrap.clone());
+        let mut node = Node::new(bin, root, i, bootstrap.clone());
         node.start();
         nodes.push(node);
     }
@@ -198,6 +193,17 @@ async fn a_cluster_survives_a_killed_node() {
         nodes[2].peers().await == 3
     })
     .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_survives_a_killed_node() {
+    let Some(bin) = std::env::var_os("QDRANT_BIN").map(PathBuf::from) else {
+        eprintln!("skipped: set QDRANT_BIN to a Qdrant server binary to run the cluster test");
+        return;
+    };
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut nodes = start_cluster(&bin, root.path()).await;
 
     let model = helpers::start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
     let data = tempfile::tempdir().expect("tempdir");

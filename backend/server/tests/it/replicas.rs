@@ -15,20 +15,20 @@ use std::time::{Duration, Instant};
 use crate::helpers::*;
 use crate::qdrant_live::QdrantProcess;
 
-const S3_KEY: &str = "replica-access-key";
-const S3_SECRET: &str = "replica-secret-key-0123456789";
+pub(crate) const S3_KEY: &str = "replica-access-key";
+pub(crate) const S3_SECRET: &str = "replica-secret-key-0123456789";
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
 }
 
 /// A child process, SIGKILLed when dropped.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Process {
-    fn spawn(command: &mut Command, log: &Path) -> Self {
+    pub(crate) fn spawn(command: &mut Command, log: &Path) -> Self {
         let log = std::fs::File::create(log).expect("log file");
         let child = command
             .stdin(Stdio::null())
@@ -43,7 +43,7 @@ impl Process {
         Self(child)
     }
 
-    fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         matches!(self.0.try_wait(), Ok(None))
     }
 
@@ -55,7 +55,7 @@ impl Process {
 
     /// SIGTERM, then SIGKILL after 5 s: nginx's master stops its workers only when asked (a
     /// SIGKILLed master leaves them running).
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if !self.alive() {
             return;
         }
@@ -83,7 +83,7 @@ fn tool(var: &str, default: PathBuf) -> Option<PathBuf> {
 
 /// `deploy/nginx.conf` with the compose file's names and ports replaced by loopback addresses,
 /// and its pid and temp paths moved under `dir`.
-fn nginx_conf(
+pub(crate) fn nginx_conf(
     dir: &Path,
     backends: [SocketAddr; 2],
     model: SocketAddr,
@@ -131,39 +131,48 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_backends_behind_nginx_survive_a_killed_one() {
+/// What the server-path suites need: nginx, an S3 server (started here, its log under `root`) and
+/// a Qdrant binary; `None`, and one line saying what is missing, otherwise.
+pub(crate) async fn s3_and_nginx(root: &Path) -> Option<(PathBuf, Process, SocketAddr, PathBuf)> {
     let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
     let nginx = tool("NGINX_BIN", PathBuf::from("/usr/sbin/nginx"));
     let s3_server = tool(
         "S3_SERVER_BIN",
         home.join(".cache/fashion-search/venv-s3/bin/moto_server"),
     );
-    let (Some(nginx), Some(s3_server), Some(_)) =
-        (nginx, s3_server, std::env::var_os("QDRANT_BIN"))
-    else {
+    let (Some(nginx), Some(s3_server), Some(qdrant)) = (
+        nginx,
+        s3_server,
+        std::env::var_os("QDRANT_BIN").map(PathBuf::from),
+    ) else {
         eprintln!(
-            "skipped: the replica test needs QDRANT_BIN, nginx and an S3 server (`make test-live`)"
+            "skipped: needs QDRANT_BIN, nginx and an S3 server (`QDRANT_BIN=<qdrant> make test-live` installs the others)"
         );
-        return;
+        return None;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
-    std::fs::create_dir_all(root.join("qdrant")).expect("qdrant dir");
-    let Some(qdrant) = QdrantProcess::start(root.join("qdrant")).await else {
-        return;
-    };
-
-    // The external S3 server.
     let s3 = free_addr();
-    let mut s3_process = Process::spawn(
+    let mut process = Process::spawn(
         Command::new(&s3_server).args(["-H", "127.0.0.1", "-p", &s3.port().to_string()]),
         &root.join("s3.log"),
     );
     wait_until_up(&format!("http://{s3}/"), Duration::from_secs(60), || {
-        s3_process.alive()
+        process.alive()
     })
     .await;
+    Some((nginx, process, s3, qdrant))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_behind_nginx_survive_a_killed_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let Some((nginx, s3_process, s3, _)) = s3_and_nginx(root).await else {
+        return;
+    };
+    std::fs::create_dir_all(root.join("qdrant")).expect("qdrant dir");
+    let Some(qdrant) = QdrantProcess::start(root.join("qdrant")).await else {
+        return;
+    };
 
     let model = start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
     let backend_bin = workspace_bin("backend");
