@@ -2,8 +2,10 @@
 //! Same payload, same keyword indexes, same filters as the embedded engine.
 
 use std::sync::RwLock;
+use std::time::Duration;
 
 use backend_api::Filters;
+use http_edge::retry::{Backoff, Transient, retry};
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::{
@@ -49,6 +51,58 @@ pub struct QdrantServerIndex {
 fn unavailable(e: qdrant_client::QdrantError) -> IndexError {
     crate::metrics::upstream_error("index");
     IndexError::Unavailable(e.to_string())
+}
+
+/// Data calls that meet a transient failure (a peer restarting or unreachable, a leader election
+/// under way, overload) are tried again: 3 calls in all, about 100 then 200 ms apart. Every call
+/// retried is idempotent: reads, and upserts and deletes by id.
+const SERVER_RETRY: Backoff = Backoff::new(3, Duration::from_millis(100));
+
+/// gRPC status codes (grpc/doc/statuscodes.md) that say "try again": ABORTED, UNAVAILABLE.
+const ABORTED: i32 = 10;
+const UNAVAILABLE: i32 = 14;
+
+struct ServerError(qdrant_client::QdrantError);
+
+impl Transient for ServerError {
+    fn is_transient(&self) -> bool {
+        match &self.0 {
+            qdrant_client::QdrantError::ResponseError { status } => {
+                matches!(i32::from(status.code()), ABORTED | UNAVAILABLE)
+            }
+            qdrant_client::QdrantError::ResourceExhaustedError { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match &self.0 {
+            qdrant_client::QdrantError::ResourceExhaustedError {
+                retry_after_seconds,
+                ..
+            } => Some(Duration::from_secs(*retry_after_seconds)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One data call to the server, retried while it fails transiently ([`SERVER_RETRY`]).
+async fn call<T, Fut>(what: &'static str, mut attempt: impl FnMut() -> Fut) -> Result<T, IndexError>
+where
+    Fut: Future<Output = Result<T, qdrant_client::QdrantError>>,
+{
+    retry(&SERVER_RETRY, what, || {
+        let pending = attempt();
+        async move { pending.await.map_err(ServerError) }
+    })
+    .await
+    .map_err(|ServerError(e)| unavailable(e))
 }
 
 /// The gRPC filter for our keyword matches.
@@ -99,7 +153,7 @@ impl QdrantServerIndex {
         builder: QueryPointsBuilder,
         build: impl Fn(Uuid, f32, StoredPayload) -> T,
     ) -> Result<Vec<T>, IndexError> {
-        let response = self.client.query(builder).await.map_err(unavailable)?;
+        let response = call("qdrant query", || self.client.query(builder.clone())).await?;
         response
             .result
             .into_iter()
@@ -290,10 +344,11 @@ impl VectorIndex for QdrantServerIndex {
                 Ok(PointStruct::new(p.id.to_string(), vectors, payload))
             })
             .collect::<Result<Vec<_>, IndexError>>()?;
-        self.client
-            .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
-            .await
-            .map_err(unavailable)?;
+        let upsert = UpsertPointsBuilder::new(&self.collection, points).wait(true);
+        call("qdrant upsert", || {
+            self.client.upsert_points(upsert.clone())
+        })
+        .await?;
         Ok(())
     }
 
@@ -302,16 +357,15 @@ impl VectorIndex for QdrantServerIndex {
             return Ok(0);
         }
         let existing = self.retrieve(ids, false).await?.len();
-        self.client
-            .delete_points(
-                DeletePointsBuilder::new(&self.collection)
-                    .points(PointsIdsList {
-                        ids: Self::ids(ids),
-                    })
-                    .wait(true),
-            )
-            .await
-            .map_err(unavailable)?;
+        let delete = DeletePointsBuilder::new(&self.collection)
+            .points(PointsIdsList {
+                ids: Self::ids(ids),
+            })
+            .wait(true);
+        call("qdrant delete", || {
+            self.client.delete_points(delete.clone())
+        })
+        .await?;
         Ok(existing)
     }
 
@@ -319,15 +373,10 @@ impl VectorIndex for QdrantServerIndex {
         if self.dim().is_none() {
             return Ok(Vec::new());
         }
-        let response = self
-            .client
-            .get_points(
-                GetPointsBuilder::new(&self.collection, Self::ids(ids))
-                    .with_payload(true)
-                    .with_vectors(with_vector),
-            )
-            .await
-            .map_err(unavailable)?;
+        let get = GetPointsBuilder::new(&self.collection, Self::ids(ids))
+            .with_payload(true)
+            .with_vectors(with_vector);
+        let response = call("qdrant retrieve", || self.client.get_points(get.clone())).await?;
         response
             .result
             .into_iter()
@@ -445,7 +494,7 @@ impl VectorIndex for QdrantServerIndex {
         if let Some(filter) = qdrant_filter(filter) {
             builder = builder.filter(filter);
         }
-        let response = self.client.count(builder).await.map_err(unavailable)?;
+        let response = call("qdrant count", || self.client.count(builder.clone())).await?;
         Ok(response.result.map_or(0, |r| r.count))
     }
 
@@ -457,15 +506,10 @@ impl VectorIndex for QdrantServerIndex {
         if self.dim().is_none() {
             return Ok(Vec::new());
         }
-        let response = self
-            .client
-            .facet(
-                FacetCountsBuilder::new(&self.collection, field)
-                    .limit(limit as u64)
-                    .exact(true),
-            )
-            .await
-            .map_err(unavailable)?;
+        let facet = FacetCountsBuilder::new(&self.collection, field)
+            .limit(limit as u64)
+            .exact(true);
+        let response = call("qdrant facet", || self.client.facet(facet.clone())).await?;
         Ok(response
             .hits
             .into_iter()
@@ -527,10 +571,11 @@ impl VectorIndex for QdrantServerIndex {
                 })
             })
             .collect::<Result<Vec<_>, IndexError>>()?;
-        self.client
-            .update_vectors(UpdatePointVectorsBuilder::new(&self.collection, points).wait(true))
-            .await
-            .map_err(unavailable)?;
+        let update = UpdatePointVectorsBuilder::new(&self.collection, points).wait(true);
+        call("qdrant set keywords", || {
+            self.client.update_vectors(update.clone())
+        })
+        .await?;
         Ok(())
     }
 
@@ -548,6 +593,32 @@ impl VectorIndex for QdrantServerIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_that_may_pass_are_retried() {
+        use qdrant_client::QdrantError;
+        let status = |code| QdrantError::ResponseError {
+            status: tonic::Status::new(code, "x"),
+        };
+        for code in [tonic::Code::Unavailable, tonic::Code::Aborted] {
+            assert!(ServerError(status(code)).is_transient(), "{code:?}");
+        }
+        for code in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::NotFound,
+            tonic::Code::Internal,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(!ServerError(status(code)).is_transient(), "{code:?}");
+        }
+        let busy = ServerError(QdrantError::ResourceExhaustedError {
+            status: tonic::Status::resource_exhausted("busy"),
+            retry_after_seconds: 2,
+        });
+        assert!(busy.is_transient());
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(2)));
+        assert!(!ServerError(QdrantError::ConversionError("x".into())).is_transient());
+    }
 
     #[test]
     fn filters_become_must_matches() {
