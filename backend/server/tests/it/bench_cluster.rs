@@ -8,13 +8,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 use crate::qdrant_cluster::start_cluster;
 use crate::qdrant_live::QdrantProcess;
-use crate::replicas::{Process, S3_KEY, S3_SECRET, free_addr, nginx_conf, s3_and_nginx};
+use crate::replicas::{
+    Process, backend_command, etl_load, free_addr, page_key, s3_and_nginx, spawn_ready, start_nginx,
+};
 
 fn bin(name: &str) -> PathBuf {
     match std::env::var_os("BENCH_BIN_DIR") {
@@ -43,22 +44,13 @@ async fn deploy(
     let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let mut backends = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        let mut command = Command::new(bin("backend"));
-        command
-            .env("BACKEND_ADDR", addr.to_string())
-            .env("DATA_DIR", root.join(format!("{tag}-data-{i}")))
-            .env("MODEL_SERVING_URL", format!("http://{model}"))
-            .env("S3_ENDPOINT", format!("http://{s3}"))
-            .env("S3_ACCESS_KEY", S3_KEY)
-            .env("S3_SECRET_KEY", S3_SECRET)
-            .env("API_KEY", API_KEY)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("BACKEND_TRUSTED_PROXIES", "127.0.0.1")
-            .env("BACKEND_SEARCH_RATE_PER_SEC", "100000")
-            .env("BACKEND_SEARCH_RATE_BURST", "100000")
-            .env("BACKEND_WRITE_RATE_PER_SEC", "100000")
-            .env("BACKEND_WRITE_RATE_BURST", "100000")
-            .env("RUST_LOG", "warn");
+        let mut command = backend_command(
+            &bin("backend"),
+            *addr,
+            &root.join(format!("{tag}-data-{i}")),
+            model,
+            s3,
+        );
         if let Some((url, cluster, collection)) = qdrant {
             command
                 .env("QDRANT_URL", url)
@@ -69,46 +61,18 @@ async fn deploy(
                     .env("QDRANT_REPLICATION_FACTOR", "2");
             }
         }
-        let mut process =
-            Process::spawn(&mut command, &root.join(format!("{tag}-backend-{i}.log")));
-        wait_until_up(
-            &format!("http://{addr}/health/ready"),
-            Duration::from_secs(60),
-            || process.alive(),
+        let process = spawn_ready(
+            &mut command,
+            *addr,
+            &root.join(format!("{tag}-backend-{i}.log")),
         )
         .await;
         backends.push(process);
     }
-    let dir = root.join(format!("{tag}-nginx"));
-    for sub in ["client_body", "proxy"] {
-        std::fs::create_dir_all(dir.join(sub)).expect("nginx dirs");
-    }
-    let _ = Command::new("chmod")
-        .arg("-R")
-        .arg("a+rwx")
-        .arg(&dir)
-        .status();
-    let listen = free_addr();
-    let conf = dir.join("nginx.conf");
     // One backend: both upstream entries name it.
     let pair = [addrs[0], *addrs.last().expect("a backend")];
-    std::fs::write(&conf, nginx_conf(&dir, pair, model, listen)).expect("conf");
-    let mut process = Process::spawn(
-        Command::new(nginx)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-e", "stderr", "-g", "daemon off;"]),
-        &root.join(format!("{tag}-nginx.log")),
-    );
-    let front = format!("http://{listen}");
-    wait_until_up(
-        &format!("{front}/health/ready"),
-        Duration::from_secs(30),
-        || process.alive(),
-    )
-    .await;
+    let (process, front) =
+        start_nginx(nginx, &root.join(format!("{tag}-nginx")), pair, model).await;
     Deployment {
         _nginx: process,
         _backends: backends,
@@ -119,35 +83,9 @@ async fn deploy(
 /// Loads 32 photos with the ETL (so objects exist), then upserts `points` more that name them,
 /// 100 per batch; returns points per second of the upserts.
 async fn load(front: &str, model: SocketAddr, s3: SocketAddr, points: usize) -> f64 {
-    let status = Command::new(bin("etl"))
-        .args(["load", "--dataset", "fashion-product-images", "--source"])
-        .arg(dataset_dir())
-        .args(["--limit", "32", "--batch-size", "16"])
-        .env("BACKEND_URL", front)
-        .env("MODEL_SERVING_URL", format!("http://{model}"))
-        .env("API_KEY", API_KEY)
-        .env("S3_ENDPOINT", format!("http://{s3}"))
-        .env("S3_ACCESS_KEY", S3_KEY)
-        .env("S3_SECRET_KEY", S3_SECRET)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("etl runs");
-    assert!(status.success(), "etl load: {status}");
+    etl_load(&bin("etl"), front, model, s3, 32);
     let http = reqwest::Client::new();
-    let page: serde_json::Value = http
-        .get(format!("{front}/v1/search?q=shirt&k=1&mode=vector"))
-        .send()
-        .await
-        .expect("search")
-        .json()
-        .await
-        .expect("JSON");
-    let key = page["hits"][0]["s3_key"]
-        .as_str()
-        .expect("a key")
-        .to_owned();
+    let key = page_key(&http, front).await;
     let mut seed = 7u64;
     let mut next = move || {
         seed = seed

@@ -131,6 +131,101 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// A `backend` process on `addr` over the S3 server at `s3`, with the test key. nginx is its one
+/// peer and every load client is 127.0.0.1 behind it, so the per-shopper search and write limits
+/// are lifted.
+pub(crate) fn backend_command(
+    bin: &Path,
+    addr: SocketAddr,
+    data: &Path,
+    model: SocketAddr,
+    s3: SocketAddr,
+) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .env("BACKEND_ADDR", addr.to_string())
+        .env("DATA_DIR", data)
+        .env("MODEL_SERVING_URL", format!("http://{model}"))
+        .env("S3_ENDPOINT", format!("http://{s3}"))
+        .env("S3_ACCESS_KEY", S3_KEY)
+        .env("S3_SECRET_KEY", S3_SECRET)
+        .env("API_KEY", API_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("BACKEND_TRUSTED_PROXIES", "127.0.0.1")
+        .env("BACKEND_SEARCH_RATE_PER_SEC", "100000")
+        .env("BACKEND_SEARCH_RATE_BURST", "100000")
+        .env("BACKEND_WRITE_RATE_PER_SEC", "100000")
+        .env("BACKEND_WRITE_RATE_BURST", "100000")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// The ETL loading `limit` real photos through `front`, storing them in the S3 server at `s3`.
+pub(crate) fn etl_load(bin: &Path, front: &str, model: SocketAddr, s3: SocketAddr, limit: u64) {
+    let status = Command::new(bin)
+        .args(["load", "--dataset", "fashion-product-images", "--source"])
+        .arg(dataset_dir())
+        .args(["--limit", &limit.to_string(), "--batch-size", "16"])
+        .env("BACKEND_URL", front)
+        .env("MODEL_SERVING_URL", format!("http://{model}"))
+        .env("API_KEY", API_KEY)
+        .env("S3_ENDPOINT", format!("http://{s3}"))
+        .env("S3_ACCESS_KEY", S3_KEY)
+        .env("S3_SECRET_KEY", S3_SECRET)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("etl runs");
+    assert!(status.success(), "etl load: {status}");
+}
+
+/// Spawns `command` (its output to `log`) and waits until `http://{addr}/health/ready` answers.
+pub(crate) async fn spawn_ready(command: &mut Command, addr: SocketAddr, log: &Path) -> Process {
+    let mut process = Process::spawn(command, log);
+    wait_until_up(
+        &format!("http://{addr}/health/ready"),
+        Duration::from_secs(60),
+        || process.alive(),
+    )
+    .await;
+    process
+}
+
+/// nginx with `deploy/nginx.conf` (see [`nginx_conf`]) in `dir`, in front of `backends`; returns
+/// it and its API URL once a readiness check answers through it.
+pub(crate) async fn start_nginx(
+    nginx: &Path,
+    dir: &Path,
+    backends: [SocketAddr; 2],
+    model: SocketAddr,
+) -> (Process, String) {
+    for sub in ["client_body", "proxy"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("nginx dirs");
+    }
+    // Its workers run as another user when the test runs as root.
+    let _ = Command::new("chmod")
+        .arg("-R")
+        .arg("a+rwx")
+        .arg(dir)
+        .status();
+    let listen = free_addr();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, backends, model, listen)).expect("conf");
+    let process = spawn_ready(
+        Command::new(nginx)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-e", "stderr", "-g", "daemon off;"]),
+        listen,
+        &dir.join("nginx.log"),
+    )
+    .await;
+    (process, format!("http://{listen}"))
+}
+
 /// What the server-path suites need: nginx, an S3 server (started here, its log under `root`) and
 /// a Qdrant binary; `None`, and one line saying what is missing, otherwise.
 pub(crate) async fn s3_and_nginx(root: &Path) -> Option<(PathBuf, Process, SocketAddr, PathBuf)> {
@@ -180,84 +275,24 @@ async fn two_backends_behind_nginx_survive_a_killed_one() {
     let mut backends: Vec<Process> = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let data = root.join(format!("backend-{i}"));
-        let mut process = Process::spawn(
-            Command::new(&backend_bin)
-                .env("BACKEND_ADDR", addr.to_string())
-                .env("DATA_DIR", &data)
-                .env("MODEL_SERVING_URL", format!("http://{}", model.addr))
+        let process = spawn_ready(
+            backend_command(&backend_bin, *addr, &data, model.addr, s3)
                 .env("QDRANT_URL", qdrant.url())
                 .env("QDRANT_COLLECTION", "replicas")
-                .env("S3_ENDPOINT", format!("http://{s3}"))
-                .env("S3_ACCESS_KEY", S3_KEY)
-                .env("S3_SECRET_KEY", S3_SECRET)
-                .env("API_KEY", API_KEY)
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env("INDEX_OPTIMIZE_AFTER_SECS", "1")
-                // nginx is the one peer; every test client is 127.0.0.1 behind it, so the
-                // per-shopper search limit is lifted for this load.
-                .env("BACKEND_TRUSTED_PROXIES", "127.0.0.1")
-                .env("BACKEND_SEARCH_RATE_PER_SEC", "100000")
-                .env("BACKEND_SEARCH_RATE_BURST", "100000"),
+                .env("INDEX_OPTIMIZE_AFTER_SECS", "1"),
+            *addr,
             &root.join(format!("backend-{i}.log")),
-        );
-        wait_until_up(
-            &format!("http://{addr}/health/ready"),
-            Duration::from_secs(60),
-            || process.alive(),
         )
         .await;
         backends.push(process);
     }
 
     // nginx, from the deployment's own configuration.
-    let nginx_dir = root.join("nginx");
-    for sub in ["client_body", "proxy"] {
-        std::fs::create_dir_all(nginx_dir.join(sub)).expect("nginx dirs");
-    }
-    // Its workers run as another user when the test runs as root.
-    let _ = Command::new("chmod")
-        .arg("-R")
-        .arg("a+rwx")
-        .arg(root)
-        .status();
-    let balancer = free_addr();
-    let conf = nginx_dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(&nginx_dir, addrs, model.addr, balancer)).expect("conf");
-    let mut nginx_process = Process::spawn(
-        Command::new(&nginx)
-            .arg("-p")
-            .arg(&nginx_dir)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-e", "stderr", "-g", "daemon off;"]),
-        &root.join("nginx.log"),
-    );
-    let front = format!("http://{balancer}");
-    wait_until_up(
-        &format!("{front}/health/ready"),
-        Duration::from_secs(30),
-        || nginx_process.alive(),
-    )
-    .await;
+    let (nginx_process, front) = start_nginx(&nginx, &root.join("nginx"), addrs, model.addr).await;
 
     // The ETL loads through the balancer, storing photos in the external S3.
     let photos = 120;
-    let status = Command::new(workspace_bin("etl"))
-        .args(["load", "--dataset", "fashion-product-images", "--source"])
-        .arg(dataset_dir())
-        .args(["--limit", &photos.to_string(), "--batch-size", "16"])
-        .env("BACKEND_URL", &front)
-        .env("MODEL_SERVING_URL", format!("http://{}", model.addr))
-        .env("API_KEY", API_KEY)
-        .env("S3_ENDPOINT", format!("http://{s3}"))
-        .env("S3_ACCESS_KEY", S3_KEY)
-        .env("S3_SECRET_KEY", S3_SECRET)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("etl runs");
-    assert!(status.success(), "etl load: {status}");
+    etl_load(&workspace_bin("etl"), &front, model.addr, s3, photos);
 
     // Both replicas serve the same catalogue, with images from the external S3.
     let http = reqwest::Client::new();
@@ -380,7 +415,7 @@ async fn two_backends_behind_nginx_survive_a_killed_one() {
 }
 
 /// A stored object's key, read from a search through the balancer.
-async fn page_key(http: &reqwest::Client, front: &str) -> String {
+pub(crate) async fn page_key(http: &reqwest::Client, front: &str) -> String {
     let page: serde_json::Value = http
         .get(format!("{front}/v1/search?q=shirt&k=1&mode=vector"))
         .send()
