@@ -1,6 +1,7 @@
 //! Every backend metric, declared once with its help text. Labels are bounded: `stage` is one
 //! of encode / index_search / presign / total, `kind` text / image / similar, `result` hit / miss,
-//! `upstream` model-serving / index / storage, `operation` a fixed verb.
+//! `upstream` model-serving / index / storage, `operation` a fixed verb, `outcome` hits / empty /
+//! below_floor.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 pub const SEARCH_STAGE_SECONDS: &str = "backend_search_stage_seconds";
 pub const SEARCHES_TOTAL: &str = "backend_searches_total";
+pub const SEARCH_OUTCOMES_TOTAL: &str = "backend_search_outcomes_total";
 pub const QUERY_CACHE_TOTAL: &str = "backend_query_cache_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "backend_upstream_errors_total";
 pub const BREAKER_OPEN: &str = "backend_model_breaker_open";
@@ -15,12 +17,18 @@ pub const INDEX_POINTS: &str = "backend_index_points";
 pub const INGESTED_ITEMS_TOTAL: &str = "backend_ingested_items_total";
 pub const INDEX_OPERATION_SECONDS: &str = "backend_index_operation_seconds";
 
+/// The `kind` label's values.
+pub const SEARCH_KINDS: [&str; 3] = ["text", "image", "similar"];
+/// The `outcome` label's values.
+pub const SEARCH_OUTCOMES: [&str; 3] = ["hits", "empty", "below_floor"];
+
 /// The `upstream` label's values.
 pub const UPSTREAMS: [&str; 3] = ["model-serving", "index", "storage"];
 
 pub const ALL: &[&str] = &[
     SEARCH_STAGE_SECONDS,
     SEARCHES_TOTAL,
+    SEARCH_OUTCOMES_TOTAL,
     QUERY_CACHE_TOTAL,
     UPSTREAM_ERRORS_TOTAL,
     BREAKER_OPEN,
@@ -39,6 +47,11 @@ pub fn describe() {
         SEARCHES_TOTAL,
         Unit::Count,
         "Searches answered, by kind (text, image, similar)."
+    );
+    describe_counter!(
+        SEARCH_OUTCOMES_TOTAL,
+        Unit::Count,
+        "Searches answered, by kind and outcome: hits; empty (nothing in the index or the filters); below_floor (a text search nothing matched at the model's relevance floor, shown as no good matches)."
     );
     describe_counter!(
         QUERY_CACHE_TOTAL,
@@ -71,6 +84,13 @@ pub fn describe() {
     for upstream in UPSTREAMS {
         metrics::counter!(UPSTREAM_ERRORS_TOTAL, "upstream" => upstream).increment(0);
     }
+    // So are the shopper signals: zero-result and below-floor rates are defined from the start.
+    for kind in SEARCH_KINDS {
+        for outcome in SEARCH_OUTCOMES {
+            metrics::counter!(SEARCH_OUTCOMES_TOTAL, "kind" => kind, "outcome" => outcome)
+                .increment(0);
+        }
+    }
 }
 
 pub fn stage(stage: &'static str, elapsed: Duration) {
@@ -79,6 +99,16 @@ pub fn stage(stage: &'static str, elapsed: Duration) {
 
 pub fn search(kind: &'static str) {
     metrics::counter!(SEARCHES_TOTAL, "kind" => kind).increment(1);
+}
+
+/// What a search answered: `below_floor` when its hits were dropped by the relevance floor.
+pub fn search_outcome(kind: &'static str, hits: usize, below_floor: bool) {
+    let outcome = match (below_floor, hits) {
+        (true, _) => "below_floor",
+        (false, 0) => "empty",
+        (false, _) => "hits",
+    };
+    metrics::counter!(SEARCH_OUTCOMES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
 }
 
 pub fn cache(hit: bool) {

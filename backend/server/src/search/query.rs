@@ -116,7 +116,9 @@ impl SearchEngine {
             };
             self.with_checked_filters(&plan.filter.attributes, async { Ok(()) })
                 .await?;
-            return self.run(query, &plan, started).await;
+            let response = self.run(query, &plan, started).await?;
+            metrics::search_outcome("text", response.hits.len(), false);
+            return Ok(response);
         }
         let embed = async {
             let encode = Instant::now();
@@ -164,9 +166,11 @@ impl SearchEngine {
             embedded_text: Some(caption),
         };
         let (matched, mut response) = tokio::try_join!(reach, self.run(query, &plan, started))?;
+        let below_floor = !matched && !response.hits.is_empty();
         if !matched {
             response.hits.clear();
         }
+        metrics::search_outcome("text", response.hits.len(), below_floor);
         response.relevance_floor = floor;
         Ok(response)
     }
@@ -258,7 +262,9 @@ impl SearchEngine {
             query: IndexQuery::Vector(vector),
             embedded_text: None,
         };
-        self.run(query, &plan, started).await
+        let response = self.run(query, &plan, started).await?;
+        metrics::search_outcome("image", response.hits.len(), false);
+        Ok(response)
     }
 
     /// More like this: the stored vector of `id` as the query, `id` itself left out. No model
@@ -286,7 +292,9 @@ impl SearchEngine {
             query: IndexQuery::Vector(vector),
             embedded_text: None,
         };
-        self.run(query, &plan, started).await
+        let response = self.run(query, &plan, started).await?;
+        metrics::search_outcome("similar", response.hits.len(), false);
+        Ok(response)
     }
 
     async fn run(

@@ -285,6 +285,7 @@ async fn ingest_search_presign_filter_delete() {
     for name in [
         "backend_search_stage_seconds",
         "backend_searches_total",
+        "backend_search_outcomes_total",
         "backend_query_cache_total",
         "backend_index_points",
         "backend_ingested_items_total",
@@ -295,6 +296,23 @@ async fn ingest_search_presign_filter_delete() {
             metrics.contains(&format!("# HELP {name} ")),
             "{name} missing"
         );
+    }
+    // Shopper signals: every kind and outcome exists from the start; this traffic's text, image
+    // and "more like this" searches all found something.
+    let count = |kind: &str, outcome: &str| -> f64 {
+        let series =
+            format!("backend_search_outcomes_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing"))
+    };
+    for kind in backend::metrics::SEARCH_KINDS {
+        for outcome in backend::metrics::SEARCH_OUTCOMES {
+            count(kind, outcome);
+        }
+        assert!(count(kind, "hits") >= 1.0, "{kind} searches with hits");
     }
     for stage in ["encode", "index_search", "presign", "total"] {
         assert!(
