@@ -210,6 +210,14 @@ def search_path():
              timeseries("Upstream failures and breaker",
                         [("sum by (upstream) (rate(backend_upstream_errors_total[$__rate_interval]))", "{{upstream}} errors/s"),
                          ("max(backend_model_breaker_open)", "breaker open")], "short")],
+            [timeseries("Searches without matches (share of each kind)",
+                        [('sum by (kind, outcome) (rate(backend_search_outcomes_total{outcome!="hits"}[$__rate_interval]))'
+                          ' / ignoring (outcome) group_left sum by (kind) (rate(backend_search_outcomes_total[$__rate_interval]))',
+                          "{{kind}} {{outcome}}")], "percentunit",
+                        "empty: nothing in the index or the filters; below_floor: a text search nothing matched at the model's relevance floor (the shop says no good matches).",
+                        max_=1),
+             timeseries("Searches by outcome",
+                        [("sum by (kind, outcome) (rate(backend_search_outcomes_total[$__rate_interval]))", "{{kind}} {{outcome}}")], "reqps")],
         ],
     )
 
