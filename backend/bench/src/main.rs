@@ -102,6 +102,49 @@ fn payload(key: &str, i: usize) -> StoredPayload {
     }
 }
 
+/// 16 clients, 40 searches each, every query new (`query(client, i)`): the latencies and the
+/// searches per second.
+async fn sixteen_clients(
+    client: &BackendClient,
+    params: &SearchParams,
+    mode: SearchMode,
+    query: impl Fn(usize, usize) -> String + Clone + Send + 'static,
+) -> anyhow::Result<(Vec<f64>, f64)> {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|c| {
+            let (client, params, query) = (client.clone(), params.clone(), query.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..40 {
+                    let t = Instant::now();
+                    client.search_text_as(&query(c, i), mode, &params).await?;
+                    out.push(t.elapsed().as_secs_f64());
+                }
+                Ok::<_, anyhow::Error>(out)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((all, rate))
+}
+
+/// A first-page top-10 index search for `query`, unfiltered.
+fn top10(query: IndexQuery) -> SearchRequest {
+    SearchRequest {
+        query,
+        limit: 10,
+        offset: 0,
+        filter: Filter::default(),
+        min_score: None,
+        exclude: None,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init_with("backend-bench", telemetry::TelemetryConfig::quiet())?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -226,14 +269,7 @@ async fn pipeline() -> anyhow::Result<()> {
         let t = Instant::now();
         engine
             .index()
-            .search(SearchRequest {
-                query: IndexQuery::Vector(v.clone()),
-                limit: 10,
-                offset: 0,
-                filter: Filter::default(),
-                min_score: None,
-                exclude: None,
-            })
+            .search(top10(IndexQuery::Vector(v.clone())))
             .await?;
         search.push(t.elapsed().as_secs_f64());
     }
@@ -243,33 +279,10 @@ async fn pipeline() -> anyhow::Result<()> {
     println!("    1 client, uncached     p50 {e2e50:>7.2} ms   p99 {e2e99:>7.2} ms");
 
     // 16 clients, distinct queries.
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..16)
-        .map(|c| {
-            let client = client.clone();
-            let params = params.clone();
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                for i in 0..40 {
-                    let t = Instant::now();
-                    client
-                        .search_text_as(
-                            &format!("blue denim jacket {c} {i}"),
-                            SearchMode::Vector,
-                            &params,
-                        )
-                        .await?;
-                    out.push(t.elapsed().as_secs_f64());
-                }
-                Ok::<_, anyhow::Error>(out)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await??);
-    }
-    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    let (all, rate) = sixteen_clients(&client, &params, SearchMode::Vector, |c, i| {
+        format!("blue denim jacket {c} {i}")
+    })
+    .await?;
     let (c50, c99) = ms(all);
     println!(
         "    16 clients, uncached   p50 {c50:>7.2} ms   p99 {c99:>7.2} ms   ({rate:.0} searches/s)"
@@ -325,29 +338,8 @@ async fn pipeline() -> anyhow::Result<()> {
                 .await?;
             one.push(t.elapsed().as_secs_f64());
         }
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..16)
-            .map(|c| {
-                let client = client.clone();
-                let params = params.clone();
-                tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    for i in 0..40 {
-                        let t = Instant::now();
-                        client
-                            .search_text_as(&word_query(c, 1000 + i), mode, &params)
-                            .await?;
-                        out.push(t.elapsed().as_secs_f64());
-                    }
-                    Ok::<_, anyhow::Error>(out)
-                })
-            })
-            .collect();
-        let mut many = Vec::new();
-        for task in tasks {
-            many.extend(task.await??);
-        }
-        let rate = many.len() as f64 / started.elapsed().as_secs_f64();
+        let (many, rate) =
+            sixteen_clients(&client, &params, mode, move |c, i| word_query(c, 1000 + i)).await?;
         let (o50, o99) = ms(one);
         let (m50, m99) = ms(many);
         println!(
@@ -380,17 +372,7 @@ async fn pipeline() -> anyhow::Result<()> {
                 IndexQuery::Vector(v.clone())
             };
             let t = Instant::now();
-            engine
-                .index()
-                .search(SearchRequest {
-                    query,
-                    limit: 10,
-                    offset: 0,
-                    filter: Filter::default(),
-                    min_score: None,
-                    exclude: None,
-                })
-                .await?;
+            engine.index().search(top10(query)).await?;
             took.push(t.elapsed().as_secs_f64());
         }
         let (p50, p99) = ms(took);

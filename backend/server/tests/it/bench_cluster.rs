@@ -14,7 +14,7 @@ use crate::helpers::*;
 use crate::qdrant_cluster::start_cluster;
 use crate::qdrant_live::QdrantProcess;
 use crate::replicas::{
-    Process, backend_command, etl_load, free_addr, page_key, s3_and_nginx, spawn_ready, start_nginx,
+    Process, backend_command, etl_load, page_key, s3_and_nginx, spawn_ready, start_nginx,
 };
 
 fn bin(name: &str) -> PathBuf {

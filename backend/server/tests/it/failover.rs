@@ -22,9 +22,7 @@ struct Replica {
 impl Replica {
     async fn start() -> Self {
         let bin = workspace_bin("model-serving");
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        let addr = free_addr();
         let mut child = Command::new(bin)
             .arg("serve")
             .env("MODEL_DIR", local_stack::test_model_dir())
@@ -70,13 +68,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,3 +242,19 @@ pub async fn wait_until_up(url: &str, within: Duration, mut alive: impl FnMut() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A free loopback port (bound, read and released: a test starting a process on it races only
+/// with other processes of the machine).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+/// The `p` quantile (0..1) of sorted samples; NaN when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}

@@ -14,15 +14,9 @@ use std::time::{Duration, Instant};
 use backend_api::{IngestItem, SearchMode, SearchParams};
 use uuid::Uuid;
 
-use crate::helpers;
+use crate::helpers::{self, free_addr, percentile};
 
 const COLLECTION: &str = "cluster_test";
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 /// One peer of the cluster; SIGKILLed when dropped.
 pub(crate) struct Node {
@@ -163,13 +157,6 @@ async fn until<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     started.elapsed()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
 /// Three peers on loopback, each joined through the first once the cluster has a leader; returns

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use backend::config::EdgeConfig;
 
-use crate::helpers;
+use crate::helpers::{self, free_addr};
 
 /// A Qdrant server on loopback, stopped (SIGKILL) when dropped.
 pub struct QdrantProcess {
@@ -18,12 +18,6 @@ pub struct QdrantProcess {
     pub http: SocketAddr,
     storage: PathBuf,
     bin: PathBuf,
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
 }
 
 impl QdrantProcess {

@@ -18,12 +18,6 @@ use crate::qdrant_live::QdrantProcess;
 pub(crate) const S3_KEY: &str = "replica-access-key";
 pub(crate) const S3_SECRET: &str = "replica-secret-key-0123456789";
 
-pub(crate) fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
 /// A child process, SIGKILLed when dropped.
 pub(crate) struct Process(Child);
 
@@ -122,13 +116,6 @@ pub(crate) fn nginx_conf(
         out = out.replace(from, &to);
     }
     out
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
 /// A `backend` process on `addr` over the S3 server at `s3`, with the test key. nginx is its one
