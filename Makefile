@@ -258,12 +258,28 @@ logs: ## show the last lines of every service log
 
 # ---------------------------------------------------------------------------- bench
 
+# The reference design's model server runs beside model-serving (section 6 of
+# model-serving-bench) from its own venv: FastAPI, gunicorn, uvicorn are never needed by make test.
+BENCH_VENV       := $(CACHE_DIR)/venv-bench
+BENCH_REQ        := model-serving/tools/bench-requirements.txt
+BENCH_VENV_STAMP := $(BENCH_VENV)/.requirements-$(shell cat model-serving/tools/requirements.txt $(BENCH_REQ) | sha256sum | cut -c1-16)
+
+$(BENCH_VENV_STAMP): $(BENCH_REQ) model-serving/tools/requirements.txt
+	@[ -x $(BENCH_VENV)/bin/python ] || $(PYTHON) -m venv $(BENCH_VENV)
+	@cd model-serving/tools && $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench-requirements.txt
+	@rm -f $(BENCH_VENV)/.requirements-* && touch $@
+
 .PHONY: bench
-bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json $(VENV_STAMP) ## benchmarks (release build): model-serving on ViT-B/32 shapes, backend search and recall, ETL ingest
-	$(CARGO) build --release --locked --bin model-serving-bench --bin backend-bench --bin etl-bench
-	BENCH_MODEL_DIR=$(BENCH_MODEL) REFERENCE_PYTHON=$(VPY) $(TARGET_DIR)/release/model-serving-bench
+bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json $(VENV_STAMP) $(BENCH_VENV_STAMP) ## benchmarks (release build): model-serving beside the reference server, cold start and memory, backend search, ETL ingest
+	$(CARGO) build --release --locked --bin model-serving-bench --bin backend-bench --bin etl-bench \
+	  --bin model-serving --bin backend --bin frontend --bin hostile
+	BENCH_MODEL_DIR=$(BENCH_MODEL) REFERENCE_PYTHON=$(VPY) TINY_MODEL_DIR=$(TINY_MODEL) TRAINED_MODEL_DIR=$(OWN_MODEL) \
+	  REFERENCE_SERVER_DIR=$(SHARED)/bench REFERENCE_SERVER_VENV=$(BENCH_VENV) $(TARGET_DIR)/release/model-serving-bench
 	TEST_MODEL_DIR=$(TINY_MODEL) $(TARGET_DIR)/release/backend-bench
 	BENCH_MODEL_DIR=$(BENCH_MODEL) $(TARGET_DIR)/release/etl-bench
+	@echo; echo "the make run stack (model $(RUN_MODEL)): cold start and memory"
+	HOSTILE_FOOTPRINT=1 HOSTILE_PHOTOS=500 HOSTILE_BIN_DIR=$(TARGET_DIR)/release MODEL_DIR=$(RUN_MODEL) \
+	  $(TARGET_DIR)/release/hostile
 
 # Search quality through the API: the held-out products loaded with the ETL, every question in
 # each matching mode (EVAL_PRODUCTS, EVAL_CAPTIONS, MODEL_DIR: see backend/eval/src/main.rs).

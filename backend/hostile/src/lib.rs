@@ -2,6 +2,8 @@
 //! endpoint. Each case says what a correct service answers, so tests and `make hostile` share one
 //! list. Everything is made here from code; nothing is downloaded or committed.
 
+pub mod process;
+
 use std::io::Cursor;
 
 use image::codecs::gif::{GifEncoder, Repeat};

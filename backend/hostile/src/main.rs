@@ -12,13 +12,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hostile::process::{Service, free_addr, mb, reset_peak, status_kb};
 use hostile::{Expect, Limits};
 use reqwest::multipart::{Form, Part};
 
@@ -26,113 +26,6 @@ const KEY: &str = "hostile-run-write-key";
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// A started service, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Service {
-    name: &'static str,
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl Service {
-    fn start(
-        name: &'static str,
-        bin: &Path,
-        args: &[&str],
-        env: &[(&str, String)],
-        logs: &Path,
-    ) -> anyhow::Result<Self> {
-        let addr = free_addr()?;
-        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-        let mut command = Command::new(bin);
-        command
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let addr_var = match name {
-            "model-serving" => "MODEL_SERVING_ADDR",
-            "backend" => "BACKEND_ADDR",
-            _ => "FRONTEND_ADDR",
-        };
-        command.env(addr_var, addr.to_string());
-        let child = command
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        Ok(Self { name, addr, child })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    async fn wait_ready(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited during start-up: {status}", self.name);
-            }
-            if let Ok(r) = http.get(self.url("/health/ready")).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        bail!("{} not ready after 120 s", self.name)
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..50 {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// kB figures from /proc/<pid>/status.
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|n| n.parse::<u64>().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
-/// Resets the peak-RSS mark so VmHWM measures from now.
-fn reset_peak(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
-fn mb(kb: u64) -> f64 {
-    kb as f64 / 1024.0
 }
 
 struct Row {
@@ -332,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
     let soak_secs: u64 = env_or("HOSTILE_SOAK_SECS", "600").parse()?;
     let clients: usize = env_or("HOSTILE_CLIENTS", "16").parse()?;
     let latency_only = env_or("HOSTILE_LATENCY", "0") == "1";
+    let footprint_only = env_or("HOSTILE_FOOTPRINT", "0") == "1";
 
     let work = std::env::temp_dir().join(format!("hostile-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -355,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
         "model-serving",
         &bins.join("model-serving"),
         &["serve"],
+        Some("MODEL_SERVING_ADDR"),
         &[
             common.clone(),
             vec![
@@ -365,11 +260,15 @@ async fn main() -> anyhow::Result<()> {
         .concat(),
         &work,
     )?;
-    model_serving.wait_ready(&http).await?;
+    let mut cold = vec![(
+        "model-serving".to_owned(),
+        model_serving.wait_healthy(&http).await?,
+    )];
     let mut backend = Service::start(
         "backend",
         &bins.join("backend"),
         &[],
+        Some("BACKEND_ADDR"),
         &[
             common.clone(),
             vec![
@@ -387,11 +286,15 @@ async fn main() -> anyhow::Result<()> {
         .concat(),
         &work,
     )?;
-    backend.wait_ready(&http).await?;
+    cold.push((
+        "backend (empty catalogue)".to_owned(),
+        backend.wait_healthy(&http).await?,
+    ));
     let mut frontend = Service::start(
         "frontend",
         &bins.join("frontend"),
         &[],
+        Some("FRONTEND_ADDR"),
         &[
             common,
             vec![("BACKEND_URL", format!("http://{}", backend.addr))],
@@ -399,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
         .concat(),
         &work,
     )?;
-    frontend.wait_ready(&http).await?;
+    cold.push(("frontend".to_owned(), frontend.wait_healthy(&http).await?));
 
     // A small catalogue, so searches return hits.
     let mut photos: Vec<PathBuf> = std::fs::read_dir(dataset.join("images"))
@@ -429,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
         http,
         services: vec![model_serving, backend, frontend],
         rows: Vec::new(),
-        skip_cases: latency_only || env_or("HOSTILE_CASES", "1") == "0",
+        skip_cases: latency_only || footprint_only || env_or("HOSTILE_CASES", "1") == "0",
     };
     let backend_url = |path: &str| run.service("backend").url(path);
     let search_image = backend_url("/v1/search/image?k=5");
@@ -606,7 +509,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{} alive after the cases: {alive}", service.name);
     }
 
-    if latency_only {
+    if footprint_only {
+        let secs = env_or("HOSTILE_FOOTPRINT_SECS", "20").parse()?;
+        footprint(&mut run, cold, photos.len(), &photos, clients, secs).await?;
+    } else if latency_only {
         // HOSTILE_SEARCH_PARAMS (e.g. "&mode=vector") is added to every latency search, so a
         // build can be compared with an older one on the same kind of search.
         let search_url = format!("{search_url}{}", env_or("HOSTILE_SEARCH_PARAMS", ""));
@@ -617,6 +523,83 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(run);
     let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// `HOSTILE_FOOTPRINT=1` (a `make bench` step): each service's cold start (process start to
+/// ready; the backend again after a restart over the catalogue just loaded), resident memory at
+/// idle, and peak resident memory under `clients` closed-loop clients (text searches through
+/// the API, each new so it reaches model-serving; image searches; shop pages) for `secs`.
+async fn footprint(
+    run: &mut Run,
+    mut cold: Vec<(String, Duration)>,
+    indexed: usize,
+    photos: &[PathBuf],
+    clients: usize,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let backend = run
+        .services
+        .iter_mut()
+        .find(|s| s.name == "backend")
+        .context("no backend")?;
+    backend.restart()?;
+    let again = backend.wait_healthy(&run.http).await?;
+    cold.insert(2, (format!("backend ({indexed} images)"), again));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle: Vec<f64> = run.services.iter().map(|s| s.rss_mb()).collect();
+    run.services.iter().for_each(|s| s.reset_peak());
+
+    let photos: Arc<Vec<Vec<u8>>> = Arc::new(
+        photos
+            .iter()
+            .take(32)
+            .map(std::fs::read)
+            .collect::<Result<_, _>>()?,
+    );
+    let search = run.service("backend").url("/v1/search?k=10&q=");
+    let image = run.service("backend").url("/v1/search/image?k=10");
+    let shop = run.service("frontend").url("/?q=");
+    let http = run.http.clone();
+    let nonce = std::process::id();
+    let stats = hostile::process::closed_loop(
+        clients,
+        (secs * 2000).max(100),
+        Duration::from_secs(secs),
+        move |i| match i % 4 {
+            0 | 1 => http.get(format!("{search}footprint+{nonce}+{i}")),
+            2 => http
+                .post(&image)
+                .multipart(file_form(photos[i as usize % photos.len()].clone())),
+            _ => http.get(format!("{shop}red+dress+{i}")),
+        },
+    )
+    .await;
+    let peak: Vec<f64> = run.services.iter().map(|s| s.peak_mb()).collect();
+
+    println!("\ncold start: process start to ready");
+    println!("| service | ms |");
+    println!("|---|---:|");
+    for (name, took) in &cold {
+        println!("| {name} | {:.0} |", took.as_secs_f64() * 1e3);
+    }
+    println!(
+        "\nresident memory (MB): idle, and peak under {clients} clients for {secs} s \
+         ({} requests, {} failed, {:.0}/s: text searches, image searches, shop pages)",
+        stats.ok,
+        stats.failed,
+        stats.per_second()
+    );
+    println!("| service | idle | peak under load |");
+    println!("|---|---:|---:|");
+    for (service, (idle, peak)) in run.services.iter().zip(idle.iter().zip(&peak)) {
+        println!("| {} | {idle:.0} | {peak:.0} |", service.name);
+    }
+    println!(
+        "| whole stack | {:.0} | {:.0} |",
+        idle.iter().sum::<f64>(),
+        peak.iter().sum::<f64>()
+    );
     Ok(())
 }
 

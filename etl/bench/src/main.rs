@@ -23,7 +23,7 @@ use etl::{Clients, LoadOptions};
 use model_serving::batcher::BatchConfig;
 use model_serving::encoder::EncoderConfig;
 use model_serving::model::{ModelSpec, VISION_MODEL};
-use model_serving::onnx::{VisionModel, environment};
+use model_serving::onnx::{Threading, VisionModel, environment};
 use model_serving::preprocess::{ImageLimits, Preprocessor};
 use model_serving_api::ModelServingClient;
 
@@ -92,7 +92,12 @@ fn raw_throughput(s: &Settings, spec: &ModelSpec) -> anyhow::Result<f64> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let env = environment(&s.ort)?;
-    let mut model = VisionModel::load(&env, &s.model_dir.join(VISION_MODEL), spec.image_size, 0)?;
+    let mut model = VisionModel::load(
+        &env,
+        &s.model_dir.join(VISION_MODEL),
+        spec.image_size,
+        Threading::default(),
+    )?;
     let input = |i: usize| -> Vec<f32> {
         (0..s.batch)
             .flat_map(|j| tensors[(i * s.batch + j) % tensors.len()].iter().copied())

@@ -55,12 +55,55 @@ impl<I: Send + 'static> Batcher<I> {
     where
         F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String> + Send + 'static,
     {
+        Self::start_pool(modality, config, vec![run])
+    }
+
+    /// Starts one worker thread per `runs` entry (e.g. one model session each), all taking
+    /// batches from the one queue: a worker that finds jobs waiting takes them as its batch, so
+    /// under load the workers run side by side, and an idle worker runs a lone job at once.
+    pub fn start_pool<F>(
+        modality: &'static str,
+        config: BatchConfig,
+        runs: Vec<F>,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String> + Send + 'static,
+    {
+        if runs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a batcher needs at least one session",
+            ));
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
-        let worker_queued = queued.clone();
-        std::thread::Builder::new()
-            .name(format!("{modality}-batcher"))
-            .spawn(move || worker(modality, config, rx, worker_queued, run))?;
+        let former = Former {
+            rx,
+            config,
+            carried: None,
+        };
+        if runs.len() <= 1 {
+            if let Some(run) = runs.into_iter().next() {
+                let queued = queued.clone();
+                std::thread::Builder::new()
+                    .name(format!("{modality}-batcher"))
+                    .spawn(move || worker(modality, former, queued, run))?;
+            }
+        } else {
+            let (free_tx, free_rx) = crossbeam_channel::unbounded();
+            let mut runners = Vec::with_capacity(runs.len());
+            for (i, run) in runs.into_iter().enumerate() {
+                let (batch_tx, batch_rx) = crossbeam_channel::bounded(1);
+                runners.push(batch_tx);
+                let (free, queued) = (free_tx.clone(), queued.clone());
+                std::thread::Builder::new()
+                    .name(format!("{modality}-session-{i}"))
+                    .spawn(move || runner(modality, i, batch_rx, free, queued, run))?;
+            }
+            std::thread::Builder::new()
+                .name(format!("{modality}-batcher"))
+                .spawn(move || dispatcher(former, free_rx, runners))?;
+        }
         Ok(Self {
             modality,
             tx,
@@ -172,86 +215,138 @@ fn add<I>(
     Ok(())
 }
 
-fn worker<I, F>(
-    modality: &'static str,
-    config: BatchConfig,
+/// Forms batches from the queue, one at a time, when asked: what queued up while the previous
+/// batch ran is taken at once; a job that finds the queue empty runs alone, without waiting for
+/// company; a job that would make the batch exceed `max_batch` starts the next one.
+struct Former<I> {
     rx: Receiver<Job<I>>,
+    config: BatchConfig,
+    carried: Option<Job<I>>,
+}
+
+impl<I> Former<I> {
+    /// The next batch and its item count; `None` once every sender is gone and the queue is
+    /// drained.
+    fn next(&mut self) -> Option<(Vec<Job<I>>, usize)> {
+        let max_batch = self.config.max_batch.max(1);
+        let first = match self.carried.take() {
+            Some(job) => job,
+            None => self.rx.recv().ok()?,
+        };
+        let deadline = first.enqueued + self.config.max_wait;
+        let mut size = first.items.len();
+        let mut jobs = vec![first];
+        let mut company = false;
+        while let Ok(job) = self.rx.try_recv() {
+            company = true;
+            if let Err(full) = add(&mut jobs, &mut size, max_batch, job) {
+                self.carried = Some(full);
+                break;
+            }
+        }
+        // Under load, a batch may wait up to `max_wait` (from its first job) to fill.
+        if company && self.carried.is_none() {
+            while let Ok(job) = self.rx.recv_deadline(deadline) {
+                if let Err(full) = add(&mut jobs, &mut size, max_batch, job) {
+                    self.carried = Some(full);
+                    break;
+                }
+            }
+        }
+        Some((jobs, size))
+    }
+}
+
+/// One session: forms a batch, runs it, and again.
+fn worker<I, F>(modality: &'static str, mut former: Former<I>, queued: Arc<AtomicUsize>, mut run: F)
+where
+    F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
+{
+    while let Some((jobs, size)) = former.next() {
+        run_batch(modality, jobs, size, &queued, &mut run);
+    }
+}
+
+/// Several sessions: the dispatcher forms a batch only when a runner is free (so jobs that
+/// arrive while every session is busy still join one batch), and hands it to that runner.
+fn dispatcher<I>(
+    mut former: Former<I>,
+    free: Receiver<usize>,
+    runners: Vec<crossbeam_channel::Sender<(Vec<Job<I>>, usize)>>,
+) {
+    while let Ok(runner) = free.recv() {
+        let Some(batch) = former.next() else { return };
+        if runners[runner].send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+fn runner<I, F>(
+    modality: &'static str,
+    index: usize,
+    batches: Receiver<(Vec<Job<I>>, usize)>,
+    free: crossbeam_channel::Sender<usize>,
     queued: Arc<AtomicUsize>,
     mut run: F,
 ) where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
-    let max_batch = config.max_batch.max(1);
-    let mut carried: Option<Job<I>> = None;
-    loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
+    while free.send(index).is_ok() {
+        let Ok((jobs, size)) = batches.recv() else {
+            return;
         };
-        // What queued up while the previous batch ran is taken at once; a job that finds the
-        // worker idle runs alone, without waiting for company.
-        let deadline = first.enqueued + config.max_wait;
-        let mut size = first.items.len();
-        let mut jobs = vec![first];
-        let mut company = false;
-        while let Ok(job) = rx.try_recv() {
-            company = true;
-            if let Err(full) = add(&mut jobs, &mut size, max_batch, job) {
-                carried = Some(full);
-                break;
-            }
-        }
-        // Under load, a batch may wait up to `max_wait` (from its first job) to fill.
-        if company && carried.is_none() {
-            while let Ok(job) = rx.recv_deadline(deadline) {
-                if let Err(full) = add(&mut jobs, &mut size, max_batch, job) {
-                    carried = Some(full);
-                    break;
-                }
-            }
-        }
+        run_batch(modality, jobs, size, &queued, &mut run);
+    }
+}
 
-        let started = Instant::now();
-        let mut counts = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
-        let mut items = Vec::with_capacity(size);
-        for job in jobs {
-            metrics::queue_wait(modality, started.duration_since(job.enqueued));
-            counts.push(job.items.len());
-            replies.push(job.reply);
-            items.extend(job.items);
-        }
-        queued.fetch_sub(size, Ordering::AcqRel);
-        metrics::queue_depth(modality, queued.load(Ordering::Relaxed));
-        metrics::batch_size(modality, size);
+/// Runs one batch and answers each of its jobs.
+fn run_batch<I, F>(
+    modality: &'static str,
+    jobs: Vec<Job<I>>,
+    size: usize,
+    queued: &AtomicUsize,
+    run: &mut F,
+) where
+    F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
+{
+    let started = Instant::now();
+    let mut counts = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut items = Vec::with_capacity(size);
+    for job in jobs {
+        metrics::queue_wait(modality, started.duration_since(job.enqueued));
+        counts.push(job.items.len());
+        replies.push(job.reply);
+        items.extend(job.items);
+    }
+    queued.fetch_sub(size, Ordering::AcqRel);
+    metrics::queue_depth(modality, queued.load(Ordering::Relaxed));
+    metrics::batch_size(modality, size);
 
-        // A panic inside the runtime must not take the worker (and every later request) down.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(items)))
-            .unwrap_or_else(|_| Err("the model run panicked".to_owned()));
-        metrics::inference(modality, started.elapsed());
-        match outcome {
-            Ok(embeddings) if embeddings.len() == size => {
-                let mut rest = embeddings.into_iter();
-                for (reply, n) in replies.into_iter().zip(counts) {
-                    let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
-                }
-                metrics::items_encoded(modality, size);
+    // A panic inside the runtime must not take the worker (and every later request) down.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(items)))
+        .unwrap_or_else(|_| Err("the model run panicked".to_owned()));
+    metrics::inference(modality, started.elapsed());
+    match outcome {
+        Ok(embeddings) if embeddings.len() == size => {
+            let mut rest = embeddings.into_iter();
+            for (reply, n) in replies.into_iter().zip(counts) {
+                let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
             }
-            Ok(embeddings) => {
-                let message = format!("model returned {} rows for {size} items", embeddings.len());
-                tracing::error!(modality, %message, "inference failed");
-                for reply in replies {
-                    let _ = reply.send(Err(BatchError::Inference(message.clone())));
-                }
+            metrics::items_encoded(modality, size);
+        }
+        Ok(embeddings) => {
+            let message = format!("model returned {} rows for {size} items", embeddings.len());
+            tracing::error!(modality, %message, "inference failed");
+            for reply in replies {
+                let _ = reply.send(Err(BatchError::Inference(message.clone())));
             }
-            Err(message) => {
-                tracing::error!(modality, %message, batch_size = size, "inference failed");
-                for reply in replies {
-                    let _ = reply.send(Err(BatchError::Inference(message.clone())));
-                }
+        }
+        Err(message) => {
+            tracing::error!(modality, %message, batch_size = size, "inference failed");
+            for reply in replies {
+                let _ = reply.send(Err(BatchError::Inference(message.clone())));
             }
         }
     }
@@ -409,6 +504,53 @@ mod tests {
         let held = batcher.reserve(3).expect("room again");
         // Fewer items than reserved: the rest is given back.
         assert_eq!(held.submit(vec![5]).await, Ok(vec![vec![5.0]]));
+        assert_eq!(batcher.queued(), 0);
+    }
+
+    /// A pool's sessions run batches side by side, each job answered with its own embeddings,
+    /// and a job that does not fit the batch being formed goes to the next free session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_runs_batches_side_by_side() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let runs: Vec<_> = (0..2)
+            .map(|session| {
+                let (in_flight, most) = (in_flight.clone(), most.clone());
+                move |items: Vec<u32>| {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(150));
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Ok(items
+                        .iter()
+                        .map(|&i| vec![i as f32, session as f32])
+                        .collect())
+                }
+            })
+            .collect();
+        let batcher = Arc::new(Batcher::start_pool("test", config(1, 0, 16), runs).expect("start"));
+        let tasks: Vec<_> = (0..4u32)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(vec![i]).await })
+            })
+            .collect();
+        let mut sessions = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let out = task.await.expect("join").expect("encoded");
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0][0], i as f32, "job {i} got another job's embedding");
+            sessions.push(out[0][1]);
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "the two sessions never overlapped"
+        );
+        assert!(
+            sessions.contains(&0.0) && sessions.contains(&1.0),
+            "{sessions:?}"
+        );
         assert_eq!(batcher.queued(), 0);
     }
 }

@@ -63,9 +63,16 @@ pub struct ServeConfig {
     pub decode_threads: usize,
     #[arg(long, env = "MODEL_SERVING_MAX_TEXT_CHARS", default_value_t = encoder::DEFAULT_MAX_TEXT_CHARS)]
     pub max_text_chars: usize,
-    /// ONNX Runtime intra-op threads per model; 0 = all cores.
+    /// ONNX Runtime intra-op threads per session; 0 = the cores shared out among the vision
+    /// sessions (the text session gets all cores).
     #[arg(long, env = "MODEL_SERVING_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Vision sessions running batches side by side, each with its own worker.
+    #[arg(long, env = "MODEL_SERVING_VISION_SESSIONS", default_value_t = encoder::DEFAULT_VISION_SESSIONS)]
+    pub vision_sessions: usize,
+    /// Whether ONNX Runtime's idle intra-op threads spin waiting for work (true/false).
+    #[arg(long, env = "MODEL_SERVING_SPIN", default_value_t = encoder::DEFAULT_SPIN, action = clap::ArgAction::Set)]
+    pub spin: bool,
     #[arg(long, env = "MODEL_SERVING_TIMEOUT_SECS", default_value_t = 30)]
     pub timeout_secs: u64,
     /// Deadline for a whole request body (a slower upload is refused with 408).
@@ -89,6 +96,8 @@ impl ServeConfig {
             model_dir: self.model_dir.clone(),
             ort_library: self.ort_dylib_path.clone(),
             threads: self.threads,
+            vision_sessions: self.vision_sessions,
+            spin: self.spin,
             batch: BatchConfig {
                 max_batch: self.max_batch,
                 max_wait: Duration::from_millis(self.max_wait_ms),

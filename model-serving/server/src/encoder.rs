@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::batcher::{BatchConfig, BatchError, Batcher};
 use crate::metrics;
 use crate::model::{ModelFolderError, ModelSpec, TEXT_MODEL, TOKENIZER, VISION_MODEL};
-use crate::onnx::{self, OnnxError, TextModel, VisionModel};
+use crate::onnx::{self, OnnxError, TextModel, Threading, VisionModel};
 use crate::preprocess::{ImageError, ImageHeader, ImageLimits, Preprocessor};
 use crate::tokenize::{TextTokenizer, TokenizerError};
 
@@ -21,8 +21,13 @@ use crate::tokenize::{TextTokenizer, TokenizerError};
 pub struct EncoderConfig {
     pub model_dir: PathBuf,
     pub ort_library: PathBuf,
-    /// ONNX Runtime intra-op threads per model; 0 lets the runtime choose (all cores).
+    /// ONNX Runtime intra-op threads per session; 0 = the cores shared out among the vision
+    /// sessions (at least one each), and all cores for the text session.
     pub threads: usize,
+    /// Vision sessions, each with its own batch worker taking from the one image queue.
+    pub vision_sessions: usize,
+    /// Whether ONNX Runtime's idle intra-op threads spin waiting for work.
+    pub spin: bool,
     pub batch: BatchConfig,
     pub max_items_per_request: usize,
     pub max_image_pixels: u64,
@@ -43,6 +48,8 @@ impl EncoderConfig {
             model_dir,
             ort_library,
             threads: 0,
+            vision_sessions: DEFAULT_VISION_SESSIONS,
+            spin: DEFAULT_SPIN,
             batch: default_batch(),
             max_items_per_request: DEFAULT_MAX_ITEMS,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
@@ -162,13 +169,30 @@ impl ClipEncoder {
         let dir = &config.model_dir;
         let spec = ModelSpec::load(dir)?;
         let env = onnx::environment(&config.ort_library)?;
-        let mut vision = VisionModel::load(
-            &env,
-            &dir.join(VISION_MODEL),
-            spec.image_size,
-            config.threads,
-        )?;
-        let mut text = TextModel::load(&env, &dir.join(TEXT_MODEL), config.threads)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let sessions = config.vision_sessions.max(1);
+        let vision_threading = Threading {
+            intra: match config.threads {
+                0 => (cores / sessions).max(1),
+                n => n,
+            },
+            spin: config.spin,
+        };
+        let mut visions = (0..sessions)
+            .map(|_| {
+                VisionModel::load(
+                    &env,
+                    &dir.join(VISION_MODEL),
+                    spec.image_size,
+                    vision_threading,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let text_threading = Threading {
+            intra: config.threads,
+            spin: config.spin,
+        };
+        let mut text = TextModel::load(&env, &dir.join(TEXT_MODEL), text_threading)?;
         let tokenizer = Arc::new(TextTokenizer::load(
             &dir.join(TOKENIZER),
             spec.context_length,
@@ -184,11 +208,13 @@ impl ClipEncoder {
             },
         });
 
-        check_dim(
-            "vision",
-            &vision.run(vec![0.0; preprocessor.tensor_len()], 1)?,
-            spec.embedding_dim,
-        )?;
+        for vision in &mut visions {
+            check_dim(
+                "vision",
+                &vision.run(vec![0.0; preprocessor.tensor_len()], 1)?,
+                spec.embedding_dim,
+            )?;
+        }
         let probe = tokenizer.encode("a photo").map_err(LoadError::Tokenizer)?;
         let batch = tokenizer.pad(&[&probe]);
         check_dim(
@@ -197,11 +223,17 @@ impl ClipEncoder {
             spec.embedding_dim,
         )?;
 
-        let images = Batcher::start("image", config.batch, move |items: Vec<Vec<f32>>| {
-            let rows = items.len();
-            let pixels = items.concat();
-            vision.run(pixels, rows).map_err(|e| e.to_string())
-        })?;
+        let runs = visions
+            .into_iter()
+            .map(|mut vision| {
+                move |items: Vec<Vec<f32>>| {
+                    let rows = items.len();
+                    let pixels = items.concat();
+                    vision.run(pixels, rows).map_err(|e| e.to_string())
+                }
+            })
+            .collect();
+        let images = Batcher::start_pool("image", config.batch, runs)?;
         let padder = tokenizer.clone();
         let texts = Batcher::start("text", config.batch, move |items: Vec<Vec<u32>>| {
             let rows: Vec<&[u32]> = items.iter().map(Vec::as_slice).collect();
@@ -214,6 +246,10 @@ impl ClipEncoder {
             dim = spec.embedding_dim,
             image_size = spec.image_size,
             folder = %dir.display(),
+            vision_sessions = sessions,
+            vision_threads = vision_threading.intra,
+            text_threads = text_threading.intra,
+            spin = config.spin,
             "model loaded"
         );
         let decode_threads = match config.decode_threads {
@@ -421,6 +457,8 @@ fn check_dim(tower: &str, rows: &[Vec<f32>], dim: usize) -> Result<(), LoadError
 
 // The service's defaults: the `serve` flags' defaults and [`EncoderConfig::new`]'s.
 pub const DEFAULT_MAX_BATCH: usize = 32;
+pub const DEFAULT_VISION_SESSIONS: usize = 1;
+pub const DEFAULT_SPIN: bool = true;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 pub const DEFAULT_QUEUE_ITEMS: usize = 256;
 pub const DEFAULT_MAX_ITEMS: usize = 64;

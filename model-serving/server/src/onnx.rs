@@ -52,18 +52,47 @@ pub fn environment(library: &Path) -> Result<Environment, OnnxError> {
     }
 }
 
-fn session(env: &Environment, path: &Path, threads: usize) -> Result<Session, OnnxError> {
+/// How a session uses threads, set explicitly rather than left to ONNX Runtime's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threading {
+    /// The intra-op pool: threads that split one run's operators; 0 = one per core.
+    pub intra: usize,
+    /// Whether idle pool threads spin waiting for the next operator (quicker hand-off between
+    /// operators; the spinning takes a core that decoding and HTTP could use).
+    pub spin: bool,
+}
+
+impl Default for Threading {
+    /// ONNX Runtime's own defaults: one intra-op thread per core, spinning.
+    fn default() -> Self {
+        Self {
+            intra: 0,
+            spin: true,
+        }
+    }
+}
+
+fn session(env: &Environment, path: &Path, threading: Threading) -> Result<Session, OnnxError> {
     let err = |message: String| OnnxError::Model {
         path: path.to_owned(),
         message,
     };
+    // Operators run one after another (sequential execution), so the inter-op pool would only
+    // hold an idle thread: one. The CPU arena stays on (each run's activations reuse its
+    // blocks); its size follows the largest batch run.
     let mut builder = Session::builder(env)
         .map_err(|e| err(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| err(e.to_string()))?
+        .with_parallel_execution(false)
+        .map_err(|e| err(e.to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| err(e.to_string()))?
+        .with_intra_op_spinning(threading.spin)
         .map_err(|e| err(e.to_string()))?;
-    if threads > 0 {
+    if threading.intra > 0 {
         builder = builder
-            .with_intra_threads(threads)
+            .with_intra_threads(threading.intra)
             .map_err(|e| err(e.to_string()))?;
     }
     builder
@@ -125,9 +154,9 @@ impl VisionModel {
         env: &Environment,
         path: &Path,
         image_size: u32,
-        threads: usize,
+        threading: Threading,
     ) -> Result<Self, OnnxError> {
-        let session = session(env, path, threads)?;
+        let session = session(env, path, threading)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let input = match inputs.as_slice() {
             names if names.contains(&"pixel_values") => "pixel_values".to_owned(),
@@ -175,8 +204,8 @@ pub struct TextModel {
 }
 
 impl TextModel {
-    pub fn load(env: &Environment, path: &Path, threads: usize) -> Result<Self, OnnxError> {
-        let session = session(env, path, threads)?;
+    pub fn load(env: &Environment, path: &Path, threading: Threading) -> Result<Self, OnnxError> {
+        let session = session(env, path, threading)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         if !inputs.contains(&"input_ids") {
             return Err(OnnxError::Signature {

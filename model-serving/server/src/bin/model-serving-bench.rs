@@ -5,7 +5,11 @@
 //!    batching and with batching disabled (max_batch = 1);
 //! 3. the ratios: service at 16 clients / best raw, and the batching gain;
 //! 4. preprocessing (decode + CLIP transform) per image against PIL + numpy on the same photos;
-//! 5. text-encode latency p50 / p99 through the service.
+//! 5. text-encode latency p50 / p99 through the service;
+//! 6. beside the reference design's own model server (`../shared/bench`, FastAPI under gunicorn,
+//!    started here from `REFERENCE_SERVER_DIR` with the gunicorn of `REFERENCE_SERVER_VENV`):
+//!    both as separate processes on the same model, driven by the same closed-loop load (1 and
+//!    16 clients, single images and single texts), throughput and p50 / p99 side by side.
 //!
 //! Every loop is bounded in count and time. Traffic goes to loopback only.
 
@@ -20,11 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use hostile::process::{self, closed_loop};
 use model_serving::api::HttpLimits;
 use model_serving::batcher::BatchConfig;
 use model_serving::encoder::{ClipEncoder, EncoderConfig};
 use model_serving::model::{ModelSpec, TEXT_MODEL, TOKENIZER, VISION_MODEL};
-use model_serving::onnx::{TextModel, VisionModel, environment};
+use model_serving::onnx::{TextModel, Threading, VisionModel, environment};
 use model_serving::preprocess::{ImageLimits, Preprocessor};
 use model_serving::tokenize::TextTokenizer;
 use model_serving_api::ModelServingClient;
@@ -34,6 +39,10 @@ struct Settings {
     ort: PathBuf,
     photos: Vec<PathBuf>,
     python: Option<PathBuf>,
+    /// The reference server's folder and the venv that runs it (section 6 needs both).
+    reference: Option<(PathBuf, PathBuf)>,
+    /// The release binaries (this program's own folder): `model-serving` is started from here.
+    bins: PathBuf,
     /// Upper bound on the time one measurement may take.
     budget: Duration,
 }
@@ -63,6 +72,13 @@ fn main() -> anyhow::Result<()> {
         ort: env_path("ORT_DYLIB_PATH")?,
         photos,
         python: std::env::var_os("REFERENCE_PYTHON").map(PathBuf::from),
+        reference: std::env::var_os("REFERENCE_SERVER_DIR")
+            .zip(std::env::var_os("REFERENCE_SERVER_VENV"))
+            .map(|(dir, venv)| (PathBuf::from(dir), PathBuf::from(venv))),
+        bins: std::env::current_exe()?
+            .parent()
+            .context("no folder for this program")?
+            .to_path_buf(),
         budget: Duration::from_secs(
             std::env::var("BENCH_SECONDS")
                 .ok()
@@ -216,6 +232,24 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         s.photos.len(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    // BENCH_ONLY=footprint or =reference: that section alone (sections 7 and 6).
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let photos: Vec<Vec<u8>> = s
+            .photos
+            .iter()
+            .map(std::fs::read)
+            .collect::<Result<_, _>>()?;
+        return match only.as_str() {
+            "footprint" => footprints(&s, &photos).await,
+            "reference" => {
+                let (dir, venv) = s.reference.as_ref().context(
+                    "BENCH_ONLY=reference needs REFERENCE_SERVER_DIR and REFERENCE_SERVER_VENV",
+                )?;
+                beside_reference(&s, dir, venv, &photos).await
+            }
+            other => bail!("BENCH_ONLY={other}: footprint or reference"),
+        };
+    }
     let pre = Preprocessor {
         image_size: spec.image_size,
         mean: spec.image_mean,
@@ -273,8 +307,12 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let env = environment(&s.ort)?;
     let mut raw = Vec::new();
     {
-        let mut model =
-            VisionModel::load(&env, &s.model_dir.join(VISION_MODEL), spec.image_size, 0)?;
+        let mut model = VisionModel::load(
+            &env,
+            &s.model_dir.join(VISION_MODEL),
+            spec.image_size,
+            Threading::default(),
+        )?;
         println!("\n(1) raw ONNX Runtime image throughput, in process");
         for batch in [1, 8, 32] {
             let ips = raw_throughput(&mut model, &tensors, batch, s.budget)?;
@@ -335,7 +373,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     // HTTP, JSON and the batcher's hand-off).
     let mut raw_text = Vec::new();
     {
-        let mut model = TextModel::load(&env, &s.model_dir.join(TEXT_MODEL), 0)?;
+        let mut model = TextModel::load(&env, &s.model_dir.join(TEXT_MODEL), Threading::default())?;
         let tokenizer = TextTokenizer::load(
             &s.model_dir.join(TOKENIZER),
             spec.context_length,
@@ -375,5 +413,287 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         "    HTTP / raw at p50   {:>6.2}   (target <= 1.15)",
         percentile(&latencies, 50.0) / percentile(&raw_text, 50.0)
     );
+
+    footprints(&s, &photos).await?;
+    match &s.reference {
+        Some((dir, venv)) => beside_reference(&s, dir, venv, &photos).await?,
+        None => println!(
+            "\n(6) beside the reference stack: skipped (set REFERENCE_SERVER_DIR and \
+             REFERENCE_SERVER_VENV; make bench does)"
+        ),
+    }
+    Ok(())
+}
+
+/// Section 7: the release binary's cold start (process start to ready) and resident memory at
+/// idle and at its peak under 16 clients (half single images, half single texts), for each
+/// model folder: `TINY_MODEL_DIR`, `TRAINED_MODEL_DIR` and the benchmark model.
+async fn footprints(s: &Settings, photos: &[Vec<u8>]) -> anyhow::Result<()> {
+    let mut models: Vec<(String, PathBuf)> = ["TINY_MODEL_DIR", "TRAINED_MODEL_DIR"]
+        .iter()
+        .filter_map(|var| std::env::var_os(var).map(PathBuf::from))
+        .map(|dir| {
+            (
+                dir.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                dir,
+            )
+        })
+        .collect();
+    models.push(("ViT-B/32-shaped".to_owned(), s.model_dir.clone()));
+    let logs = std::env::temp_dir().join(format!("model-serving-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let load_secs = s.budget.min(Duration::from_secs(10));
+    println!(
+        "\n(7) cold start and memory of the release binary (defaults: ONNX Runtime threads = cores, \
+         arena on; 16 clients for {} s, half images, half texts)",
+        load_secs.as_secs()
+    );
+    println!(
+        "    | model | files MB | start to ready ms | idle RSS MB | peak RSS MB under load | requests/s |"
+    );
+    println!("    |---|---:|---:|---:|---:|---:|");
+    for (name, dir) in models {
+        let files_mb: u64 = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+            >> 20;
+        let mut service = process::Service::start(
+            "model-serving",
+            &s.bins.join("model-serving"),
+            &["serve"],
+            Some("MODEL_SERVING_ADDR"),
+            &[
+                ("MODEL_DIR", dir.display().to_string()),
+                ("ORT_DYLIB_PATH", s.ort.display().to_string()),
+                ("RUST_LOG", "warn".to_owned()),
+            ],
+            &logs,
+        )?;
+        let ready = service.wait_healthy(&http).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = service.rss_mb();
+        service.reset_peak();
+        let [image, _] = image_requests(photos);
+        let [text, _] = text_requests();
+        let (client, base) = (http.clone(), service.url(""));
+        let stats = closed_loop(16, 100_000, load_secs, move |i| {
+            if i % 2 == 0 {
+                image(&client, &base, i / 2)
+            } else {
+                text(&client, &base, i / 2)
+            }
+        })
+        .await;
+        if stats.failed > 0 {
+            bail!("{name}: {} requests failed under load", stats.failed);
+        }
+        println!(
+            "    | {name} | {files_mb} | {:.0} | {idle:.0} | {:.0} | {:.1} |",
+            ready.as_secs_f64() * 1e3,
+            service.peak_mb(),
+            stats.per_second()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+    Ok(())
+}
+
+/// One request of a load: what to send to a server, given the request's number.
+type MakeRequest =
+    Box<dyn Fn(&reqwest::Client, &str, u64) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// The two servers' requests for the same input: ours, then the reference's.
+fn image_requests(photos: &[Vec<u8>]) -> [MakeRequest; 2] {
+    let photos: Arc<Vec<bytes::Bytes>> =
+        Arc::new(photos.iter().cloned().map(bytes::Bytes::from).collect());
+    // Both servers read a multipart form with the images in `files` parts.
+    let make = move |http: &reqwest::Client, base: &str, i: u64| {
+        let photo = photos[i as usize % photos.len()].clone();
+        let part = reqwest::multipart::Part::stream_with_length(photo.clone(), photo.len() as u64)
+            .file_name("photo.jpg");
+        http.post(format!("{base}/encode_image"))
+            .multipart(reqwest::multipart::Form::new().part("files", part))
+    };
+    let make = Arc::new(make);
+    let reference = make.clone();
+    [
+        Box::new(move |http, base, i| make(http, base, i)),
+        Box::new(move |http, base, i| reference(http, base, i)),
+    ]
+}
+
+fn text_requests() -> [MakeRequest; 2] {
+    // Every text new, so neither server can answer from a cache.
+    let text = |i: u64| format!("a photo of a red summer dress number {i}");
+    [
+        Box::new(move |http, base, i| {
+            http.post(format!("{base}/encode_text"))
+                .json(&serde_json::json!({ "texts": [text(i)] }))
+        }),
+        // The reference's /encode_text takes a bare JSON list.
+        Box::new(move |http, base, i| {
+            http.post(format!("{base}/encode_text"))
+                .json(&serde_json::json!([text(i)]))
+        }),
+    ]
+}
+
+/// Section 6: model-serving's release binary and the reference server as processes on the same
+/// model folder, each driven in turn by the same closed-loop load.
+async fn beside_reference(
+    s: &Settings,
+    reference_dir: &Path,
+    venv: &Path,
+    photos: &[Vec<u8>],
+) -> anyhow::Result<()> {
+    let logs = std::env::temp_dir().join(format!("model-serving-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    // Absolute: the reference server runs in its own folder.
+    let model_dir = std::fs::canonicalize(&s.model_dir)?.display().to_string();
+    let mut ours = process::Service::start(
+        "model-serving",
+        &s.bins.join("model-serving"),
+        &["serve"],
+        Some("MODEL_SERVING_ADDR"),
+        &[
+            ("MODEL_DIR", model_dir.clone()),
+            ("ORT_DYLIB_PATH", s.ort.display().to_string()),
+            ("RUST_LOG", "warn".to_owned()),
+        ],
+        &logs,
+    )?;
+    let ours_ready = ours.wait_healthy(&http).await?;
+    // The reference's documented best setting on 2 cores: one worker per core, one ONNX Runtime
+    // thread each (its docstring).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut reference = process::Service::start(
+        "reference",
+        &venv.join("bin/gunicorn"),
+        &[
+            "-k",
+            "uvicorn.workers.UvicornWorker",
+            "-w",
+            &workers.to_string(),
+            "-b",
+            "{addr}",
+            "--chdir",
+            &reference_dir.display().to_string(),
+            "reference_model_server:app",
+        ],
+        None,
+        &[("MODEL_DIR", model_dir), ("ORT_THREADS", "1".to_owned())],
+        &logs,
+    )?;
+    let reference_ready = reference
+        .wait_ready(|r| {
+            http.post(r.url("/encode_text"))
+                .json(&serde_json::json!(["ready"]))
+        })
+        .await
+        .with_context(|| format!("reference server: see {}/reference.log", logs.display()))?;
+    println!(
+        "\n(6) beside the reference stack (FastAPI + gunicorn, {workers} workers x 1 ONNX Runtime \
+         thread), same model, same load, one run; logs in {}",
+        logs.display()
+    );
+    println!(
+        "    | load | clients | ours req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | req/s ratio | p99 ratio |"
+    );
+    println!("    |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = [ours.rss_mb(), reference.rss_mb()];
+    ours.reset_peak();
+    reference.reset_peak();
+    let servers = [ours.url(""), reference.url("")];
+    let mut summary = Vec::new();
+    for (load, clients, requests) in [
+        ("image", 1, 40),
+        ("image", 16, 320),
+        ("text", 1, 400),
+        ("text", 16, 2000),
+    ] {
+        let makers = if load == "image" {
+            image_requests(photos)
+        } else {
+            text_requests()
+        };
+        let mut stats = Vec::new();
+        for (base, make) in servers.iter().zip(makers) {
+            let make = Arc::new(make);
+            // Warm-up: a few requests each, untimed.
+            for i in 0..4 {
+                make(&http, base, i).send().await?.error_for_status()?;
+            }
+            let (http, base) = (http.clone(), base.clone());
+            stats.push(
+                closed_loop(clients, requests, s.budget, move |i| make(&http, &base, i)).await,
+            );
+        }
+        let (a, b) = (&stats[0], &stats[1]);
+        if a.failed + b.failed > 0 {
+            bail!(
+                "{load} at {clients} clients: {} of ours and {} of the reference's requests failed",
+                a.failed,
+                b.failed
+            );
+        }
+        println!(
+            "    | {load} | {clients} | {:.1} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            a.per_second(),
+            a.percentile(50.0) * 1e3,
+            a.percentile(99.0) * 1e3,
+            b.per_second(),
+            b.percentile(50.0) * 1e3,
+            b.percentile(99.0) * 1e3,
+            a.per_second() / b.per_second(),
+            a.percentile(99.0) / b.percentile(99.0),
+        );
+        summary.push((
+            load,
+            clients,
+            a.per_second(),
+            b.per_second(),
+            a.percentile(99.0),
+            b.percentile(99.0),
+        ));
+    }
+    println!(
+        "    start to ready: ours {:.0} ms, reference {:.0} ms; RSS idle: ours {:.0} MB, reference \
+         {:.0} MB (all workers); peak over the loads: ours {:.0} MB, reference {:.0} MB",
+        ours_ready.as_secs_f64() * 1e3,
+        reference_ready.as_secs_f64() * 1e3,
+        idle[0],
+        idle[1],
+        ours.peak_mb(),
+        reference.peak_mb()
+    );
+    for (load, clients, ours, theirs, p99, their_p99) in summary {
+        if clients != 16 {
+            continue;
+        }
+        let target = if load == "image" {
+            "targets: throughput >= 1.1x, p99 <= 0.8x"
+        } else {
+            "targets: throughput >= 1.5x, lower p99"
+        };
+        println!(
+            "    {load} at 16 clients: {:.2}x the reference's throughput, p99 {:.2}x   ({target})",
+            ours / theirs,
+            p99 / their_p99
+        );
+    }
+    drop(reference);
+    drop(ours);
+    let _ = std::fs::remove_dir_all(&logs);
     Ok(())
 }
