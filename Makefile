@@ -269,11 +269,15 @@ $(BENCH_VENV_STAMP): $(BENCH_REQ) model-serving/tools/requirements.txt
 	@cd model-serving/tools && $(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench-requirements.txt
 	@rm -f $(BENCH_VENV)/.requirements-* && touch $@
 
+# int8 copies (make quantize, model-serving/tools/quantize.mk) for the fp32 / int8 section.
+BENCH_INT8_MODELS := $(MODELS_DIR)/vit-b32-random-int8 $(MODELS_DIR)/fashion-clip-mini-int8
+
 .PHONY: bench
-bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json $(VENV_STAMP) $(BENCH_VENV_STAMP) ## benchmarks (release build): model-serving beside the reference server, cold start and memory, backend search, ETL ingest
+bench: system-deps $(ORT_LIB) $(BENCH_MODEL)/model.json $(TINY_MODEL)/model.json $(VENV_STAMP) $(BENCH_VENV_STAMP) $(addsuffix /model.json,$(BENCH_INT8_MODELS)) ## benchmarks (release build): model-serving beside the reference server, fp32 vs int8, cold start and memory, backend search, ETL ingest
 	$(CARGO) build --release --locked --bin model-serving-bench --bin backend-bench --bin etl-bench \
 	  --bin model-serving --bin backend --bin frontend --bin hostile
 	BENCH_MODEL_DIR=$(BENCH_MODEL) REFERENCE_PYTHON=$(VPY) TINY_MODEL_DIR=$(TINY_MODEL) TRAINED_MODEL_DIR=$(OWN_MODEL) \
+	  BENCH_INT8_MODEL_DIR=$(word 1,$(BENCH_INT8_MODELS)) TRAINED_INT8_MODEL_DIR=$(word 2,$(BENCH_INT8_MODELS)) \
 	  REFERENCE_SERVER_DIR=$(SHARED)/bench REFERENCE_SERVER_VENV=$(BENCH_VENV) $(TARGET_DIR)/release/model-serving-bench
 	TEST_MODEL_DIR=$(TINY_MODEL) $(TARGET_DIR)/release/backend-bench
 	BENCH_MODEL_DIR=$(BENCH_MODEL) $(TARGET_DIR)/release/etl-bench
@@ -303,6 +307,7 @@ hostile: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json ## hostile cases (bombs
 -include model-serving/training/training.mk
 -include model-serving/fuzz/fuzz.mk
 -include deploy/deploy.mk
+-include model-serving/tools/quantize.mk
 
 .PHONY: clean
 clean: ## remove build output and generated models (keeps the download cache)

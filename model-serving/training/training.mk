@@ -10,6 +10,9 @@ TRAIN_ARGS    ?=
 TRAINED_MODEL := $(ROOT)/model-serving/models/fashion-clip-mini
 INIT_MODEL    := $(MODELS_DIR)/fashion-clip-mini-init
 EVAL_JSON     := $(VAR)/eval/fashion-clip-mini.json
+# Its int8 copy (`make quantize`, model-serving/tools/quantize.mk, which also makes `eval` build
+# it): evaluated beside the fp32 model when present.
+TRAINED_INT8  ?= $(MODELS_DIR)/fashion-clip-mini-int8
 
 .PHONY: train-venv
 train-venv: $(TRAIN_STAMP) ## PyTorch (CPU) environment for training (~5.6 GB incl. CUDA wheels, ~2 min)
@@ -25,7 +28,8 @@ train: system-deps $(TRAIN_STAMP) ## train the fashion CLIP model -> model-servi
 	  --dataset-dir $(DATASET_DIR) --out $(TRAINED_MODEL) --init-out $(INIT_MODEL) $(TRAIN_ARGS)
 
 .PHONY: eval
-eval: system-deps $(VENV_STAMP) $(TINY_MODEL)/model.json ## measure the trained model vs random ones on the validation split
+eval: system-deps $(VENV_STAMP) $(TINY_MODEL)/model.json ## measure the trained model (fp32, int8) vs random ones on the validation split
 	cd model-serving/training && $(VPY) evaluate.py --dataset-dir $(DATASET_DIR) \
-	  --model trained=$(TRAINED_MODEL) --model random-init=$(INIT_MODEL) --model tiny=$(TINY_MODEL) \
+	  --model trained=$(TRAINED_MODEL) --model trained-int8=$(TRAINED_INT8) \
+	  --model random-init=$(INIT_MODEL) --model tiny=$(TINY_MODEL) \
 	  --json $(EVAL_JSON)

@@ -2,10 +2,13 @@
 //!
 //! 1. raw ONNX Runtime image throughput in-process at batch 1, 8, 32;
 //! 2. HTTP service throughput with 1 and 16 concurrent clients sending single images, with dynamic
-//!    batching and with batching disabled (max_batch = 1);
+//!    batching (the default `max_batch`) and with batching disabled (max_batch = 1);
 //! 3. the ratios: service at 16 clients / best raw, and the batching gain;
 //! 4. preprocessing (decode + CLIP transform) per image against PIL + numpy on the same photos;
 //! 5. text-encode latency p50 / p99 through the service;
+//! 8. fp32 against int8 (`make quantize`): raw image throughput at batch 1, 8, 32 and text
+//!    latency at batch 1, for the ViT-B/32-shaped model and the trained model with their int8
+//!    copies (`BENCH_INT8_MODEL_DIR`, `TRAINED_MODEL_DIR`, `TRAINED_INT8_MODEL_DIR`);
 //! 6. beside the reference design's own model server (`../shared/bench`, FastAPI under gunicorn,
 //!    started here from `REFERENCE_SERVER_DIR` with the gunicorn of `REFERENCE_SERVER_VENV`):
 //!    both as separate processes on the same model, driven by the same closed-loop load (1 and
@@ -232,7 +235,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         s.photos.len(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    // BENCH_ONLY=footprint or =reference: that section alone (sections 7 and 6).
+    // BENCH_ONLY=footprint, =precision or =reference: that section alone (7, 8 or 6).
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         let photos: Vec<Vec<u8>> = s
             .photos
@@ -241,13 +244,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
         return match only.as_str() {
             "footprint" => footprints(&s, &photos).await,
+            "precision" => precisions(&s),
             "reference" => {
                 let (dir, venv) = s.reference.as_ref().context(
                     "BENCH_ONLY=reference needs REFERENCE_SERVER_DIR and REFERENCE_SERVER_VENV",
                 )?;
                 beside_reference(&s, dir, venv, &photos).await
             }
-            other => bail!("BENCH_ONLY={other}: footprint or reference"),
+            other => bail!("BENCH_ONLY={other}: footprint, precision or reference"),
         };
     }
     let pre = Preprocessor {
@@ -329,7 +333,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         .map(std::fs::read)
         .collect::<Result<_, _>>()?;
     println!("\n(2) HTTP service throughput, single-image requests");
-    let batched = start_service(&s, 32).await?;
+    let batched = start_service(&s, model_serving::encoder::DEFAULT_MAX_BATCH).await?;
     let one = service_throughput(&batched.client, &photos, 1, 16, s.budget).await?;
     println!("    1 client,  batching      {one:>8.2} img/s");
     let sixteen = service_throughput(&batched.client, &photos, 16, 8, s.budget).await?;
@@ -414,6 +418,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         percentile(&latencies, 50.0) / percentile(&raw_text, 50.0)
     );
 
+    precisions(&s)?;
     footprints(&s, &photos).await?;
     match &s.reference {
         Some((dir, venv)) => beside_reference(&s, dir, venv, &photos).await?,
@@ -421,6 +426,123 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             "\n(6) beside the reference stack: skipped (set REFERENCE_SERVER_DIR and \
              REFERENCE_SERVER_VENV; make bench does)"
         ),
+    }
+    Ok(())
+}
+
+/// Images per second of raw `Session::run` at `batch`: one warm-up run, then runs until 2 s
+/// have passed (at least 2 runs), `budget` at most.
+fn raw_rate(
+    model: &mut VisionModel,
+    tensors: &[Vec<f32>],
+    batch: usize,
+    budget: Duration,
+) -> anyhow::Result<f64> {
+    let input = |i: usize| -> Vec<f32> {
+        (0..batch)
+            .flat_map(|j| tensors[(i * batch + j) % tensors.len()].iter().copied())
+            .collect()
+    };
+    model.run(input(0), batch)?;
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs < 2 || (start.elapsed() < Duration::from_secs(2).min(budget)) {
+        model.run(input(runs + 1), batch)?;
+        runs += 1;
+        if start.elapsed() > budget {
+            break;
+        }
+    }
+    Ok((runs * batch) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Section 8: each model folder in fp32 and its int8 copy, raw, one after the other.
+fn precisions(s: &Settings) -> anyhow::Result<()> {
+    let pairs: Vec<(&str, PathBuf, PathBuf)> = [
+        (
+            "ViT-B/32-shaped",
+            Some(s.model_dir.clone()),
+            "BENCH_INT8_MODEL_DIR",
+        ),
+        (
+            "trained",
+            std::env::var_os("TRAINED_MODEL_DIR").map(PathBuf::from),
+            "TRAINED_INT8_MODEL_DIR",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, fp32, int8)| {
+        Some((name, fp32?, std::env::var_os(int8).map(PathBuf::from)?))
+    })
+    .collect();
+    if pairs.is_empty() {
+        println!(
+            "\n(8) fp32 against int8: skipped (set BENCH_INT8_MODEL_DIR or TRAINED_MODEL_DIR and \
+             TRAINED_INT8_MODEL_DIR; make bench does, after make quantize)"
+        );
+        return Ok(());
+    }
+    let env = environment(&s.ort)?;
+    println!(
+        "\n(8) fp32 against int8 (make quantize), raw ONNX Runtime in process, {} threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "    | model | precision | img/s batch 1 | batch 8 | batch 32 | best | text ms batch 1 (p50) |"
+    );
+    println!("    |---|---|---:|---:|---:|---:|---:|");
+    for (name, fp32, int8) in pairs {
+        let mut best = Vec::new();
+        for dir in [&fp32, &int8] {
+            let spec = ModelSpec::load(dir)?;
+            let pre = Preprocessor {
+                image_size: spec.image_size,
+                mean: spec.image_mean,
+                std: spec.image_std,
+                limits: ImageLimits::default(),
+            };
+            let tensors = preprocess_all(&pre, &s.photos)?;
+            let mut model = VisionModel::load(
+                &env,
+                &dir.join(VISION_MODEL),
+                spec.image_size,
+                Threading::default(),
+            )?;
+            let rates = [1, 8, 32]
+                .into_iter()
+                .map(|batch| raw_rate(&mut model, &tensors, batch, s.budget))
+                .collect::<anyhow::Result<Vec<f64>>>()?;
+            drop(model);
+            let mut text = TextModel::load(&env, &dir.join(TEXT_MODEL), Threading::default())?;
+            let tokenizer =
+                TextTokenizer::load(&dir.join(TOKENIZER), spec.context_length, spec.pad_token_id)?;
+            let mut times = Vec::new();
+            for i in 0..105 {
+                let ids = tokenizer.encode(&format!("a photo of a red summer dress number {i}"))?;
+                let batch = tokenizer.pad(&[&ids]);
+                let t = Instant::now();
+                text.run(batch.ids, batch.mask, batch.rows, batch.len)?;
+                if i >= 5 {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let top = rates.iter().copied().fold(0.0, f64::max);
+            best.push(top);
+            println!(
+                "    | {name} | {} | {:.1} | {:.1} | {:.1} | {top:.1} | {:.2} |",
+                if dir == &fp32 { "fp32" } else { "int8" },
+                rates[0],
+                rates[1],
+                rates[2],
+                percentile(&times, 50.0) * 1e3
+            );
+        }
+        println!(
+            "    {name}: int8 / fp32 image throughput at the best batch {:.2}x   (target >= 1.6x; \
+             retrieval figures: make eval)",
+            best[1] / best[0]
+        );
     }
     Ok(())
 }
@@ -616,12 +738,20 @@ async fn beside_reference(
     reference.reset_peak();
     let servers = [ours.url(""), reference.url("")];
     let mut summary = Vec::new();
+    // BENCH_LOADS (e.g. "image16,text1"): only those loads.
+    let only = std::env::var("BENCH_LOADS").ok();
     for (load, clients, requests) in [
         ("image", 1, 40),
         ("image", 16, 320),
         ("text", 1, 400),
         ("text", 16, 2000),
     ] {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|l| l == format!("{load}{clients}")))
+        {
+            continue;
+        }
         let makers = if load == "image" {
             image_requests(photos)
         } else {
