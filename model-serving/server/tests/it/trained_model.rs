@@ -72,13 +72,124 @@ fn split_rule_matches_training() {
 
 #[tokio::test]
 async fn trained_model_ranks_obvious_queries_on_held_out_photos() {
+    ranks_obvious_queries(trained_model_dir(), "fashion-clip-mini").await;
+}
+
+/// `make quantize`'s script on the trained model: an int8 folder that says so, served
+/// unchanged, whose embeddings agree with the fp32 model's and which still ranks the obvious
+/// queries right; a folder that is not a model is refused in one line, and nothing is written.
+#[tokio::test]
+async fn int8_copy_is_served_agrees_with_fp32_and_still_ranks() {
+    let script = workspace().join("model-serving/tools/quantize.py");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("fashion-clip-mini-int8");
+    let run = std::process::Command::new(python())
+        .arg(&script)
+        .arg("--src")
+        .arg(trained_model_dir())
+        .arg("--out")
+        .arg(&out)
+        .arg("--dataset-dir")
+        .arg(dataset_dir())
+        .args(["--calibration-images", "64", "--calibration-texts", "64"])
+        .output()
+        .expect("run quantize.py");
+    assert!(
+        run.status.success(),
+        "quantize.py failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.json")).expect("model.json"))
+            .expect("json");
+    assert_eq!(meta["precision"], "int8");
+    assert_eq!(meta["quantization"]["mode"], "static");
+    assert_eq!(meta["quantization"]["source_model"], "fashion-clip-mini");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert_eq!(leftovers.len(), 1, "temporary folders left: {leftovers:?}");
+
+    // The same photos and captions through both folders: near-identical embeddings.
+    let fp32 = spawn_app_with(
+        EncoderConfig {
+            model_dir: trained_model_dir(),
+            ..encoder_config()
+        },
+        limits(),
+    )
+    .await;
+    let int8 = spawn_app_with(
+        EncoderConfig {
+            model_dir: out.clone(),
+            ..encoder_config()
+        },
+        limits(),
+    )
+    .await;
+    let photos: Vec<Vec<u8>> = sample_photos(16).iter().map(|p| read(p)).collect();
+    let texts: Vec<String> = CASES.iter().map(|(_, q)| (*q).to_owned()).collect();
+    let mut worst = f32::INFINITY;
+    for app in [&fp32, &int8] {
+        assert!(app.client.model_info().await.is_ok());
+    }
+    let (a, b) = (
+        fp32.client
+            .encode_images(photos.clone())
+            .await
+            .expect("fp32 images"),
+        int8.client
+            .encode_images(photos)
+            .await
+            .expect("int8 images"),
+    );
+    let (c, d) = (
+        fp32.client.encode_text(&texts).await.expect("fp32 texts"),
+        int8.client.encode_text(&texts).await.expect("int8 texts"),
+    );
+    for (x, y) in a
+        .embeddings
+        .iter()
+        .zip(&b.embeddings)
+        .chain(c.embeddings.iter().zip(&d.embeddings))
+    {
+        worst = worst.min(dot(x, y));
+    }
+    assert!(
+        worst > 0.98,
+        "an int8 embedding is {worst} from its fp32 one"
+    );
+    ranks_obvious_queries(out, "fashion-clip-mini-int8").await;
+
+    // Not a model folder: one line on stderr, a failure status, no folder written.
+    let bad = tmp.path().join("not-a-model");
+    std::fs::create_dir(&bad).expect("mkdir");
+    let run = std::process::Command::new(python())
+        .arg(&script)
+        .arg("--src")
+        .arg(&bad)
+        .arg("--out")
+        .arg(tmp.path().join("never"))
+        .arg("--dataset-dir")
+        .arg(dataset_dir())
+        .output()
+        .expect("run quantize.py");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("quantize.py:"), "{stderr}");
+    assert!(!tmp.path().join("never").exists());
+}
+
+async fn ranks_obvious_queries(model_dir: PathBuf, name: &str) {
     let config = EncoderConfig {
-        model_dir: trained_model_dir(),
+        model_dir,
         ..encoder_config()
     };
     let app = spawn_app_with(config, limits()).await;
     let info = app.client.model_info().await.expect("model info");
-    assert_eq!(info.name, "fashion-clip-mini");
+    assert_eq!(info.name, name);
 
     let mut labels = Vec::new();
     let mut images = Vec::new();
