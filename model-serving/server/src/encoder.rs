@@ -458,7 +458,7 @@ fn check_dim(tower: &str, rows: &[Vec<f32>], dim: usize) -> Result<(), LoadError
 // The service's defaults: the `serve` flags' defaults and [`EncoderConfig::new`]'s.
 /// Measured with `make bench` (section 6, 16 clients, ViT-B/32 shapes, 2 cores): batches of 32
 /// put every request behind one long run (p99 1.04 s, 27 img/s); batches of 8 keep the rate
-/// (29 img/s, raw ONNX Runtime peaks at batch 8) and the tail (p99 0.58-0.63 s).
+/// (29 img/s, raw ONNX Runtime peaks at batch 8) and the tail (p99 0.58-0.69 s).
 pub const DEFAULT_MAX_BATCH: usize = 8;
 pub const DEFAULT_VISION_SESSIONS: usize = 1;
 pub const DEFAULT_SPIN: bool = true;
