@@ -158,6 +158,8 @@ pub fn backend_config(data_dir: &Path, model_serving: SocketAddr, api_key: &str)
         timeout_secs: 60,
         // One process loads the backend from one address: no per-client rate limits.
         edge: backend::config::EdgeConfig::without_rate_limits(),
+        // Tests count model-serving calls and cache lookups: the canary runs where asked.
+        canary_interval_secs: 0,
         ..BackendConfig::defaults()
     }
 }

@@ -90,6 +90,12 @@ pub struct BackendConfig {
     /// Query embeddings kept in the cache.
     #[arg(long, env = "QUERY_CACHE_ENTRIES", default_value_t = 10_000)]
     pub query_cache_entries: u64,
+    /// Seconds between the search-quality canary's runs; 0 turns it off.
+    #[arg(long, env = "SEARCH_CANARY_INTERVAL_SECS", default_value_t = 60)]
+    pub canary_interval_secs: u64,
+    /// Captions the canary asks per run (each one index search; embeddings are cached).
+    #[arg(long, env = "SEARCH_CANARY_CAPTIONS", default_value_t = 40, value_parser = clap::value_parser!(u64).range(0..=500))]
+    pub canary_captions: u64,
     /// Inside addresses add-by-URL may reach anyway: comma-separated CIDR blocks, addresses or
     /// address:port (`10.0.0.0/8,127.0.0.1:8080`). Empty: public addresses only.
     #[arg(long, env = "BACKEND_FETCH_ALLOW", default_value = "")]

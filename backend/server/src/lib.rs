@@ -7,6 +7,7 @@
 //! - [`encoder`]: model-serving calls with retries, a circuit breaker and a query cache.
 
 pub mod api;
+pub mod canary;
 pub mod config;
 pub mod embedded_s3;
 pub mod encoder;
@@ -204,6 +205,14 @@ pub async fn build(
             }
         });
     }
+    canary::Canary::spawn(
+        &engine,
+        canary::CanarySettings {
+            interval: Duration::from_secs(config.canary_interval_secs),
+            captions: config.canary_captions as usize,
+            ..canary::CanarySettings::default()
+        },
+    );
     readiness.set_ready("index");
     readiness.set_ready("storage");
     let interval = config.edge.ready_probe_interval();

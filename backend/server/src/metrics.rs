@@ -1,7 +1,7 @@
 //! Every backend metric, declared once with its help text. Labels are bounded: `stage` is one
 //! of encode / index_search / presign / total, `kind` text / image / similar, `result` hit / miss,
 //! `upstream` model-serving / index / storage, `operation` a fixed verb, `outcome` hits / empty /
-//! below_floor.
+//! below_floor, `check` one of the canary's [`QUALITY_CHECKS`].
 
 use std::time::Duration;
 
@@ -16,6 +16,26 @@ pub const BREAKER_OPEN: &str = "backend_model_breaker_open";
 pub const INDEX_POINTS: &str = "backend_index_points";
 pub const INGESTED_ITEMS_TOTAL: &str = "backend_ingested_items_total";
 pub const INDEX_OPERATION_SECONDS: &str = "backend_index_operation_seconds";
+pub const SEARCH_QUALITY_SCORE: &str = "search_quality_score";
+pub const SEARCH_QUALITY_QUESTIONS: &str = "search_quality_questions";
+pub const SEARCH_QUALITY_LAST_RUN: &str = "search_quality_last_run_timestamp_seconds";
+pub const SEARCH_QUALITY_RUN_SECONDS: &str = "search_quality_run_seconds";
+
+/// The canary's checks (`check` label), see [`crate::canary`].
+pub const QUALITY_CHECKS: [&str; 4] = [
+    "caption_recall_at_10",
+    "caption_mrr",
+    "type_precision_at_10",
+    "photo_recall_at_1",
+];
+
+/// The canary's gauges: absent until its first run (no data is not a score of 0).
+pub const QUALITY: &[&str] = &[
+    SEARCH_QUALITY_SCORE,
+    SEARCH_QUALITY_QUESTIONS,
+    SEARCH_QUALITY_LAST_RUN,
+    SEARCH_QUALITY_RUN_SECONDS,
+];
 
 /// The `kind` label's values.
 pub const SEARCH_KINDS: [&str; 3] = ["text", "image", "similar"];
@@ -78,6 +98,25 @@ pub fn describe() {
         Unit::Seconds,
         "Time of index operations other than search, by operation (upsert, delete, flush, optimize)."
     );
+    describe_gauge!(
+        SEARCH_QUALITY_SCORE,
+        "The search-quality canary's last score per check (0-1): caption_recall_at_10, caption_mrr, type_precision_at_10, photo_recall_at_1."
+    );
+    describe_gauge!(
+        SEARCH_QUALITY_QUESTIONS,
+        Unit::Count,
+        "Questions the canary asked in its last run, per check."
+    );
+    describe_gauge!(
+        SEARCH_QUALITY_LAST_RUN,
+        Unit::Seconds,
+        "Unix time of the canary's last completed run."
+    );
+    describe_gauge!(
+        SEARCH_QUALITY_RUN_SECONDS,
+        Unit::Seconds,
+        "How long the canary's last run took."
+    );
     breaker_state(false);
     // Error series exist from the start at 0, so rates and alerts over them are defined before
     // the first failure.
@@ -91,6 +130,16 @@ pub fn describe() {
                 .increment(0);
         }
     }
+}
+
+/// A canary run's scores (`check`, score, questions asked), its duration and its end (Unix time).
+pub fn search_quality(scores: &[(&'static str, f64, usize)], seconds: f64, now: f64) {
+    for &(check, score, asked) in scores {
+        metrics::gauge!(SEARCH_QUALITY_SCORE, "check" => check).set(score);
+        metrics::gauge!(SEARCH_QUALITY_QUESTIONS, "check" => check).set(asked as f64);
+    }
+    metrics::gauge!(SEARCH_QUALITY_RUN_SECONDS).set(seconds);
+    metrics::gauge!(SEARCH_QUALITY_LAST_RUN).set(now);
 }
 
 pub fn stage(stage: &'static str, elapsed: Duration) {

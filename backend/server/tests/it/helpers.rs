@@ -80,10 +80,15 @@ pub fn point_id(product: &Product) -> Uuid {
 
 /// Starts model-serving with the test model on `addr` (port 0 for any).
 pub async fn start_model_serving(addr: SocketAddr) -> Running<()> {
+    start_model_serving_with(addr, local_stack::test_model_dir()).await
+}
+
+/// As [`start_model_serving`], serving the model folder `model_dir`.
+pub async fn start_model_serving_with(addr: SocketAddr, model_dir: PathBuf) -> Running<()> {
     let listener = TcpListener::bind(addr).await.expect("bind model-serving");
     local_stack::start_model_serving(
         listener,
-        local_stack::encoder_config(local_stack::test_model_dir(), local_stack::ort_library()),
+        local_stack::encoder_config(model_dir, local_stack::ort_library()),
         HttpLimits {
             max_body_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),

@@ -3,6 +3,7 @@
 //! fed with real photos. Each test runs in its own process under cargo nextest.
 
 mod bench_cluster;
+mod canary;
 mod edge;
 mod engines;
 mod failover;
