@@ -84,6 +84,7 @@ def stat(title, queries, unit="short", description="", thresholds=None):
 
 
 RED_BELOW_1 = [{"color": "red", "value": None}, {"color": "green", "value": 1}]
+RED_BELOW_HALF = [{"color": "red", "value": None}, {"color": "green", "value": 0.5}]
 
 
 def dashboard(uid, title, description, rows, variables=()):
@@ -222,6 +223,39 @@ def search_path():
     )
 
 
+def search_quality():
+    checks = "caption_recall_at_10|type_precision_at_10|photo_recall_at_1"
+    return dashboard(
+        "fashion-search-search-quality", "Fashion search · search quality",
+        "The search-quality canary (backend/server/src/canary.rs): known questions built from the catalogue, asked of the live "
+        "index by meaning every SEARCH_CANARY_INTERVAL_SECS; SearchQualityDropped fires when a check stays under 50% for 10 minutes. "
+        "And what shoppers get: searches without matches.",
+        [
+            [stat("Caption → its product (top 10)", [('min(search_quality_score{check="caption_recall_at_10"})', "")], "percentunit",
+                  thresholds=RED_BELOW_HALF),
+             stat("Type → that type (top 10)", [('min(search_quality_score{check="type_precision_at_10"})', "")], "percentunit",
+                  thresholds=RED_BELOW_HALF),
+             stat("Photo → itself (first)", [('min(search_quality_score{check="photo_recall_at_1"})', "")], "percentunit",
+                  thresholds=RED_BELOW_HALF),
+             stat("Last canary run", [("time() - max(search_quality_last_run_timestamp_seconds)", "")], "s",
+                  thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 600}])],
+            [timeseries("Canary scores by check", [("min by (check) (search_quality_score)", "{{check}}")], "percentunit",
+                        f"Alerted checks: {checks.replace('|', ', ')} (under 50% for 10 minutes). caption_mrr is shown, not alerted: "
+                        "it falls on large catalogues without anything being wrong.", max_=1),
+             timeseries("Canary run time and questions", [("max(search_quality_run_seconds)", "run seconds"),
+                                                         ("max by (check) (search_quality_questions)", "{{check}} questions")], "short",
+                        "A run with an unchanged model asks the index only (text embeddings come from the query cache).")],
+            [timeseries("Searches without matches (share of each kind)",
+                        [('sum by (kind, outcome) (rate(backend_search_outcomes_total{outcome!="hits"}[$__rate_interval]))'
+                          ' / ignoring (outcome) group_left sum by (kind) (rate(backend_search_outcomes_total[$__rate_interval]))',
+                          "{{kind}} {{outcome}}")], "percentunit",
+                        "Shoppers' zero-result (empty) and below-relevance (below_floor) rates.", max_=1),
+             timeseries("Points in the catalogue", [("max by (instance) (backend_index_points)", "{{instance}}")], "short",
+                        "The catalogue the canary draws from; its set is rebuilt when the model or the size changes by a tenth.")],
+        ],
+    )
+
+
 def model_serving():
     return dashboard(
         "fashion-search-model-serving", "Fashion search · model-serving",
@@ -295,6 +329,7 @@ def host():
 DASHBOARDS = {
     "overview.json": overview,
     "search-path.json": search_path,
+    "search-quality.json": search_quality,
     "model-serving.json": model_serving,
     "etl.json": etl,
     "host.json": host,

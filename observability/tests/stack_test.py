@@ -13,7 +13,9 @@ Checks, in order:
   1. every scrape target up; `promtool check metrics` on each service's real /metrics;
   2. real traffic: text, image and similar searches, bad input, an `etl load` pushing to the
      Pushgateway;
-  3. stop model-serving -> ServiceDown reaches the Discord stand-in in Discord's webhook format
+  3. the tiny random model served instead of the trained one -> the search-quality canary's
+     SearchQualityDropped reaches the Discord stand-in with its runbook and dashboard;
+     stop model-serving -> ServiceDown reaches the Discord stand-in in Discord's webhook format
      (embed title, description with summary, value, runbook and dashboard links) within a bound;
      while it fires, Alertmanager inhibits that service's latency alert but not another service's;
      start model-serving again -> the resolved message arrives;
@@ -327,7 +329,8 @@ class StackTest:
         self.procs.start("backend", [str(self.bin / "backend")], self.service_env(
             BACKEND_ADDR=self.addr["backend"], MODEL_SERVING_URL=f"http://{self.addr['model-serving']}",
             S3_EMBEDDED_ADDR=self.addr["s3"], S3_ACCESS_KEY=self.s3_keys[0], S3_SECRET_KEY=self.s3_keys[1],
-            DATA_DIR=self.tmp / "data", API_KEY=self.api_key, INDEX_OPTIMIZE_AFTER_SECS=1))
+            DATA_DIR=self.tmp / "data", API_KEY=self.api_key, INDEX_OPTIMIZE_AFTER_SECS=1,
+            SEARCH_CANARY_INTERVAL_SECS=1))
         if self.with_frontend:
             self.procs.start("frontend", [str(self.bin / "frontend")], self.service_env(
                 FRONTEND_ADDR=self.addr["frontend"], BACKEND_URL=f"http://{self.addr['backend']}"))
@@ -432,6 +435,7 @@ class StackTest:
         pushed = get_json(f"http://{self.addr['pushgateway']}/api/v1/metrics")["data"]
         if not any(group["labels"].get("job") == "etl" for group in pushed):
             raise Failure("the ETL pushed nothing to the Pushgateway")
+        self.loaded_at = time.monotonic()
         log("etl load done, metrics pushed to the Pushgateway")
 
     # -- 1. promtool check metrics on the real /metrics
@@ -456,6 +460,25 @@ class StackTest:
     def embed(body):
         embeds = body.get("embeds") or [{}]
         return embeds[0]
+
+    def check_quality_alert(self):
+        """The shop serves the generated tiny random model, not the trained one: the canary's
+        questions (captions -> their products) fail, and SearchQualityDropped reaches Discord
+        with its runbook and the search-quality dashboard, while every service is up."""
+        def firing(body):
+            title = self.embed(body).get("title", "")
+            return title.startswith("[FIRING") and "SearchQualityDropped" in title
+        message = wait_for("SearchQualityDropped at the Discord stand-in", lambda: self.messages_matching(firing), 60, 0.2)[0]
+        description = self.embed(message["body"]).get("description", "")
+        expected = ["caption_recall_at_10",
+                    "[Runbook](https://runbooks.example/observability/runbooks.md#searchqualitydropped)",
+                    "[Dashboard](http://grafana.example:3001/d/fashion-search-search-quality)"]
+        missing = [e for e in expected if e not in description]
+        if missing:
+            raise Failure(f"SearchQualityDropped's Discord embed lacks {missing}:\n{description}")
+        latency = message["t"] - self.loaded_at
+        log(f"SearchQualityDropped (tiny random model) reached the Discord stand-in {latency:.1f} s after the catalogue was loaded")
+        self.results["quality_alert_latency_from_load_s"] = round(latency, 2)
 
     def check_alert_path(self):
         prom = f"http://{self.addr['prometheus']}"
@@ -643,6 +666,7 @@ class StackTest:
         self.traffic("before")
         self.etl_load()
         self.check_metrics()
+        self.check_quality_alert()
         self.check_alert_path()
         self.traffic("after")
         time.sleep(2)   # new series of the restarted model-serving: a scrape before more samples
