@@ -78,6 +78,7 @@ pub fn router(config: &FrontendConfig) -> anyhow::Result<Router> {
     let pages = Router::new()
         .merge(searching)
         .route("/product/{id}", get(pages::product))
+        .route("/go/{id}", get(pages::go))
         .route("/static/app.css", get(pages::stylesheet))
         .route("/static/app.js", get(pages::script))
         .fallback(pages::fallback)

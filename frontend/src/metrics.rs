@@ -1,6 +1,6 @@
 //! Every frontend metric, declared once with its help text. Labels are bounded: `call` is a
 //! fixed backend operation, `outcome` one of ok / rejected / unavailable / timeout, `page` a
-//! fixed page name.
+//! fixed page name, `from` one of [`CLICK_SOURCES`].
 
 use std::time::Duration;
 
@@ -9,8 +9,20 @@ use metrics::{Unit, describe_counter, describe_histogram};
 pub const BACKEND_CALLS_TOTAL: &str = "frontend_backend_calls_total";
 pub const BACKEND_CALL_SECONDS: &str = "frontend_backend_call_duration_seconds";
 pub const PAGES_TOTAL: &str = "frontend_pages_total";
+pub const RESULT_CLICKS_TOTAL: &str = "frontend_result_clicks_total";
+pub const RESULT_CLICK_POSITION: &str = "frontend_result_click_position";
 
-pub const ALL: &[&str] = &[BACKEND_CALLS_TOTAL, BACKEND_CALL_SECONDS, PAGES_TOTAL];
+/// Where a clicked card was shown: text results, photo results, "more like this", a product
+/// page's similar items.
+pub const CLICK_SOURCES: [&str; 4] = ["text", "image", "similar", "product"];
+
+pub const ALL: &[&str] = &[
+    BACKEND_CALLS_TOTAL,
+    BACKEND_CALL_SECONDS,
+    PAGES_TOTAL,
+    RESULT_CLICKS_TOTAL,
+    RESULT_CLICK_POSITION,
+];
 
 pub fn describe() {
     describe_counter!(
@@ -26,8 +38,21 @@ pub fn describe() {
     describe_counter!(
         PAGES_TOTAL,
         Unit::Count,
-        "Pages rendered, by page (home, results, image_results, similar, product, not_found) and what the shopper saw (ok, empty, error)."
+        "Pages rendered, by page (home, results, image_results, similar, product, not_found, click) and what the shopper saw (ok, empty, error)."
     );
+    describe_counter!(
+        RESULT_CLICKS_TOTAL,
+        Unit::Count,
+        "Result cards opened, by where they were shown (from: text, image, similar, product). Click-through rate: these over the results pages shown with hits."
+    );
+    describe_histogram!(
+        RESULT_CLICK_POSITION,
+        "Position in the ranking (1 = first) of each opened result card, by where it was shown; sum / count is the mean click position."
+    );
+    // Every source's series from the start, so click-through rates are defined before a click.
+    for from in CLICK_SOURCES {
+        metrics::counter!(RESULT_CLICKS_TOTAL, "from" => from).increment(0);
+    }
 }
 
 pub fn backend_call(call: &'static str, outcome: &'static str, took: Duration) {
@@ -37,4 +62,9 @@ pub fn backend_call(call: &'static str, outcome: &'static str, took: Duration) {
 
 pub fn page(page: &'static str, shown: &'static str) {
     metrics::counter!(PAGES_TOTAL, "page" => page, "shown" => shown).increment(1);
+}
+
+pub fn click(from: &'static str, position: usize) {
+    metrics::counter!(RESULT_CLICKS_TOTAL, "from" => from).increment(1);
+    metrics::histogram!(RESULT_CLICK_POSITION, "from" => from).record(position as f64);
 }

@@ -4,7 +4,7 @@
 //! or a bare error.
 
 use axum::Extension;
-use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::extract::{Multipart, Path, Query, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use backend_api::{FacetsResponse, SearchMode, SearchResponse};
@@ -126,6 +126,8 @@ pub async fn search(
             base.extend(refinement.pairs());
             let (previous, next) = pager("/", &base, page_no, state.page_size, response.hits.len());
             let results = ResultsPage {
+                source: "text",
+                first_position: offset + 1,
                 heading: format!("Results for “{q}”"),
                 detail: Some(summary(&response)),
                 hits: response.hits,
@@ -203,6 +205,8 @@ pub async fn search_image(
     let shown = found
         .map(|response| {
             let results = ResultsPage {
+                source: "image",
+                first_position: 1,
                 heading: "Items like your photo".into(),
                 detail: Some(summary(&response)),
                 hits: response.hits,
@@ -284,6 +288,8 @@ pub async fn similar(
                 _ => "More like this".to_owned(),
             };
             let results = ResultsPage {
+                source: "similar",
+                first_position: offset + 1,
                 heading,
                 detail: Some(summary(&response)),
                 hits: response.hits,
@@ -342,6 +348,46 @@ pub async fn product(
             page(status, html)
         }
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Click {
+    from: Option<String>,
+    pos: Option<String>,
+}
+
+/// `GET /go/{id}?from=&pos=`: a click on a result card. Counted (where the card was shown and
+/// its position; never the query or the shopper), then a 303 to the product page. Only a
+/// product of this shop is a target: the id must be a UUID, so the link cannot redirect
+/// elsewhere.
+pub async fn go(Path(raw_id): Path<String>, Query(click): Query<Click>) -> Response {
+    let view_state = SearchState {
+        filter_action: "/".into(),
+        ..SearchState::default()
+    };
+    let Some(id) = parse_id(&raw_id) else {
+        return not_found("product", &view_state);
+    };
+    let source = click
+        .from
+        .as_deref()
+        .and_then(|from| metrics::CLICK_SOURCES.iter().find(|s| **s == from).copied());
+    let position = click
+        .pos
+        .as_deref()
+        .and_then(|p| p.parse::<usize>().ok())
+        .filter(|p| (1..=backend_api::MAX_RESULT_DEPTH).contains(p));
+    let (Some(source), Some(position)) = (source, position) else {
+        metrics::page("click", "error");
+        let notice = problem(
+            "This link is broken",
+            "It does not say where the product was shown. Open the product from the results.",
+        );
+        let html = views::document("Broken link", &view_state, None, views::notice(notice));
+        return page(StatusCode::BAD_REQUEST, html);
+    };
+    metrics::click(source, position);
+    axum::response::Redirect::to(&format!("/product/{id}")).into_response()
 }
 
 /// Any other path.

@@ -105,6 +105,10 @@ pub enum NoticeKind {
 /// A grid of hits, with the heading above it and the paging links below it.
 #[derive(Debug, Clone, Default)]
 pub struct ResultsPage {
+    /// Where the hits came from, for click counting: one of [`crate::metrics::CLICK_SOURCES`].
+    pub source: &'static str,
+    /// The 1-based position of the first hit in the whole ranking (page offset + 1).
+    pub first_position: usize,
     pub heading: String,
     pub detail: Option<String>,
     pub hits: Vec<SearchHit>,
@@ -348,10 +352,15 @@ pub fn results(page: ResultsPage, empty: Notice) -> AnyView {
     if page.hits.is_empty() && page.previous.is_none() {
         return notice(empty);
     }
+    let (source, first) = (page.source, page.first_position.max(1));
     let cards = page
         .hits
         .into_iter()
-        .map(|hit| view! { <Card hit=hit /> })
+        .enumerate()
+        .map(|(i, hit)| {
+            let open = click_link(hit.item.id, source, first + i);
+            view! { <Card hit=hit open=open /> }
+        })
         .collect_view();
     view! {
         <section class="results" aria-labelledby="results-heading">
@@ -391,8 +400,14 @@ pub fn caption_of(item: &ImageItem) -> String {
     }
 }
 
+/// A card's link to its product through `/go/{id}`, which counts the click (source and
+/// position, no query) and redirects to `/product/{id}`.
+fn click_link(id: uuid::Uuid, source: &str, position: usize) -> String {
+    format!("/go/{id}?from={source}&pos={position}")
+}
+
 #[component]
-fn Card(hit: SearchHit) -> impl IntoView {
+fn Card(hit: SearchHit, open: String) -> impl IntoView {
     let item = hit.item;
     let id = item.id;
     let caption = caption_of(&item);
@@ -410,11 +425,11 @@ fn Card(hit: SearchHit) -> impl IntoView {
             data-usage=a.usage.unwrap_or_default()
             data-score=format!("{:.4}", hit.score)
         >
-            <a class="thumb" href=format!("/product/{id}")>
+            <a class="thumb" href=open.clone()>
                 <img src=item.url alt=caption.clone() loading="lazy" />
             </a>
             <div class="body">
-                <a class="title" href=format!("/product/{id}")>{caption}</a>
+                <a class="title" href=open>{caption}</a>
                 <p class="meta">{meta}</p>
                 <p class="score" title="similarity to your query">{format!("match {:.2}", hit.score)}</p>
                 <a class="more" href=format!("/similar/{id}")>"More like this"</a>
@@ -444,7 +459,11 @@ pub fn product(item: ImageItem, similar: Result<Vec<SearchHit>, Notice>) -> AnyV
             let cards = hits
                 .into_iter()
                 .filter(|h| h.item.id != id)
-                .map(|hit| view! { <Card hit=hit /> })
+                .enumerate()
+                .map(|(i, hit)| {
+                    let open = click_link(hit.item.id, "product", i + 1);
+                    view! { <Card hit=hit open=open /> }
+                })
                 .collect_view();
             view! {
                 <section class="results" aria-labelledby="similar-heading">

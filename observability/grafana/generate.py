@@ -252,6 +252,14 @@ def search_quality():
                         "Shoppers' zero-result (empty) and below-relevance (below_floor) rates.", max_=1),
              timeseries("Points in the catalogue", [("max by (instance) (backend_index_points)", "{{instance}}")], "short",
                         "The catalogue the canary draws from; its set is rebuilt when the model or the size changes by a tenth.")],
+            [timeseries("Click-through rate (text results)",
+                        [('sum(rate(frontend_result_clicks_total{from="text"}[$__rate_interval]))'
+                          ' / sum(rate(frontend_pages_total{page="results", shown="ok"}[$__rate_interval]))', "clicks per results page")],
+                        "percentunit", "Result cards opened per text-results page shown with hits (the frontend's /go links)."),
+             timeseries("Mean click position",
+                        [("sum by (from) (rate(frontend_result_click_position_sum[$__rate_interval]))"
+                          " / sum by (from) (rate(frontend_result_click_position_count[$__rate_interval]))", "{{from}}")], "short",
+                        "Where in the ranking shoppers find what they open (1 = first); rising means the good results sink.")],
         ],
     )
 

@@ -409,6 +409,10 @@ class StackTest:
                 if status != 200:
                     raise Failure(f"frontend search page: {status}")
             http("GET", f"http://{self.addr['frontend']}/no-such-page")
+            # Shoppers open results: the frontend counts each click (source, position) on its way
+            # to the product page.
+            for position, point in enumerate(self.hit_ids[:2], 1):
+                http("GET", f"http://{self.addr['frontend']}/go/{point}?from=text&pos={position}")
         # Bad input: a 4xx at the backend and an error kind at model-serving.
         http("GET", f"http://{self.addr['backend']}/v1/search?k=5")
         body, ctype = multipart([("file", "broken.jpg", "image/jpeg", b"\xff\xd8\xff\xe0 not really a jpeg")])

@@ -142,7 +142,62 @@ async fn pages_against_a_running_catalogue() {
     filters_and_bad_input(&app).await;
     similar_and_product(&app, &page1[0]).await;
     photo_search(&app).await;
+    clicks(&app, &page1).await;
     page_metrics(&app).await;
+}
+
+/// A card's link counts the click (where it was shown, its position) and redirects to the
+/// product; a link that says neither, or names no product of this shop, is refused.
+async fn clicks(app: &axum::Router, page1: &[HashMap<String, String>]) {
+    for (card, position) in [(&page1[0], 1), (&page1[2], 3)] {
+        let id = &card["data-id"];
+        let go = get(app, &format!("/go/{id}?from=text&pos={position}")).await;
+        assert_eq!(go.status, StatusCode::SEE_OTHER);
+        assert_eq!(go.headers["location"], format!("/product/{id}").as_str());
+    }
+    let id = &page1[1]["data-id"];
+    for bad in [
+        format!("/go/{id}"),
+        format!("/go/{id}?from=text"),
+        format!("/go/{id}?from=elsewhere&pos=1"),
+        format!("/go/{id}?from=text&pos=0"),
+        format!("/go/{id}?from=text&pos=1001"),
+        format!("/go/{id}?from=text&pos=-1"),
+    ] {
+        let page = get(app, &bad).await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(page.html.contains("This link is broken"), "{bad}");
+        assert!(!page.headers.contains_key("location"));
+    }
+    for elsewhere in [
+        "/go/not-a-uuid?from=text&pos=1",
+        "/go/https:%2F%2Fevil.example?from=text&pos=1",
+        "/go/%2F%2Fevil.example?from=text&pos=1",
+    ] {
+        let page = get(app, elsewhere).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{elsewhere}");
+        assert!(!page.headers.contains_key("location"), "{elsewhere}");
+    }
+    let metrics = get(app, "/metrics").await.html;
+    let value = |needle: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} missing in\n{metrics}"))
+    };
+    assert_eq!(value("frontend_result_clicks_total{from=\"text\"}"), 2.0);
+    assert_eq!(
+        value("frontend_result_click_position_sum{from=\"text\"}"),
+        4.0
+    );
+    assert_eq!(
+        value("frontend_result_click_position_count{from=\"text\"}"),
+        2.0
+    );
+    // The other sources' series exist at 0 before their first click.
+    assert_eq!(value("frontend_result_clicks_total{from=\"image\"}"), 0.0);
 }
 
 /// No query yet: example queries to click, the catalogue's size, filters from the facets.
@@ -190,7 +245,7 @@ async fn text_results_and_paging(
     assert!(first.html.contains("Results for “white skirt”"));
     let page1 = cards(&first.html);
     assert_eq!(page1.len(), 8, "a full page of 8");
-    for card in &page1 {
+    for (i, card) in page1.iter().enumerate() {
         let src = &card["img-src"];
         assert!(
             src.starts_with(&format!("http://{}/", stack.s3)) && src.contains("X-Amz-Signature="),
@@ -204,8 +259,10 @@ async fn text_results_and_paging(
             "more like this"
         );
         assert!(
-            first.html.contains(&format!("href=\"/product/{id}\"")),
-            "detail link"
+            first
+                .html
+                .contains(&format!("href=\"/go/{id}?from=text&amp;pos={}\"", i + 1)),
+            "detail link through the click counter, with the card's position"
         );
     }
     let scores: Vec<f32> = page1
