@@ -314,6 +314,33 @@ pub struct ListResponse {
     pub total: u64,
 }
 
+/// `GET /v1/admin/queries`: what shoppers typed, for operators (opt-in, behind the write key).
+/// Queries are normalised (trimmed, lower case, spaces collapsed) and cut to
+/// [`MAX_SUMMARY_QUERY_CHARS`]; at most [`MAX_SUMMARY_QUERIES`] distinct ones are kept since the
+/// backend started, later new ones are only counted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct QuerySummaryResponse {
+    /// Text searches counted.
+    pub searches: u64,
+    /// Distinct queries kept.
+    pub distinct: usize,
+    /// Searches for queries not kept (the summary was full).
+    pub not_kept: u64,
+    /// The most asked queries, most first.
+    pub top: Vec<QueryCount>,
+    /// The most asked queries that found nothing (no hits, or none at the relevance floor).
+    pub zero_results: Vec<QueryCount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct QueryCount {
+    pub query: String,
+    pub searches: u64,
+}
+
+pub const MAX_SUMMARY_QUERIES: usize = 2000;
+pub const MAX_SUMMARY_QUERY_CHARS: usize = 80;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StatsResponse {
     pub total: u64,

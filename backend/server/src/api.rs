@@ -47,6 +47,8 @@ pub struct AppState {
     /// Add-by-URL downloads, under the rules of [`crate::fetch`].
     pub fetcher: Arc<ImageFetcher>,
     pub max_body_bytes: usize,
+    /// The operators' query summary, when `BACKEND_QUERY_SUMMARY` turned it on.
+    pub queries: Option<Arc<crate::queries::QuerySummary>>,
 }
 
 /// What the edge admits ([`http_edge::limits`]): timeouts and load shedding on every API route,
@@ -97,9 +99,19 @@ pub fn router(
         .route("/v1/images:exists", post(exists))
         .route(
             "/v1/images/{id}",
-            get(get_image).merge(delete(delete_image).route_layer(writer).route_layer(write)),
+            get(get_image).merge(
+                delete(delete_image)
+                    .route_layer(writer.clone())
+                    .route_layer(write.clone()),
+            ),
         )
         .route("/v1/images/{id}/similar", get(similar).route_layer(search))
+        .route(
+            "/v1/admin/queries",
+            get(search::query_summary)
+                .route_layer(writer)
+                .route_layer(write),
+        )
         .route("/v1/stats", get(stats))
         .route("/v1/facets", get(facets))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))

@@ -90,6 +90,9 @@ pub struct BackendConfig {
     /// Query embeddings kept in the cache.
     #[arg(long, env = "QUERY_CACHE_ENTRIES", default_value_t = 10_000)]
     pub query_cache_entries: u64,
+    /// Keep a summary of what shoppers type for `GET /v1/admin/queries` (off by default).
+    #[arg(long, env = "BACKEND_QUERY_SUMMARY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub query_summary: bool,
     /// Seconds between the search-quality canary's runs; 0 turns it off.
     #[arg(long, env = "SEARCH_CANARY_INTERVAL_SECS", default_value_t = 60)]
     pub canary_interval_secs: u64,

@@ -14,6 +14,7 @@ pub mod encoder;
 pub mod fetch;
 pub mod index;
 pub mod metrics;
+pub mod queries;
 pub mod search;
 /// Object storage is the catalog's, shared with the ETL.
 pub use catalog::store as storage;
@@ -240,6 +241,9 @@ pub async fn build(
         timeout: config.timeout(),
         fetcher: Arc::new(fetch::ImageFetcher::new(config.fetch_settings())),
         max_body_bytes: config.max_body_bytes,
+        queries: config
+            .query_summary
+            .then(|| Arc::new(queries::QuerySummary::new(backend_api::MAX_SUMMARY_QUERIES))),
     };
     tracing::info!(
         index = if config.qdrant_url.is_some() { "qdrant-server" } else { "embedded" },

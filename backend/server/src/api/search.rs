@@ -4,12 +4,12 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Multipart, Path, Request, State};
 use backend_api::{
-    ErrorKind, FacetsResponse, Filters, SearchMode, SearchParams, SearchResponse, StatsResponse,
-    TextQuery, TextSearchRequest,
+    ErrorKind, FacetsResponse, Filters, QuerySummaryResponse, SearchMode, SearchParams,
+    SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
 };
 use uuid::Uuid;
 
-use super::error::{BodyRefused, Faults, InvalidInput, NotFound, RateLimited};
+use super::error::{BodyRefused, Faults, InvalidInput, NotFound, RateLimited, WriteRefused};
 use super::extract::{Params, TextSearch, first_file, path_id, upload_or_json};
 use super::images::ImageUpload;
 use http_edge::reject::JsonOrMultipart;
@@ -30,7 +30,59 @@ pub(super) async fn search_text(
     State(state): State<AppState>,
     Params(TextSearch { q, mode, params }): Params<TextSearch>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    Ok(Json(state.engine.search_text(&q, mode, &params).await?))
+    let response = state.engine.search_text(&q, mode, &params).await?;
+    // Only first pages: a shopper paging through results asked once.
+    if let Some(summary) = &state.queries
+        && params.offset.unwrap_or(0) == 0
+    {
+        summary.record(&q, response.hits.is_empty());
+    }
+    Ok(Json(response))
+}
+
+/// What shoppers typed (opt-in, `BACKEND_QUERY_SUMMARY=true`): the most asked text queries and
+/// the most asked that found nothing, normalised and cut to 80 characters, at most 2,000
+/// distinct ones since the backend started. Needs the write key.
+#[utoipa::path(get, path = "/v1/admin/queries", params(SummaryQuery), security(("api_key" = [])),
+    responses(
+        (status = 200, body = QuerySummaryResponse),
+        InvalidInput,
+        WriteRefused,
+        NotFound,
+        RateLimited,
+        Faults,
+    )
+)]
+pub(super) async fn query_summary(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<SummaryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<QuerySummaryResponse>, ApiError> {
+    let axum::extract::Query(SummaryQuery { limit }) =
+        query.map_err(|e| ApiError::from(http_edge::reject::query(e)))?;
+    let summary = state.queries.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "the query summary is off: start the backend with BACKEND_QUERY_SUMMARY=true",
+        )
+    })?;
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "limit must be between 1 and 500",
+        ));
+    }
+    Ok(Json(summary.snapshot(limit)))
+}
+
+/// `GET /v1/admin/queries?limit=`.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SummaryQuery {
+    /// Queries in each list (1..=500, default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<usize>,
 }
 
 /// Image search: a multipart upload (field `file`), same filters as text search.

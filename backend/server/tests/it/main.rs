@@ -12,6 +12,7 @@ mod hostile;
 mod images;
 mod qdrant_cluster;
 mod qdrant_live;
+mod queries;
 mod replicas;
 mod resilience;
 mod search;
