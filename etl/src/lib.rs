@@ -178,6 +178,7 @@ pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, L
                 metrics::items(name, "loaded", outcome.loaded);
                 metrics::items(name, "present", outcome.present);
                 metrics::items(name, "failed", outcome.failed.len());
+                metrics::failures(name, "image", outcome.failed.len());
                 summary.loaded += outcome.loaded;
                 summary.already_present += outcome.present;
                 progress.inc((outcome.loaded + outcome.present + outcome.failed.len()) as u64);
@@ -206,6 +207,7 @@ pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, L
         tracing::warn!(item = %key, %reason, "entry skipped");
     }
     metrics::items(options.dataset.name(), "failed", skipped.len());
+    metrics::failures(options.dataset.name(), "source", skipped.len());
     summary.failed.splice(0..0, skipped);
     summary.elapsed = started.elapsed();
     metrics::throughput(options.dataset.name(), summary.throughput());

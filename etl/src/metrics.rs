@@ -7,6 +7,7 @@ use std::time::Duration;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 pub const ITEMS_TOTAL: &str = "etl_items_total";
+pub const FAILURES_TOTAL: &str = "etl_failures_total";
 pub const STAGE_SECONDS: &str = "etl_stage_seconds";
 pub const THROUGHPUT: &str = "etl_throughput_items_per_second";
 pub const LAST_SUCCESS: &str = "etl_last_success_timestamp_seconds";
@@ -23,6 +24,11 @@ pub fn describe() {
         Unit::Seconds,
         "Time of one batch in a pipeline stage (exists, encode, store, upsert)."
     );
+    describe_counter!(
+        FAILURES_TOTAL,
+        Unit::Count,
+        "Dataset entries that failed, by dataset and reason: source (the entry itself: no or unreadable file, malformed line) or image (model-serving refused it: not an image, corrupt, too large)."
+    );
     describe_gauge!(THROUGHPUT, "Items loaded per second over the run so far.");
     describe_gauge!(
         LAST_SUCCESS,
@@ -37,6 +43,11 @@ pub fn describe() {
 
 pub fn items(dataset: &'static str, outcome: &'static str, n: usize) {
     metrics::counter!(ITEMS_TOTAL, "dataset" => dataset, "outcome" => outcome).increment(n as u64);
+}
+
+/// `reason`: `source` or `image` (see [`FAILURES_TOTAL`]'s help).
+pub fn failures(dataset: &'static str, reason: &'static str, n: usize) {
+    metrics::counter!(FAILURES_TOTAL, "dataset" => dataset, "reason" => reason).increment(n as u64);
 }
 
 pub fn stage(stage: &'static str, elapsed: Duration) {

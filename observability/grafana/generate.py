@@ -156,6 +156,21 @@ def overview():
              stat("backend up", [('up{job="backend"}', "{{instance}}")], thresholds=RED_BELOW_1),
              stat("frontend up", [('up{job="frontend"}', "{{instance}}")], thresholds=RED_BELOW_1),
              stat("Version", [("build_info", "{{service}} {{version}}")])],
+            # One place to look: quality and catalogue health beside latency and errors (their
+            # dashboards: search quality, search path).
+            [stat("Search quality (lowest alerted check)",
+                  [('min(search_quality_score{check=~"caption_recall_at_10|type_precision_at_10|photo_recall_at_1"})', "")],
+                  "percentunit", "The canary's lowest score; SearchQualityDropped under 50% (search-quality dashboard).",
+                  thresholds=RED_BELOW_HALF),
+             stat("Broken images in the catalogue sample",
+                  [('sum(max by (problem) (catalogue_check_problems{problem=~"missing_object|presign_failed"}))', "")], "short",
+                  "Sampled points whose object is missing or whose pre-signed URL fails (search-quality dashboard).",
+                  thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}]),
+             stat("Searches with no hits (5m)",
+                  [('sum(rate(backend_search_outcomes_total{outcome!="hits"}[5m])) / sum(rate(backend_search_outcomes_total[5m]))', "")],
+                  "percentunit", "Empty or below the relevance floor, all kinds."),
+             stat("Search p99 (5m)", [('max(stage:backend_search_stage_seconds:quantile5m{stage="total", quantile="0.99"})', "")], "s",
+                  "Whole search inside the backend (search-path dashboard).")],
             [timeseries("Requests per second", [(f"service:http_requests:rate5m{{{s}}}", "{{service}}")],
                         "reqps", "User traffic; /metrics and /health/* left out."),
              timeseries("Error ratio (5xx)", [(f"service:http_request_error_ratio:rate5m{{{s}}}", "{{service}}")],
@@ -260,6 +275,13 @@ def search_quality():
                         [("sum by (from) (rate(frontend_result_click_position_sum[$__rate_interval]))"
                           " / sum by (from) (rate(frontend_result_click_position_count[$__rate_interval]))", "{{from}}")], "short",
                         "Where in the ranking shoppers find what they open (1 = first); rising means the good results sink.")],
+            [timeseries("Catalogue check: problems in the sample",
+                        [("max by (problem) (catalogue_check_problems)", "{{problem}}")], "short",
+                        "Each run samples CATALOGUE_CHECK_SAMPLE points (object HEAD, pre-signed URL fetched) and as many stored objects "
+                        "(looked up in the index). missing_object and presign_failed page (CatalogueImagesBroken); orphan_object costs storage."),
+             timeseries("Catalogue check: sample and age",
+                        [("max by (sample) (catalogue_check_sampled)", "{{sample}} sampled"),
+                         ("time() - max(catalogue_check_last_run_timestamp_seconds)", "seconds since the last run")], "short")],
         ],
     )
 
@@ -297,6 +319,8 @@ def etl():
              stat("Since last success", [('time() - etl_last_success_timestamp_seconds{job="etl"}', "{{dataset}}")], "s"),
              stat("Since last push", [('time() - max by (dataset) (push_time_seconds{job="etl"})', "{{dataset}}")], "s")],
             [timeseries("Items by outcome (last run)", [('sum by (dataset, outcome) (etl_items_total{job="etl"})', "{{dataset}} {{outcome}}")], "short"),
+             timeseries("Failures by reason (last run)", [('sum by (dataset, reason) (etl_failures_total{job="etl"})', "{{dataset}} {{reason}}")], "short",
+                        "source: the dataset entry itself (no or unreadable file, malformed line); image: model-serving refused it (not an image, corrupt, too large). The log lists each with its reason."),
              timeseries("Throughput (items/s)", [('etl_throughput_items_per_second{job="etl"}', "{{dataset}}")], "short")],
             [timeseries("Mean time per batch and stage (last run)",
                         [('sum by (stage) (etl_stage_seconds_sum{job="etl"}) / sum by (stage) (etl_stage_seconds_count{job="etl"})', "{{stage}}")], "s"),

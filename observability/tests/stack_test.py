@@ -330,7 +330,7 @@ class StackTest:
             BACKEND_ADDR=self.addr["backend"], MODEL_SERVING_URL=f"http://{self.addr['model-serving']}",
             S3_EMBEDDED_ADDR=self.addr["s3"], S3_ACCESS_KEY=self.s3_keys[0], S3_SECRET_KEY=self.s3_keys[1],
             DATA_DIR=self.tmp / "data", API_KEY=self.api_key, INDEX_OPTIMIZE_AFTER_SECS=1,
-            SEARCH_CANARY_INTERVAL_SECS=1))
+            SEARCH_CANARY_INTERVAL_SECS=1, CATALOGUE_CHECK_INTERVAL_SECS=1))
         if self.with_frontend:
             self.procs.start("frontend", [str(self.bin / "frontend")], self.service_env(
                 FRONTEND_ADDR=self.addr["frontend"], BACKEND_URL=f"http://{self.addr['backend']}"))

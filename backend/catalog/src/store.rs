@@ -366,6 +366,33 @@ impl ObjectStore {
         }
     }
 
+    /// Up to `max` object keys after `start_after` (key order), with when each was last written.
+    pub async fn list_keys(
+        &self,
+        start_after: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Option<SystemTime>)>, StorageError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .start_after(start_after)
+            .max_keys(i32::try_from(max.min(1000)).unwrap_or(1000))
+            .send()
+            .await
+            .map_err(|e| self.unavailable("list objects", &e))?;
+        Ok(out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let written = o
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok());
+                o.key().map(|k| (k.to_owned(), written))
+            })
+            .collect())
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.client
             .delete_object()

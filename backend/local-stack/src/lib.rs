@@ -160,6 +160,7 @@ pub fn backend_config(data_dir: &Path, model_serving: SocketAddr, api_key: &str)
         edge: backend::config::EdgeConfig::without_rate_limits(),
         // Tests count model-serving calls and cache lookups: the canary runs where asked.
         canary_interval_secs: 0,
+        catalogue_check_interval_secs: 0,
         ..BackendConfig::defaults()
     }
 }

@@ -93,6 +93,13 @@ pub struct BackendConfig {
     /// Keep a summary of what shoppers type for `GET /v1/admin/queries` (off by default).
     #[arg(long, env = "BACKEND_QUERY_SUMMARY", default_value_t = false, action = clap::ArgAction::Set)]
     pub query_summary: bool,
+    /// Seconds between catalogue checks (sampled points against their objects and pre-signed
+    /// URLs, sampled objects against the index); 0 turns them off.
+    #[arg(long, env = "CATALOGUE_CHECK_INTERVAL_SECS", default_value_t = 300)]
+    pub catalogue_check_interval_secs: u64,
+    /// Points, and objects, a catalogue check samples.
+    #[arg(long, env = "CATALOGUE_CHECK_SAMPLE", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub catalogue_check_sample: u64,
     /// Seconds between the search-quality canary's runs; 0 turns it off.
     #[arg(long, env = "SEARCH_CANARY_INTERVAL_SECS", default_value_t = 60)]
     pub canary_interval_secs: u64,

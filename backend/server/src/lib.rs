@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod canary;
+pub mod catalogue_check;
 pub mod config;
 pub mod embedded_s3;
 pub mod encoder;
@@ -214,6 +215,14 @@ pub async fn build(
             ..canary::CanarySettings::default()
         },
     );
+    catalogue_check::CatalogueCheck::spawn(
+        &engine,
+        catalogue_check::CheckSettings {
+            interval: Duration::from_secs(config.catalogue_check_interval_secs),
+            sample: config.catalogue_check_sample as usize,
+            ..catalogue_check::CheckSettings::default()
+        },
+    )?;
     readiness.set_ready("index");
     readiness.set_ready("storage");
     let interval = config.edge.ready_probe_interval();

@@ -1,7 +1,8 @@
 //! Every backend metric, declared once with its help text. Labels are bounded: `stage` is one
 //! of encode / index_search / presign / total, `kind` text / image / similar, `result` hit / miss,
 //! `upstream` model-serving / index / storage, `operation` a fixed verb, `outcome` hits / empty /
-//! below_floor, `check` one of the canary's [`QUALITY_CHECKS`].
+//! below_floor, `check` one of the canary's [`QUALITY_CHECKS`], `sample` points / objects and
+//! `problem` one of [`CATALOGUE_PROBLEMS`].
 
 use std::time::Duration;
 
@@ -20,6 +21,20 @@ pub const SEARCH_QUALITY_SCORE: &str = "search_quality_score";
 pub const SEARCH_QUALITY_QUESTIONS: &str = "search_quality_questions";
 pub const SEARCH_QUALITY_LAST_RUN: &str = "search_quality_last_run_timestamp_seconds";
 pub const SEARCH_QUALITY_RUN_SECONDS: &str = "search_quality_run_seconds";
+
+pub const CATALOGUE_SAMPLED: &str = "catalogue_check_sampled";
+pub const CATALOGUE_PROBLEMS_FOUND: &str = "catalogue_check_problems";
+pub const CATALOGUE_LAST_RUN: &str = "catalogue_check_last_run_timestamp_seconds";
+
+/// What the catalogue check counts (`problem` label), see [`crate::catalogue_check`].
+pub const CATALOGUE_PROBLEMS: [&str; 3] = ["missing_object", "presign_failed", "orphan_object"];
+
+/// The catalogue check's gauges: absent until its first run.
+pub const CATALOGUE: &[&str] = &[
+    CATALOGUE_SAMPLED,
+    CATALOGUE_PROBLEMS_FOUND,
+    CATALOGUE_LAST_RUN,
+];
 
 /// The canary's checks (`check` label), see [`crate::canary`].
 pub const QUALITY_CHECKS: [&str; 4] = [
@@ -117,6 +132,21 @@ pub fn describe() {
         Unit::Seconds,
         "How long the canary's last run took."
     );
+    describe_gauge!(
+        CATALOGUE_SAMPLED,
+        Unit::Count,
+        "What the last catalogue check sampled, by sample: points (each object HEADed and its pre-signed URL fetched) and objects (each looked up in the index)."
+    );
+    describe_gauge!(
+        CATALOGUE_PROBLEMS_FOUND,
+        Unit::Count,
+        "Problems the last catalogue check found in its sample, by problem: missing_object (a point without its object), presign_failed (the object exists, its pre-signed URL does not answer), orphan_object (an object no point references)."
+    );
+    describe_gauge!(
+        CATALOGUE_LAST_RUN,
+        Unit::Seconds,
+        "Unix time of the last completed catalogue check."
+    );
     breaker_state(false);
     // Error series exist from the start at 0, so rates and alerts over them are defined before
     // the first failure.
@@ -140,6 +170,20 @@ pub fn search_quality(scores: &[(&'static str, f64, usize)], seconds: f64, now: 
     }
     metrics::gauge!(SEARCH_QUALITY_RUN_SECONDS).set(seconds);
     metrics::gauge!(SEARCH_QUALITY_LAST_RUN).set(now);
+}
+
+/// A catalogue check's sample sizes and findings, and when it ended (Unix time).
+pub fn catalogue_check(report: &crate::catalogue_check::CheckReport, now: f64) {
+    metrics::gauge!(CATALOGUE_SAMPLED, "sample" => "points").set(report.points_checked as f64);
+    metrics::gauge!(CATALOGUE_SAMPLED, "sample" => "objects").set(report.objects_checked as f64);
+    for (problem, found) in CATALOGUE_PROBLEMS.into_iter().zip([
+        report.missing_objects,
+        report.presign_failures,
+        report.orphan_objects,
+    ]) {
+        metrics::gauge!(CATALOGUE_PROBLEMS_FOUND, "problem" => problem).set(found as f64);
+    }
+    metrics::gauge!(CATALOGUE_LAST_RUN).set(now);
 }
 
 pub fn stage(stage: &'static str, elapsed: Duration) {

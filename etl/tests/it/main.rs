@@ -489,6 +489,23 @@ async fn job_metrics_reach_the_pushgateway() {
         value("etl_items_total", &[r#"outcome="failed""#]),
         Some(1.0)
     );
+    // Why: the broken file reached model-serving, which refused it (not a dataset problem).
+    assert_eq!(
+        value(
+            "etl_failures_total",
+            &[r#"dataset="folder""#, r#"reason="image""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "etl_failures_total",
+            &[r#"dataset="folder""#, r#"reason="source""#]
+        ),
+        Some(0.0),
+        "{text}"
+    );
     assert_eq!(value("etl_job_failed", &[r#"dataset="folder""#]), Some(0.0));
     assert!(
         value(

@@ -4,6 +4,7 @@
 
 mod bench_cluster;
 mod canary;
+mod catalogue_check;
 mod edge;
 mod engines;
 mod failover;
