@@ -266,7 +266,10 @@ async fn two_backends_behind_nginx_survive_a_killed_one() {
             backend_command(&backend_bin, *addr, &data, model.addr, s3)
                 .env("QDRANT_URL", qdrant.url())
                 .env("QDRANT_COLLECTION", "replicas")
-                .env("INDEX_OPTIMIZE_AFTER_SECS", "1"),
+                .env("INDEX_OPTIMIZE_AFTER_SECS", "1")
+                // The quality canary and the catalogue check, on the server path.
+                .env("SEARCH_CANARY_INTERVAL_SECS", "1")
+                .env("CATALOGUE_CHECK_INTERVAL_SECS", "1"),
             *addr,
             &root.join(format!("backend-{i}.log")),
         )
@@ -314,6 +317,48 @@ async fn two_backends_behind_nginx_survive_a_killed_one() {
         assert!(url.starts_with(&format!("http://{s3}/")), "{url}");
         let image = http.get(url).send().await.expect("image");
         assert!(image.status().is_success(), "{url}: {}", image.status());
+    }
+
+    // Each replica's canary asks the Qdrant server and its catalogue check samples the external
+    // S3: every sampled image is there and its pre-signed URL answers.
+    for addr in addrs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let metrics = loop {
+            let text = http
+                .get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("metrics text");
+            let sampled = text
+                .lines()
+                .find(|l| l.starts_with("catalogue_check_sampled{sample=\"points\"}"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if sampled > 0.0 && text.contains("search_quality_score{check=\"photo_recall_at_1\"}") {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr}: no canary or catalogue check run:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        for problem in ["missing_object", "presign_failed"] {
+            assert!(
+                metrics.contains(&format!(
+                    "catalogue_check_problems{{problem=\"{problem}\"}} 0"
+                )),
+                "{addr}: {problem}"
+            );
+        }
+        assert!(
+            metrics.contains("search_quality_score{check=\"photo_recall_at_1\"} 1"),
+            "{addr}: a catalogue photo did not find itself first"
+        );
     }
 
     // 8 clients search through nginx for 8 s (bounded in count too); backend 0 is killed 2 s in.
