@@ -244,9 +244,12 @@ impl<I> Former<I> {
                 break;
             }
         }
-        // Under load, a batch may wait up to `max_wait` (from its first job) to fill.
+        // Under load, a batch that is not full may wait up to `max_wait` (from its first job) to
+        // fill; a full one runs at once.
         if company && self.carried.is_none() {
-            while let Ok(job) = self.rx.recv_deadline(deadline) {
+            while size < max_batch
+                && let Ok(job) = self.rx.recv_deadline(deadline)
+            {
                 if let Err(full) = add(&mut jobs, &mut size, max_batch, job) {
                     self.carried = Some(full);
                     break;
@@ -552,5 +555,45 @@ mod tests {
             "{sessions:?}"
         );
         assert_eq!(batcher.queued(), 0);
+    }
+
+    /// A batch that filled up while the previous one ran does not wait `max_wait` for more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_batch_runs_without_waiting() {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let seen = starts.clone();
+        let batcher = Arc::new(
+            Batcher::start("test", config(2, 5_000, 16), move |items: Vec<u32>| {
+                seen.lock()
+                    .expect("lock")
+                    .push((Instant::now(), items.len()));
+                std::thread::sleep(Duration::from_millis(100));
+                Ok(items.iter().map(|&i| vec![i as f32]).collect())
+            })
+            .expect("start"),
+        );
+        // The first job runs alone; two more arrive during its run and fill the next batch.
+        let first = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(vec![0]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let rest: Vec<_> = (1..3u32)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(vec![i]).await })
+            })
+            .collect();
+        first.await.expect("join").expect("first");
+        for task in rest {
+            task.await.expect("join").expect("encoded");
+        }
+        let starts = starts.lock().expect("lock").clone();
+        assert_eq!(starts.iter().map(|s| s.1).collect::<Vec<_>>(), vec![1, 2]);
+        let gap = starts[1].0.duration_since(starts[0].0);
+        assert!(
+            gap < Duration::from_secs(2),
+            "the full batch waited {gap:?} (max_wait 5 s) for company it had no room for"
+        );
     }
 }
