@@ -47,15 +47,7 @@ async fn canary_under(model_dir: PathBuf, products: &[Product]) -> (CanaryReport
         "canary: first run {:.3} s, second {:.3} s: {:?}",
         first.seconds, second.seconds, second.scores
     );
-    let metrics = backend
-        .http
-        .get(backend.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = backend.metrics().await;
     backend.stop().await;
     model.stop().await.expect("model-serving stops");
     (second, metrics)

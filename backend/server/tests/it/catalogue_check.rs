@@ -63,15 +63,7 @@ async fn finds_missing_and_orphan_objects_and_broken_presigned_urls() {
     );
     assert_eq!(found.orphan_objects, 1, "{found:?}");
 
-    let metrics = backend
-        .http
-        .get(backend.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = backend.metrics().await;
     for name in backend::metrics::CATALOGUE {
         assert!(metrics.contains(&format!("# HELP {name} ")), "{name}");
     }

@@ -120,6 +120,18 @@ impl TestBackend {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The backend's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Graceful stop: drain, flush the index, release the data directory.
     pub async fn stop(self) {
         let Self {

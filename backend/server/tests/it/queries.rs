@@ -109,15 +109,7 @@ async fn top_and_zero_result_queries_behind_the_write_key() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {code}");
     }
     // What shoppers typed is never a metric label.
-    let metrics = backend
-        .http
-        .get(backend.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = backend.metrics().await;
     assert!(!metrics.contains("red dress") && !metrics.contains("nothing yet"));
     backend.stop().await;
 

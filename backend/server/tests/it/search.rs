@@ -273,15 +273,7 @@ async fn ingest_search_presign_filter_delete() {
     assert!(again.hits.iter().all(|h| h.item.id != point_id(first)));
 
     // Every declared metric is exported after this traffic.
-    let metrics = backend
-        .http
-        .get(backend.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = backend.metrics().await;
     for name in [
         "backend_search_stage_seconds",
         "backend_searches_total",

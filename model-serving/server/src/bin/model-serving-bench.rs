@@ -104,6 +104,13 @@ fn preprocess_all(pre: &Preprocessor, photos: &[PathBuf]) -> anyhow::Result<Vec<
         .collect()
 }
 
+/// The `i`th batch of `batch` tensors, cycling through `tensors`.
+fn batch_input(tensors: &[Vec<f32>], batch: usize, i: usize) -> Vec<f32> {
+    (0..batch)
+        .flat_map(|j| tensors[(i * batch + j) % tensors.len()].iter().copied())
+        .collect()
+}
+
 /// Images per second of raw `Session::run` at `batch`, over at least two runs (one warm-up).
 fn raw_throughput(
     model: &mut VisionModel,
@@ -111,11 +118,7 @@ fn raw_throughput(
     batch: usize,
     budget: Duration,
 ) -> anyhow::Result<f64> {
-    let input = |i: usize| -> Vec<f32> {
-        (0..batch)
-            .flat_map(|j| tensors[(i * batch + j) % tensors.len()].iter().copied())
-            .collect()
-    };
+    let input = |i: usize| batch_input(tensors, batch, i);
     model.run(input(0), batch)?; // warm-up
     let start = Instant::now();
     let mut runs = 0;
@@ -439,11 +442,7 @@ fn raw_rate(
     batch: usize,
     budget: Duration,
 ) -> anyhow::Result<f64> {
-    let input = |i: usize| -> Vec<f32> {
-        (0..batch)
-            .flat_map(|j| tensors[(i * batch + j) % tensors.len()].iter().copied())
-            .collect()
-    };
+    let input = |i: usize| batch_input(tensors, batch, i);
     model.run(input(0), batch)?;
     let start = Instant::now();
     let mut runs = 0;
