@@ -171,6 +171,15 @@ def overview():
                   "percentunit", "Empty or below the relevance floor, all kinds."),
              stat("Search p99 (5m)", [('max(stage:backend_search_stage_seconds:quantile5m{stage="total", quantile="0.99"})', "")], "s",
                   "Whole search inside the backend (search-path dashboard).")],
+            # Replicas and Qdrant peers (deploy/: every replica and node is scraped, never the
+            # load balancer): a lost one shows here and fires ServiceDown / QdrantPeerDown.
+            [timeseries("Replicas and Qdrant peers up",
+                        [('up{job=~"model-serving|backend|frontend|qdrant"}', "{{job}} {{instance}}")], "short",
+                        "1 per scraped replica or Qdrant node; 0 when lost (ServiceDown, QdrantPeerDown).", max_=1),
+             timeseries("Replicas serving, by service",
+                        [('count by (job) (up{job=~"model-serving|backend|frontend|qdrant"} == 1)', "{{job}} up"),
+                         ('count by (job) (up{job=~"model-serving|backend|frontend|qdrant"})', "{{job}} scraped")], "short",
+                        "Behind nginx a lost replica costs capacity, not answers; a second lost Qdrant peer loses shards.")],
             [timeseries("Requests per second", [(f"service:http_requests:rate5m{{{s}}}", "{{service}}")],
                         "reqps", "User traffic; /metrics and /health/* left out."),
              timeseries("Error ratio (5xx)", [(f"service:http_request_error_ratio:rate5m{{{s}}}", "{{service}}")],
