@@ -77,6 +77,8 @@ pub struct PresignSettings {
 #[derive(Clone)]
 pub struct ObjectStore {
     client: Client,
+    /// The endpoint this process talks to, `scheme://host[:port][/path]` without a trailing `/`.
+    endpoint: String,
     bucket: String,
     presigner: Option<Presigner>,
     /// Called on each failed call to S3 (the caller counts it in its own metrics).
@@ -229,6 +231,7 @@ impl ObjectStore {
             .transpose()?;
         Ok(Self {
             client: client(&settings.endpoint, settings),
+            endpoint: settings.endpoint.trim_end_matches('/').to_owned(),
             bucket: settings.bucket.clone(),
             presigner,
             on_unavailable: None,
@@ -414,6 +417,35 @@ impl ObjectStore {
     pub fn presign_get(&self, key: &str) -> Result<String, StorageError> {
         let presigner = self.presigner()?;
         presigner.url(&self.bucket, key, presigner.ttl, SystemTime::now())
+    }
+
+    /// How this process can fetch what a shopper's browser fetches for `key`: the pre-signed
+    /// URL and, when the public endpoint is another host than the one this process talks to
+    /// (a browser-facing name that does not resolve in here), the same request sent to the
+    /// internal endpoint with the public `Host` header. The signature covers the host header,
+    /// the path and the query, not the address, so S3 judges it as it would the browser's. A
+    /// public endpoint with a path prefix (a proxy) is fetched as it is.
+    pub fn presigned_probe(&self, key: &str) -> Result<(String, Option<String>), StorageError> {
+        let presigner = self.presigner()?;
+        let url = self.presign_get(key)?;
+        let public_has_path = presigner
+            .base
+            .split("://")
+            .nth(1)
+            .is_some_and(|r| r.contains('/'));
+        if presigner.base == self.endpoint
+            || public_has_path
+            || self.endpoint.matches('/').count() > 2
+        {
+            return Ok((url, None));
+        }
+        match url.strip_prefix(&presigner.base) {
+            Some(rest) => Ok((
+                format!("{}{rest}", self.endpoint),
+                Some(presigner.host.clone()),
+            )),
+            None => Ok((url, None)),
+        }
     }
 
     /// As [`presign_get`](Self::presign_get) for another lifetime (tests sign short-lived URLs).

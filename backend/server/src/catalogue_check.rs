@@ -4,7 +4,10 @@
 //! - `missing_object`: a sampled point whose object is gone from S3 (the shop shows a broken
 //!   image);
 //! - `presign_failed`: a sampled point whose object exists but whose pre-signed URL does not
-//!   answer (wrong public endpoint, clock skew, keys rotated): every image in the shop is broken;
+//!   answer (a public endpoint S3 does not serve, clock skew, keys rotated): every image in the
+//!   shop is broken. A public host this process cannot resolve (a browser-facing name) is
+//!   checked through the internal endpoint with the public `Host` header, so the signature is
+//!   judged as S3 judges the browser's; whether browsers reach that name is not seen from here;
 //! - `orphan_object`: a sampled object, older than `orphan_min_age`, that no point references
 //!   (storage paid for nothing; an interrupted delete or load). Younger ones may be a load in
 //!   flight (the ETL stores objects before it indexes their points).
@@ -125,15 +128,14 @@ impl CatalogueCheck {
                     report.missing_objects += 1;
                     continue;
                 }
-                // What a shopper's browser does: GET the pre-signed URL (one byte of it).
-                let url = store.presign_get(key)?;
-                let answered = self
-                    .http
-                    .get(&url)
-                    .header("range", "bytes=0-0")
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                // What a shopper's browser does: GET the pre-signed URL (one byte of it); sent
+                // to the internal endpoint when the public name does not resolve in here.
+                let (url, host) = store.presigned_probe(key)?;
+                let mut request = self.http.get(&url).header("range", "bytes=0-0");
+                if let Some(host) = host {
+                    request = request.header(reqwest::header::HOST, host);
+                }
+                let answered = request.send().await.is_ok_and(|r| r.status().is_success());
                 if !answered {
                     report.presign_failures += 1;
                 }

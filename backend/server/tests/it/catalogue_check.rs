@@ -1,6 +1,7 @@
 //! The sampled catalogue check against the real embedded S3 server and index: a point whose
-//! object was removed behind the backend's back, an object no point references, and pre-signed
-//! URLs signed for an endpoint shoppers cannot reach.
+//! object was removed behind the backend's back, an object no point references, pre-signed URLs
+//! for a browser-facing name that does not resolve in here (good), and for a path S3 does not
+//! serve (broken).
 
 use backend::catalogue_check::{CatalogueCheck, CheckReport, CheckSettings};
 
@@ -71,13 +72,35 @@ async fn finds_missing_and_orphan_objects_and_broken_presigned_urls() {
     assert!(metrics.contains("catalogue_check_problems{problem=\"orphan_object\"} 1"));
     backend.stop().await;
 
-    // The same catalogue, its URLs signed for a public endpoint nobody listens on: every
-    // sampled point whose object exists is a presign failure.
-    let wrong = backend::config::BackendConfig {
-        s3_public_endpoint: Some(format!("http://{}", free_addr())),
+    // A browser-facing public name that does not resolve in here (as in deploy/compose.yaml):
+    // checked through the internal endpoint with the public Host header, the URLs are good.
+    let browser_name = backend::config::BackendConfig {
+        s3_public_endpoint: Some("http://images.shop.invalid:9000".into()),
         ..config(data.path(), ms.addr)
     };
-    let backend = start_backend(&wrong).await.expect("backend");
+    let backend = start_backend(&browser_name).await.expect("backend");
+    let mut check = CatalogueCheck::new(settings()).expect("check");
+    let good = check.run(&backend.engine).await.expect("run");
+    assert_eq!(
+        (good.missing_objects, good.presign_failures),
+        (1, 0),
+        "{good:?}"
+    );
+    backend.stop().await;
+
+    // A public endpoint whose path S3 does not serve (a proxy prefix that is not there): every
+    // sampled point whose object exists is a presign failure.
+    let s3 = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind S3");
+    let wrong = backend::config::BackendConfig {
+        s3_public_endpoint: Some(format!(
+            "http://{}/no-such-prefix",
+            s3.local_addr().expect("addr")
+        )),
+        ..config(data.path(), ms.addr)
+    };
+    let backend = start_backend_with(&wrong, s3).await.expect("backend");
     let mut check = CatalogueCheck::new(settings()).expect("check");
     let broken = check.run(&backend.engine).await.expect("run");
     assert_eq!(
