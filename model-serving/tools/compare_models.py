@@ -28,50 +28,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from tokenizers import Tokenizer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "training"))
 import data  # noqa: E402  (catalogue rows, split, text cleaning)
 import reference  # noqa: E402  (the server's transform; data.py put this folder on the path)
+from evaluate import Served  # noqa: E402  (a folder run as the server runs it)
 
 QUERIES = ["red dress", "men black casual shoes", "blue denim jeans", "women handbag", "white t-shirt",
            "sports watch", "floral kurta", "brown leather belt"]
-
-
-class Folder:
-    """A model folder's two sessions and its tokenizer, encoded as evaluate.py / the server do."""
-
-    def __init__(self, folder: Path, threads: int) -> None:
-        self.meta = json.loads((folder / "model.json").read_text())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.vision = ort.InferenceSession(str(folder / "vision_model.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.text = ort.InferenceSession(str(folder / "text_model.onnx"), opts, providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.meta["context_length"])
-
-    def pixels(self, photos: list[Path]) -> np.ndarray:
-        m = self.meta
-        return np.stack([reference.clip_transform(reference.load_rgb(p), m["image_size"], m["image_mean"], m["image_std"])
-                         for p in photos])
-
-    def tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
-        pad = self.meta.get("pad_token_id", 0)
-        rows = [e.ids for e in self.tokenizer.encode_batch([data.clean_text(t) for t in texts])]
-        length = max(len(r) for r in rows)
-        return {"input_ids": np.array([r + [pad] * (length - len(r)) for r in rows], np.int64),
-                "attention_mask": np.array([[1] * len(r) + [0] * (length - len(r)) for r in rows], np.int64)}
-
-    def embed_images(self, x: np.ndarray, batch: int = 32) -> np.ndarray:
-        return reference.normalise(np.concatenate(
-            [self.vision.run(None, {"pixel_values": x[i : i + batch]})[0] for i in range(0, len(x), batch)]))
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        return reference.normalise(np.concatenate([self.text.run(None, self.tokens([t]))[0] for t in texts]))
 
 
 def timed(run, seconds: float, max_runs: int) -> list[float]:
@@ -110,12 +75,13 @@ def main() -> None:
     models = {}
     for spec in args.model:
         label, _, folder = spec.partition("=")
-        models[label] = Folder(Path(folder), args.threads)
+        models[label] = Served(Path(folder), args.threads)
 
     # The workloads: vision at each batch size, then one text query at a time.
     jobs: dict[str, dict[str, tuple]] = {label: {} for label in models}
+    images = [reference.load_rgb(p) for p in photos]
     for label, model in models.items():
-        x = model.pixels(photos)
+        x = model.pixels(images)
         for b in batches:
             jobs[label][f"vision img/s @{b}"] = (b, lambda s=model.vision, x=x[:b]: s.run(None, {"pixel_values": x}))
         prompt = model.meta.get("prompt_template", "{}")
@@ -137,7 +103,7 @@ def main() -> None:
             stats = [("", min(runs))] + ([(" median", statistics.median(runs))] if args.median else [])
             for suffix, t in stats:
                 res[name + suffix] = batch / t if batch else 1000 * t
-        img, txt = model.embed_images(model.pixels(photos[: args.samples])), model.embed_texts(captions)
+        img, txt = model.encode_images(images[: args.samples]), model.encode_texts(captions)
         if ref is None:
             ref = (img, txt)
         elif ref[0].shape == img.shape:

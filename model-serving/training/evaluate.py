@@ -45,6 +45,7 @@ class Served:
         self.meta = json.loads((folder / "model.json").read_text())
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
         self.vision = ort.InferenceSession(str(folder / "vision_model.onnx"), opts, providers=["CPUExecutionProvider"])
         self.text = ort.InferenceSession(str(folder / "text_model.onnx"), opts, providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -54,23 +55,26 @@ class Served:
     def transform(self, im: Image.Image) -> np.ndarray:
         return reference.clip_transform(im, self.meta["image_size"], self.meta["image_mean"], self.meta["image_std"])
 
+    def pixels(self, images: list[Image.Image]) -> np.ndarray:
+        """The vision tower's input for `images`, as the server makes it."""
+        return np.stack([self.transform(im) for im in images])
+
+    def tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The text tower's inputs for `texts`: cleaned, tokenized, cut, padded as the server does."""
+        pad = self.meta.get("pad_token_id", 0)
+        limit = self.meta["context_length"]
+        rows = [e.ids[:limit] for e in self.tokenizer.encode_batch([data.clean_text(t) for t in texts])]
+        length = max(len(r) for r in rows)
+        return {"input_ids": np.array([r + [pad] * (length - len(r)) for r in rows], np.int64),
+                "attention_mask": np.array([[1] * len(r) + [0] * (length - len(r)) for r in rows], np.int64)}
+
     def encode_images(self, images: list[Image.Image], batch: int = 64) -> np.ndarray:
-        out = []
-        for i in range(0, len(images), batch):
-            x = np.stack([self.transform(im) for im in images[i : i + batch]])
-            out.append(self.vision.run(["image_embeds"], {"pixel_values": x})[0])
+        out = [self.vision.run(["image_embeds"], {"pixel_values": self.pixels(images[i : i + batch])})[0]
+               for i in range(0, len(images), batch)]
         return reference.normalise(np.concatenate(out))
 
     def encode_texts(self, texts: list[str], batch: int = 64) -> np.ndarray:
-        pad = self.meta.get("pad_token_id", 0)
-        limit = self.meta["context_length"]
-        out = []
-        for i in range(0, len(texts), batch):
-            rows = [e.ids[:limit] for e in self.tokenizer.encode_batch([data.clean_text(t) for t in texts[i : i + batch]])]
-            length = max(len(r) for r in rows)
-            ids = np.array([r + [pad] * (length - len(r)) for r in rows], np.int64)
-            mask = np.array([[1] * len(r) + [0] * (length - len(r)) for r in rows], np.int64)
-            out.append(self.text.run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0])
+        out = [self.text.run(["text_embeds"], self.tokens(texts[i : i + batch]))[0] for i in range(0, len(texts), batch)]
         return reference.normalise(np.concatenate(out))
 
 
