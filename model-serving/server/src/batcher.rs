@@ -333,11 +333,13 @@ fn run_batch<I, F>(
     metrics::inference(modality, started.elapsed());
     match outcome {
         Ok(embeddings) if embeddings.len() == size => {
+            // Counted before anyone is answered: a caller that reads /metrics after its answer
+            // sees its items.
+            metrics::items_encoded(modality, size);
             let mut rest = embeddings.into_iter();
             for (reply, n) in replies.into_iter().zip(counts) {
                 let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
             }
-            metrics::items_encoded(modality, size);
         }
         Ok(embeddings) => {
             let message = format!("model returned {} rows for {size} items", embeddings.len());
