@@ -101,26 +101,49 @@ pub(crate) struct BatchOutcome {
     pub failed: Vec<(String, String)>,
 }
 
-/// Encodes a batch in as few requests as model-serving's pixel budget allows.
+/// Encodes a batch in as few requests as model-serving's pixel budget allows. Returns each
+/// item's vector (or why it was refused) and the fingerprint of the model that made them.
 async fn encode(
     clients: &Clients,
     items: &[&Item],
     max_request_pixels: u64,
-) -> Result<Vec<Result<Vec<f32>, String>>, LoadError> {
+) -> Result<(Vec<Result<Vec<f32>, String>>, Option<String>), LoadError> {
     let mut out = Vec::with_capacity(items.len());
+    let mut model = None;
     for group in pixel_groups(items, max_request_pixels) {
-        out.extend(encode_request(clients, &items[group]).await?);
+        out.extend(encode_request(clients, &items[group], &mut model).await?);
     }
-    Ok(out)
+    Ok((out, model))
+}
+
+/// Notes the model an answer names; two models in one batch would mix their vectors.
+fn same_model(model: &mut Option<String>, answered: String) -> Result<(), LoadError> {
+    match model {
+        Some(known) if *known != answered => Err(LoadError::Persistent {
+            stage: "encode",
+            attempts: 1,
+            message: format!(
+                "model-serving changed its model during a batch ({known}, then {answered}); run the load again"
+            ),
+        }),
+        _ => {
+            *model = Some(answered);
+            Ok(())
+        }
+    }
 }
 
 async fn encode_request(
     clients: &Clients,
     items: &[&Item],
+    model: &mut Option<String>,
 ) -> Result<Vec<Result<Vec<f32>, String>>, LoadError> {
     let bytes: Vec<Vec<u8>> = items.iter().map(|i| i.bytes.clone()).collect();
     match retry("encode", || clients.model.encode_images(bytes.clone())).await {
-        Ok(response) => Ok(response.embeddings.into_iter().map(Ok).collect()),
+        Ok(response) => {
+            same_model(model, response.fingerprint)?;
+            Ok(response.embeddings.into_iter().map(Ok).collect())
+        }
         Err(RetryError::Persistent(e)) => Err(e),
         // One bad image refuses the whole request: encode one by one to find it.
         Err(RetryError::Rejected(_)) if items.len() > 1 => {
@@ -132,6 +155,7 @@ async fn encode_request(
                 .await
                 {
                     Ok(mut r) => {
+                        same_model(model, std::mem::take(&mut r.fingerprint))?;
                         out.push(r.embeddings.pop().ok_or_else(|| "no embedding".to_owned()))
                     }
                     Err(RetryError::Rejected(e)) => out.push(Err(e.to_string())),
@@ -198,7 +222,7 @@ pub(crate) async fn process_batch(
     }
     let started = Instant::now();
     let images: Vec<&Item> = todo.iter().map(|(item, _, _)| item).collect();
-    let vectors = encode(clients, &images, max_request_pixels).await?;
+    let (vectors, model) = encode(clients, &images, max_request_pixels).await?;
     metrics::stage("encode", started.elapsed());
     let started = Instant::now();
     let mut encoded = Vec::new();
@@ -238,7 +262,14 @@ pub(crate) async fn process_batch(
     let n = upserts.len();
     let started = Instant::now();
     if n > 0 {
-        match retry("upsert", || clients.backend.ingest_batch(upserts.clone())).await {
+        // The batch says which model made its vectors: the backend refuses another model's.
+        match retry("upsert", || {
+            clients
+                .backend
+                .ingest_batch_made_by(upserts.clone(), model.clone())
+        })
+        .await
+        {
             Ok(_) => {
                 outcome.loaded = n;
                 metrics::stage("upsert", started.elapsed());

@@ -12,6 +12,7 @@ pub mod datasets;
 pub mod download;
 pub mod errors;
 pub mod metrics;
+pub mod reindex;
 pub mod run_secrets;
 
 use std::collections::HashSet;
@@ -81,6 +82,42 @@ pub enum LoadError {
     Reader,
 }
 
+/// Before any work: the index must be the model's that model-serving serves here (the backend
+/// refuses each batch otherwise, after its encoding was spent).
+async fn same_model(clients: &Clients) -> Result<(), LoadError> {
+    let failed = |stage: &'static str, message: String| LoadError::Persistent {
+        stage,
+        attempts: 1,
+        message,
+    };
+    let stats = clients
+        .backend
+        .stats()
+        .await
+        .map_err(|e| failed("backend stats", e.to_string()))?;
+    let Some(indexed) = stats.fingerprint else {
+        return Ok(());
+    };
+    let serving = clients
+        .model
+        .model_info()
+        .await
+        .map_err(|e| failed("model info", e.to_string()))?;
+    if serving.fingerprint != indexed {
+        return Err(failed(
+            "model check",
+            format!(
+                "the index holds vectors of {}, but model-serving at {} serves {} ({}): load with the index's model, or re-index first (etl reindex)",
+                stats.model.unwrap_or(indexed),
+                clients.model.base_url(),
+                serving.name,
+                serving.fingerprint
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Where an item's bytes are stored. Model-serving refuses what is not an image, so the
 /// octet-stream fallback is only reached by bytes it could decode but the sniffer does not know.
 pub fn stored_object(bytes: &[u8]) -> ImageObject {
@@ -100,6 +137,9 @@ pub fn point_id(dataset: DatasetKind, bytes: &[u8]) -> Uuid {
 /// acknowledged batch is in the index, and a rerun continues from there).
 #[tracing::instrument(name = "etl.load", skip_all, fields(dataset = options.dataset.name(), limit = options.limit))]
 pub async fn load(options: &LoadOptions, clients: &Clients) -> Result<Summary, LoadError> {
+    if !options.dry_run {
+        same_model(clients).await?;
+    }
     let started = Instant::now();
     let batch_size = options.batch_size.max(1);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Extracted>(batch_size * 2);

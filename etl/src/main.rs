@@ -136,8 +136,19 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// What is loaded, per dataset.
+    /// What is loaded, per dataset, and the model that made the index.
     Status,
+    /// Embed every stored image again into a new index beside the live one (which keeps
+    /// serving), then switch to it at once. Running it again after a failure resumes.
+    Reindex {
+        /// With the backend's MODEL_SERVING_NEXT_URL model (a model change: searches move to it
+        /// at the switch); without, with the model model-serving serves now.
+        #[arg(long)]
+        next: bool,
+        /// Start it and return at once, without following its progress.
+        #[arg(long)]
+        detach: bool,
+    },
     /// Download a dataset's public files (resumable, checksummed). Only fashion-mnist has them.
     Download {
         #[arg(value_enum)]
@@ -225,9 +236,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("fashion-mnist ready in {}", dest.display());
             Ok(())
         }
+        Command::Reindex { next, detach } => {
+            let model = if next {
+                backend_api::ReindexModel::Next
+            } else {
+                backend_api::ReindexModel::Current
+            };
+            etl::reindex::run(&backend, model, detach).await
+        }
         Command::Status => {
             let stats = backend.stats().await.context("backend stats")?;
             println!("{} images indexed", stats.total);
+            if let Some(model) = &stats.model {
+                println!("  made by model {model}");
+            }
             for (dataset, count) in &stats.by_dataset {
                 println!("  {dataset:<28} {count:>8}");
             }

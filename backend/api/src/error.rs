@@ -61,6 +61,9 @@ pub enum ErrorKind {
     IndexUnavailable,
     /// Object storage is unreachable.
     StorageUnavailable,
+    /// The index was made by another model than the one model-serving serves (or than the one
+    /// that made a batch's vectors): searching or writing would mix two models' vectors.
+    ModelMismatch,
     /// A fault of ours; the cause is logged, never sent.
     Internal,
 }
@@ -94,6 +97,7 @@ impl ErrorKind {
         Self::ModelOverloaded,
         Self::IndexUnavailable,
         Self::StorageUnavailable,
+        Self::ModelMismatch,
         Self::Internal,
     ];
 
@@ -127,6 +131,7 @@ impl ErrorKind {
             Self::ModelOverloaded => "model_overloaded",
             Self::IndexUnavailable => "index_unavailable",
             Self::StorageUnavailable => "storage_unavailable",
+            Self::ModelMismatch => "model_mismatch",
             Self::Internal => "internal",
         }
     }
@@ -168,6 +173,7 @@ impl ErrorKind {
             | Self::ModelOverloaded
             | Self::IndexUnavailable
             | Self::StorageUnavailable => "Search is busy right now; please try again in a moment.",
+            Self::ModelMismatch => "Search is being updated; please try again in a moment.",
             Self::Internal => "Something went wrong on our side; please try again.",
         }
     }
@@ -207,6 +213,9 @@ impl ErrorKind {
             }
             Self::IndexUnavailable => "the index is unavailable; retry shortly",
             Self::StorageUnavailable => "image storage is unavailable; retry shortly",
+            Self::ModelMismatch => {
+                "the index was made by another model: re-index, or serve the index's model"
+            }
             Self::Internal => "internal error",
         }
     }
@@ -221,8 +230,16 @@ impl ErrorKind {
                 | Self::ModelOverloaded
                 | Self::IndexUnavailable
                 | Self::StorageUnavailable
+                | Self::ModelMismatch
                 | Self::Internal
         )
+    }
+
+    /// Whether a fault's own message may be sent with it. Only [`Self::ModelMismatch`]'s: it
+    /// names the two models and their fingerprints, which the operator needs and which say
+    /// nothing of addresses or internals. Every other fault's body is its operator message.
+    pub const fn detail_is_public(self) -> bool {
+        matches!(self, Self::ModelMismatch)
     }
 }
 

@@ -280,6 +280,69 @@ pub struct IngestItem {
 pub struct IngestBatchRequest {
     #[schema(min_items = 1, max_items = 1000)]
     pub items: Vec<IngestItem>,
+    /// The fingerprint of the model that made the vectors (model-serving's `GET /v1/model`).
+    /// When given it must be the model the backend's model-serving serves; when absent, the
+    /// vectors are taken to be that model's. Either way that model must be the index's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "sha256:0123456789abcdef")]
+    pub model: Option<String>,
+}
+
+/// `POST /v1/admin/reindex`: which model the new index is made with.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReindexModel {
+    /// The model model-serving serves now (rebuilds the index: keyword vectors, a model
+    /// changed in place).
+    #[default]
+    Current,
+    /// The model at `MODEL_SERVING_NEXT_URL`: the old index keeps serving with the old model
+    /// until the new one is complete, then both switch together.
+    Next,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReindexRequest {
+    #[serde(default)]
+    pub model: ReindexModel,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReindexState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// A re-index: every stored image embedded again into a new index, then one switch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ReindexStatus {
+    pub state: ReindexState,
+    /// The model the new index is made with, and its fingerprint.
+    pub model: String,
+    pub fingerprint: String,
+    /// The live index's model when the re-index began (`None`: not recorded).
+    pub from_fingerprint: Option<String>,
+    /// Items in the live index when the re-index began.
+    pub total: u64,
+    /// Items handled so far (embedded + kept + dropped).
+    pub handled: u64,
+    /// Re-embedded from their objects into the new index.
+    pub embedded: u64,
+    /// Already in the new index (a resumed re-index).
+    pub kept: u64,
+    /// Left out: the object is gone, or the model refused it (each is logged).
+    pub dropped: u64,
+    /// Deleted from the live index while the re-index ran, so left out of the new one.
+    pub removed: u64,
+    pub started_at: String,
+    pub seconds: f64,
+    /// Items embedded per second of the run so far.
+    pub embedded_per_second: f64,
+    /// Why it failed; run it again to resume.
+    pub error: Option<String>,
 }
 
 /// `DELETE /v1/images/{id}`: the id that was removed.
@@ -344,6 +407,13 @@ pub const MAX_SUMMARY_QUERY_CHARS: usize = 80;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StatsResponse {
     pub total: u64,
+    /// The model that made the index's vectors, as `name (fingerprint, N dimensions)`; `None`
+    /// while the index is empty or made before models were recorded.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// That model's fingerprint (model-serving's `GET /v1/model` names the one it serves).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
     pub by_dataset: BTreeMap<String, u64>,
     pub by_category: BTreeMap<String, u64>,
 }
@@ -526,9 +596,33 @@ impl BackendClient {
         &self,
         items: Vec<IngestItem>,
     ) -> Result<IngestBatchResponse, ClientError> {
+        self.ingest_batch_made_by(items, None).await
+    }
+
+    /// A batch whose vectors the model with fingerprint `model` made: refused with 503
+    /// `model_mismatch` when that is not the backend's and the index's model.
+    pub async fn ingest_batch_made_by(
+        &self,
+        items: Vec<IngestItem>,
+        model: Option<String>,
+    ) -> Result<IngestBatchResponse, ClientError> {
         let request = self
             .write(self.http.post(format!("{}/v1/images:batch", self.base)))
-            .json(&IngestBatchRequest { items });
+            .json(&IngestBatchRequest { items, model });
+        self.send(request).await
+    }
+
+    /// Starts a re-index (or answers the one under way).
+    pub async fn start_reindex(&self, model: ReindexModel) -> Result<ReindexStatus, ClientError> {
+        let request = self
+            .write(self.http.post(format!("{}/v1/admin/reindex", self.base)))
+            .json(&ReindexRequest { model });
+        self.send(request).await
+    }
+
+    /// The re-index under way or last run.
+    pub async fn reindex_status(&self) -> Result<ReindexStatus, ClientError> {
+        let request = self.write(self.http.get(format!("{}/v1/admin/reindex", self.base)));
         self.send(request).await
     }
 

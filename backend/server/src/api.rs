@@ -109,6 +109,13 @@ pub fn router(
         .route(
             "/v1/admin/queries",
             get(search::query_summary)
+                .route_layer(writer.clone())
+                .route_layer(write.clone()),
+        )
+        .route(
+            "/v1/admin/reindex",
+            get(search::reindex_status)
+                .post(search::start_reindex)
                 .route_layer(writer)
                 .route_layer(write),
         )

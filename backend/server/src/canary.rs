@@ -124,10 +124,14 @@ impl Canary {
     pub async fn run(&mut self, engine: &SearchEngine) -> anyhow::Result<Option<CanaryReport>> {
         let started = Instant::now();
         let index = engine.index().clone();
-        let encoder = engine.encoder().clone();
+        let encoder = engine.encoder();
         let points = index.count(&Filter::default()).await?;
-        // The model's name is known after its first call: the first caption asked sets it.
-        let model = encoder.model().unwrap_or_default();
+        // The model is known after its first call: the first caption asked sets it. Its
+        // fingerprint names it (a model changed in place is another model).
+        let model = encoder
+            .model()
+            .map(|model| model.fingerprint)
+            .unwrap_or_default();
         let stale = self.set.model != model
             || self.set.points == 0
             || points.abs_diff(self.set.points) * 10 > self.set.points;
@@ -141,7 +145,7 @@ impl Canary {
         let mut scores = Vec::new();
         let (mut hits, mut reciprocal) = (0usize, 0.0f64);
         for (id, caption) in &self.set.captions {
-            let (_, vector) = encoder.embed_query(caption).await?;
+            let (_, vector) = encoder.embed_query(caption).await?.value;
             let found = nearest(engine, vector, 10).await?;
             if let Some(rank) = found.iter().position(|(hit, _)| hit == id) {
                 hits += 1;
@@ -156,7 +160,7 @@ impl Canary {
 
         let mut precision = 0.0;
         for kind in &self.set.types {
-            let (_, vector) = encoder.embed_query(kind).await?;
+            let (_, vector) = encoder.embed_query(kind).await?.value;
             let found = nearest(engine, vector, 10).await?;
             let right = found
                 .iter()
@@ -176,7 +180,7 @@ impl Canary {
             let Ok(bytes) = engine.store().get(key).await else {
                 continue;
             };
-            let vectors = encoder.embed_images(vec![bytes]).await?;
+            let vectors = encoder.embed_images(vec![bytes]).await?.value;
             let Some(vector) = vectors.into_iter().next() else {
                 continue;
             };

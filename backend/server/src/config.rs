@@ -27,6 +27,12 @@ pub struct BackendConfig {
     )]
     pub model_serving_url: String,
 
+    /// The model-serving of the next model, for a zero-downtime model change: `POST
+    /// /v1/admin/reindex {"model":"next"}` (or `etl reindex --next`) builds its index beside the
+    /// live one, then searches move to it. Unset: re-index only with the current model.
+    #[arg(long, env = "MODEL_SERVING_NEXT_URL")]
+    pub model_serving_next_url: Option<String>,
+
     /// Qdrant server (gRPC, e.g. http://127.0.0.1:6334). Unset: the embedded engine under DATA_DIR.
     #[arg(long, env = "QDRANT_URL")]
     pub qdrant_url: Option<String>,

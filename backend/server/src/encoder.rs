@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use backend_api::ErrorKind;
 use http_edge::retry::{Backoff, Transient, retry};
-use model_serving_api::{ClientError, ModelInfo, ModelServingClient};
+use model_serving_api::{ClientError, EmbeddingsResponse, ModelInfo, ModelServingClient};
 
+use crate::index::IndexModel;
 use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -280,16 +281,29 @@ fn verdict(error: ClientError) -> Verdict {
     }
 }
 
+/// Embeddings with the model that made them (as model-serving named it in the same answer, so
+/// a model changed between two calls is never mistaken for the one before).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded<T> {
+    pub value: T,
+    pub model: IndexModel,
+}
+
 /// What the search engine needs of the model: embeddings and the model's identity. The engine
 /// knows only this trait (its unit tests use a fake); [`QueryEncoder`] is model-serving's.
 #[async_trait::async_trait]
 pub trait Embedder: Send + Sync {
     /// A text query as `(caption embedded, vector)`: the model's prompt template applied.
-    async fn embed_query(&self, query: &str) -> Result<(String, Vec<f32>), EncoderError>;
-    async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, EncoderError>;
-    /// The model's name as last reported, without a call; `None` before model-serving was first
-    /// reached.
-    fn model(&self) -> Option<String>;
+    async fn embed_query(&self, query: &str) -> Result<Embedded<(String, Vec<f32>)>, EncoderError>;
+    async fn embed_images(
+        &self,
+        images: Vec<Vec<u8>>,
+    ) -> Result<Embedded<Vec<Vec<f32>>>, EncoderError>;
+    /// The model as last reported (name, fingerprint, size), without a call; `None` before
+    /// model-serving was first reached.
+    fn model(&self) -> Option<IndexModel>;
+    /// The model model-serving serves: as last reported, asked for when there is none.
+    async fn describe(&self) -> Result<IndexModel, EncoderError>;
     /// The model's relevance floor (a cosine similarity) for text queries, as last reported;
     /// `None` when it has none (or before model-serving was first reached).
     fn relevance_floor(&self) -> Option<f32>;
@@ -345,14 +359,23 @@ impl QueryEncoder {
 
     /// An embedding response names its model: when that is not the model we know, model-serving
     /// has changed it; forget ours so the next query fetches its description (and prompt) again.
-    fn observe(&self, model: &str) {
+    fn observe(&self, response: &EmbeddingsResponse) -> IndexModel {
         let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
-        if info.as_ref().is_some_and(|known| known.name != model) {
+        if info
+            .as_ref()
+            .is_some_and(|known| known.fingerprint != response.fingerprint)
+        {
             tracing::info!(
-                model,
+                model = %response.model,
+                fingerprint = %response.fingerprint,
                 "model-serving reports another model; refreshing its description"
             );
             *info = None;
+        }
+        IndexModel {
+            name: response.model.clone(),
+            fingerprint: response.fingerprint.clone(),
+            dim: response.dim,
         }
     }
 
@@ -367,32 +390,50 @@ impl QueryEncoder {
         }
     }
 
-    /// Embeds a text query (prompt template applied), from the cache when possible.
-    pub async fn embed_query(&self, query: &str) -> Result<(String, Vec<f32>), EncoderError> {
+    /// Embeds a text query (prompt template applied), from the cache when possible (keyed by
+    /// the model's fingerprint: another model's vectors are never served from it).
+    pub async fn embed_query(
+        &self,
+        query: &str,
+    ) -> Result<Embedded<(String, Vec<f32>)>, EncoderError> {
         let info = self.model_info().await?;
         let caption = Self::caption(&info.prompt_template, query);
-        let key = (info.name.clone(), caption.clone());
+        let key = (info.fingerprint.clone(), caption.clone());
         if let Some(hit) = self.cache.get(&key).await {
             metrics::cache(true);
-            return Ok((caption, hit.as_ref().clone()));
+            return Ok(Embedded {
+                value: (caption, hit.as_ref().clone()),
+                model: model_of(&info),
+            });
         }
         metrics::cache(false);
         let texts = [caption.clone()];
         let response = self.call(|| self.client.encode_text(&texts)).await?;
-        self.observe(&response.model);
+        let model = self.observe(&response);
         let vector = first_row(response.embeddings)?;
-        self.cache
-            .insert(key, std::sync::Arc::new(vector.clone()))
-            .await;
-        Ok((caption, vector))
+        if model.fingerprint == info.fingerprint {
+            self.cache
+                .insert(key, std::sync::Arc::new(vector.clone()))
+                .await;
+        }
+        Ok(Embedded {
+            value: (caption, vector),
+            model,
+        })
     }
 
-    pub async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, EncoderError> {
+    pub async fn embed_images(
+        &self,
+        images: Vec<Vec<u8>>,
+    ) -> Result<Embedded<Vec<Vec<f32>>>, EncoderError> {
         let response = self
             .call(|| self.client.encode_images(images.clone()))
             .await?;
-        self.observe(&response.model);
-        Ok(response.embeddings)
+        let model = self.observe(&response);
+        Ok(Embedded {
+            value: response.embeddings,
+            model,
+        })
     }
 
     /// Whether the circuit breaker is open or half-open (model-serving failing).
@@ -505,16 +546,23 @@ impl std::fmt::Display for Failed {
 
 #[async_trait::async_trait]
 impl Embedder for QueryEncoder {
-    async fn embed_query(&self, query: &str) -> Result<(String, Vec<f32>), EncoderError> {
+    async fn embed_query(&self, query: &str) -> Result<Embedded<(String, Vec<f32>)>, EncoderError> {
         QueryEncoder::embed_query(self, query).await
     }
 
-    async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, EncoderError> {
+    async fn embed_images(
+        &self,
+        images: Vec<Vec<u8>>,
+    ) -> Result<Embedded<Vec<Vec<f32>>>, EncoderError> {
         QueryEncoder::embed_images(self, images).await
     }
 
-    fn model(&self) -> Option<String> {
-        self.known().map(|info| info.name)
+    fn model(&self) -> Option<IndexModel> {
+        self.known().as_ref().map(model_of)
+    }
+
+    async fn describe(&self) -> Result<IndexModel, EncoderError> {
+        self.model_info().await.map(|info| model_of(&info))
     }
 
     fn relevance_floor(&self) -> Option<f32> {
@@ -523,6 +571,15 @@ impl Embedder for QueryEncoder {
 
     fn breaker_open(&self) -> bool {
         QueryEncoder::breaker_open(self)
+    }
+}
+
+/// The identity an index records, from model-serving's description.
+pub fn model_of(info: &ModelInfo) -> IndexModel {
+    IndexModel {
+        name: info.name.clone(),
+        fingerprint: info.fingerprint.clone(),
+        dim: info.dim,
     }
 }
 

@@ -174,14 +174,35 @@ pub async fn build(
             tracing::warn!(%error, "model-serving not reachable yet; searches answer 503 until it is")
         }
     }
-    if let (Ok(info), Some(dim)) = (encoder.model_info().await, index.dim())
-        && info.dim != dim
-    {
-        anyhow::bail!(
-            "the index holds {dim}-dimensional vectors but model {} makes {}-dimensional ones; use another DATA_DIR or collection",
-            info.name,
-            info.dim
-        );
+    // The index's model must be the one model-serving serves. An index made before models
+    // were recorded takes it when the vector sizes agree; a mismatch is logged here and
+    // refused per request (searches by words still work), until a re-index or the right model.
+    if let Ok(info) = encoder.model_info().await {
+        let serving = encoder::model_of(&info);
+        match (index.model(), index.dim()) {
+            (Some(recorded), _) if recorded.fingerprint != serving.fingerprint => {
+                tracing::error!(
+                    index_model = %recorded,
+                    serving_model = %serving,
+                    "the index was made by another model than model-serving serves: searches by meaning and writes are refused; re-index (etl reindex) or serve the index's model"
+                );
+            }
+            (None, Some(dim)) if dim != serving.dim => anyhow::bail!(
+                "the index holds {dim}-dimensional vectors but model {serving} makes {}-dimensional ones; use another DATA_DIR or collection, or re-index",
+                serving.dim
+            ),
+            (None, Some(_)) => {
+                tracing::warn!(
+                    model = %serving,
+                    "the index records no model (made before models were recorded); it is taken to be model-serving's"
+                );
+                index
+                    .adopt(&serving)
+                    .await
+                    .context("recording the index's model")?;
+            }
+            _ => {}
+        }
     }
 
     let engine = SearchEngine::new(
@@ -190,6 +211,14 @@ pub async fn build(
         Arc::new(encoder),
         Duration::from_secs(config.optimize_after_secs),
     );
+    if let Some(url) = &config.model_serving_next_url {
+        let next = QueryEncoder::new(
+            ModelServingClient::new(url.clone(), Duration::from_secs(20))?,
+            EncoderSettings::default(),
+        );
+        engine.set_next_model(Arc::new(next));
+        tracing::info!(next = %url, "a next model is configured for re-indexing");
+    }
     // An index made before keyword vectors gets them in the background; until then text
     // searches match by meaning (and say so).
     if engine.index().dim().is_some() {

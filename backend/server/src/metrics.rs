@@ -2,7 +2,7 @@
 //! of encode / index_search / presign / total, `kind` text / image / similar, `result` hit / miss,
 //! `upstream` model-serving / index / storage, `operation` a fixed verb, `outcome` hits / empty /
 //! below_floor, `check` one of the canary's [`QUALITY_CHECKS`], `sample` points / objects and
-//! `problem` one of [`CATALOGUE_PROBLEMS`].
+//! `problem` one of [`CATALOGUE_PROBLEMS`], `outcome` of a re-index one of [`REINDEX_OUTCOMES`].
 
 use std::time::Duration;
 
@@ -17,6 +17,10 @@ pub const BREAKER_OPEN: &str = "backend_model_breaker_open";
 pub const INDEX_POINTS: &str = "backend_index_points";
 pub const INGESTED_ITEMS_TOTAL: &str = "backend_ingested_items_total";
 pub const INDEX_OPERATION_SECONDS: &str = "backend_index_operation_seconds";
+pub const MODEL_MISMATCH_TOTAL: &str = "backend_model_mismatch_total";
+pub const REINDEX_ITEMS_TOTAL: &str = "backend_reindex_items_total";
+pub const REINDEX_RUNNING: &str = "backend_reindex_running";
+pub const REINDEX_PROGRESS: &str = "backend_reindex_progress_ratio";
 pub const SEARCH_QUALITY_SCORE: &str = "search_quality_score";
 pub const SEARCH_QUALITY_QUESTIONS: &str = "search_quality_questions";
 pub const SEARCH_QUALITY_LAST_RUN: &str = "search_quality_last_run_timestamp_seconds";
@@ -52,6 +56,9 @@ pub const QUALITY: &[&str] = &[
     SEARCH_QUALITY_RUN_SECONDS,
 ];
 
+/// What a re-index did with each item (`outcome` label of [`REINDEX_ITEMS_TOTAL`]).
+pub const REINDEX_OUTCOMES: [&str; 4] = ["embedded", "kept", "dropped", "removed"];
+
 /// The `kind` label's values.
 pub const SEARCH_KINDS: [&str; 3] = ["text", "image", "similar"];
 /// The `outcome` label's values.
@@ -70,6 +77,10 @@ pub const ALL: &[&str] = &[
     INDEX_POINTS,
     INGESTED_ITEMS_TOTAL,
     INDEX_OPERATION_SECONDS,
+    MODEL_MISMATCH_TOTAL,
+    REINDEX_ITEMS_TOTAL,
+    REINDEX_RUNNING,
+    REINDEX_PROGRESS,
 ];
 
 pub fn describe() {
@@ -147,7 +158,33 @@ pub fn describe() {
         Unit::Seconds,
         "Unix time of the last completed catalogue check."
     );
+    describe_counter!(
+        MODEL_MISMATCH_TOTAL,
+        Unit::Count,
+        "Searches and writes refused because the index holds another model's vectors than model-serving's (or the batch's) model."
+    );
+    describe_counter!(
+        REINDEX_ITEMS_TOTAL,
+        Unit::Count,
+        "Items a re-index handled, by outcome: embedded (re-embedded into the new index), kept (already there: a resumed re-index), dropped (its object is gone or the model refused it), removed (deleted from the live index meanwhile)."
+    );
+    describe_gauge!(
+        REINDEX_RUNNING,
+        Unit::Count,
+        "1 while a re-index runs on this backend, else 0."
+    );
+    describe_gauge!(
+        REINDEX_PROGRESS,
+        Unit::Count,
+        "Share of the live index's items the running (or last) re-index has handled, 0 to 1."
+    );
     breaker_state(false);
+    metrics::counter!(MODEL_MISMATCH_TOTAL).increment(0);
+    metrics::gauge!(REINDEX_RUNNING).set(0.0);
+    metrics::gauge!(REINDEX_PROGRESS).set(0.0);
+    for outcome in REINDEX_OUTCOMES {
+        metrics::counter!(REINDEX_ITEMS_TOTAL, "outcome" => outcome).increment(0);
+    }
     // Error series exist from the start at 0, so rates and alerts over them are defined before
     // the first failure.
     for upstream in UPSTREAMS {
@@ -219,6 +256,19 @@ pub fn breaker_state(open: bool) {
 
 pub fn index_points(points: u64) {
     metrics::gauge!(INDEX_POINTS).set(points as f64);
+}
+
+pub fn model_mismatch() {
+    metrics::counter!(MODEL_MISMATCH_TOTAL).increment(1);
+}
+
+pub fn reindexed(outcome: &'static str, items: usize) {
+    metrics::counter!(REINDEX_ITEMS_TOTAL, "outcome" => outcome).increment(items as u64);
+}
+
+pub fn reindex_state(running: bool, progress: f64) {
+    metrics::gauge!(REINDEX_RUNNING).set(if running { 1.0 } else { 0.0 });
+    metrics::gauge!(REINDEX_PROGRESS).set(progress.clamp(0.0, 1.0));
 }
 
 pub fn ingested(items: usize) {

@@ -11,6 +11,7 @@ mod catalog;
 mod facets;
 mod ingest;
 mod query;
+pub mod reindex;
 #[cfg(test)]
 mod tests;
 
@@ -25,7 +26,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::encoder::{Embedder, EncoderError};
-use crate::index::{Filter, IndexError, VectorIndex};
+use crate::index::{Filter, IndexError, IndexModel, VectorIndex};
 use crate::metrics;
 use crate::storage::{ObjectStore, StorageError};
 use facets::FacetSnapshot;
@@ -34,6 +35,8 @@ pub const DEFAULT_K: usize = 20;
 pub use backend_api::{MAX_PAGE as MAX_K, MAX_RESULT_DEPTH as MAX_DEPTH};
 pub const MAX_BATCH: usize = 1000;
 pub const MAX_QUERY_CHARS: usize = 500;
+/// What a caller refused for a model mismatch is told to wait: it lasts until an operator acts.
+const MODEL_MISMATCH_RETRY: Duration = Duration::from_secs(30);
 /// Stripes of the per-object lock: adds and deletes of the same object key are serialised.
 const OBJECT_LOCK_STRIPES: usize = 64;
 /// How long (and how many) object keys removed by deletes are remembered for batch ingests.
@@ -52,6 +55,15 @@ pub enum SearchError {
     /// A batch item names an object that a delete removed while the batch was on its way.
     #[error("object {0} was deleted meanwhile; store it again, then retry")]
     ObjectGone(String),
+    /// Searching or writing would mix two models' vectors.
+    #[error(
+        "the index holds vectors of model {index}, but {other_source} is {other}: re-index with `etl reindex`, or serve the index's model"
+    )]
+    ModelMismatch {
+        index: IndexModel,
+        other: String,
+        other_source: &'static str,
+    },
     #[error(transparent)]
     Encoder(#[from] EncoderError),
     #[error(transparent)]
@@ -68,6 +80,7 @@ impl SearchError {
             Self::NotAnImage(_) => ErrorKind::UnsupportedImage,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::ObjectGone(_) => ErrorKind::ObjectMissing,
+            Self::ModelMismatch { .. } => ErrorKind::ModelMismatch,
             Self::Encoder(e) => e.kind(),
             Self::Index(IndexError::Dimension { .. }) => ErrorKind::DimensionMismatch,
             Self::Index(IndexError::Unavailable(_)) => ErrorKind::IndexUnavailable,
@@ -81,6 +94,7 @@ impl SearchError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Encoder(e) => e.retry_after(),
+            Self::ModelMismatch { .. } => Some(MODEL_MISMATCH_RETRY),
             _ => None,
         }
     }
@@ -94,7 +108,13 @@ struct OptimizeScheduler {
 pub struct SearchEngine {
     index: Arc<dyn VectorIndex>,
     store: ObjectStore,
-    encoder: Arc<dyn Embedder>,
+    /// Replaced when a re-index with another model-serving's model is promoted.
+    encoder: std::sync::RwLock<Arc<dyn Embedder>>,
+    /// Writes hold it shared; a re-index's last catch-up and switch hold it alone, so that no
+    /// write lands in the old index after its last look.
+    writes: tokio::sync::RwLock<()>,
+    /// The re-index under way or last run (`POST /v1/admin/reindex`).
+    reindex: reindex::Jobs,
     optimize: Arc<OptimizeScheduler>,
     /// Known values of each filter field: what filters are checked against.
     facets: FacetSnapshot,
@@ -137,7 +157,9 @@ impl SearchEngine {
         let engine = Arc::new(Self {
             index,
             store,
-            encoder,
+            encoder: std::sync::RwLock::new(encoder),
+            writes: tokio::sync::RwLock::new(()),
+            reindex: reindex::Jobs::default(),
             optimize: optimize.clone(),
             facets: FacetSnapshot::new(facets::SNAPSHOT_TTL),
             object_locks: (0..OBJECT_LOCK_STRIPES)
@@ -178,8 +200,55 @@ impl SearchEngine {
         &self.index
     }
 
-    pub fn encoder(&self) -> &Arc<dyn Embedder> {
-        &self.encoder
+    pub fn encoder(&self) -> Arc<dyn Embedder> {
+        self.encoder
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Refuses a search whose query vector `model` made when the index holds another model's
+    /// vectors. An index with no recorded model (empty, or made before models were recorded)
+    /// takes any of the right size.
+    fn check_model(&self, model: &IndexModel) -> Result<(), SearchError> {
+        match self.index.model() {
+            Some(index) if index.fingerprint != model.fingerprint => {
+                metrics::model_mismatch();
+                Err(SearchError::ModelMismatch {
+                    index,
+                    other: model.to_string(),
+                    other_source: "model-serving's model",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether model-serving (as last reported) serves another model than the index's.
+    fn serving_another_model(&self) -> bool {
+        match (self.index.model(), self.encoder().model()) {
+            (Some(index), Some(serving)) => index.fingerprint != serving.fingerprint,
+            _ => false,
+        }
+    }
+
+    /// Before a write of `model`'s vectors: the index must be that model's, or take it (a new
+    /// index, or one made before models were recorded, of the same vector size).
+    async fn admit_model(&self, model: &IndexModel) -> Result<(), SearchError> {
+        match self.index.model() {
+            Some(index) if index.fingerprint == model.fingerprint => Ok(()),
+            Some(_) => self.check_model(model),
+            None => {
+                if self.index.dim().is_some() {
+                    tracing::warn!(
+                        model = %model,
+                        "the index records no model (made before models were recorded); it is taken to be this one's"
+                    );
+                }
+                self.index.adopt(model).await?;
+                Ok(())
+            }
+        }
     }
 
     pub fn store(&self) -> &ObjectStore {

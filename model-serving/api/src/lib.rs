@@ -32,6 +32,8 @@ pub struct EncodeImageRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EmbeddingsResponse {
     pub model: String,
+    /// The fingerprint of the model files that made these vectors (see [`ModelInfo::fingerprint`]).
+    pub fingerprint: String,
     pub dim: usize,
     pub embeddings: Vec<Vec<f32>>,
 }
@@ -40,6 +42,10 @@ pub struct EmbeddingsResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelInfo {
     pub name: String,
+    /// What made the vectors: `sha256:` and 16 hex digits over the ONNX files, the tokenizer and
+    /// the preprocessing. Two folders with the same fingerprint make the same vectors; an index
+    /// records the fingerprint of the model that made it.
+    pub fingerprint: String,
     pub dim: usize,
     pub image_size: u32,
     pub context_length: usize,

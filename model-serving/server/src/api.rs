@@ -175,6 +175,7 @@ async fn not_found() -> ApiError {
 fn embeddings(encoder: &ClipEncoder, embeddings: Vec<Vec<f32>>) -> Json<EmbeddingsResponse> {
     Json(EmbeddingsResponse {
         model: encoder.spec().name.clone(),
+        fingerprint: encoder.fingerprint().to_owned(),
         dim: encoder.spec().embedding_dim,
         embeddings,
     })

@@ -142,6 +142,8 @@ impl EncodeError {
 
 pub struct ClipEncoder {
     spec: ModelSpec,
+    /// [`crate::model::fingerprint`] of the loaded folder.
+    fingerprint: String,
     preprocessor: Arc<Preprocessor>,
     tokenizer: Arc<TextTokenizer>,
     images: Batcher<Vec<f32>>,
@@ -168,6 +170,13 @@ impl ClipEncoder {
         }
         let dir = &config.model_dir;
         let spec = ModelSpec::load(dir)?;
+        // The fingerprint reads every byte of the models: beside the session loads, not before.
+        let fingerprinting = {
+            let (dir, spec) = (dir.clone(), spec.clone());
+            std::thread::Builder::new()
+                .name("model-fingerprint".into())
+                .spawn(move || crate::model::fingerprint(&dir, &spec))?
+        };
         let env = onnx::environment(&config.ort_library)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let sessions = config.vision_sessions.max(1);
@@ -241,8 +250,12 @@ impl ClipEncoder {
             text.run(batch.ids, batch.mask, batch.rows, batch.len)
                 .map_err(|e| e.to_string())
         })?;
+        let fingerprint = fingerprinting
+            .join()
+            .map_err(|_| LoadError::Check("the fingerprint thread panicked".into()))??;
         tracing::info!(
             model = %spec.name,
+            %fingerprint,
             dim = spec.embedding_dim,
             image_size = spec.image_size,
             folder = %dir.display(),
@@ -258,6 +271,7 @@ impl ClipEncoder {
         };
         Ok(Self {
             spec,
+            fingerprint,
             preprocessor,
             tokenizer,
             images,
@@ -275,9 +289,14 @@ impl ClipEncoder {
         &self.config.model_dir
     }
 
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     pub fn info(&self) -> ModelInfo {
         ModelInfo {
             name: self.spec.name.clone(),
+            fingerprint: self.fingerprint.clone(),
             dim: self.spec.embedding_dim,
             image_size: self.spec.image_size,
             context_length: self.spec.context_length,

@@ -73,7 +73,8 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         | K::ModelUnavailable
         | K::ModelOverloaded
         | K::IndexUnavailable
-        | K::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        | K::StorageUnavailable
+        | K::ModelMismatch => StatusCode::SERVICE_UNAVAILABLE,
         K::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -122,7 +123,7 @@ impl From<SearchError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status(self.kind);
-        let message = if status.is_server_error() {
+        let message = if status.is_server_error() && !self.kind.detail_is_public() {
             self.kind.operator_message().to_owned()
         } else {
             self.message

@@ -90,7 +90,10 @@ pub(super) async fn ingest_batch(
     body: Result<Json<IngestBatchRequest>, JsonRejection>,
 ) -> Result<Json<IngestBatchResponse>, ApiError> {
     let Json(body) = body.map_err(json_error)?;
-    let upserted = state.engine.ingest(body.items).await?;
+    let upserted = state
+        .engine
+        .ingest(body.items, body.model.as_deref())
+        .await?;
     Ok(Json(IngestBatchResponse { upserted }))
 }
 

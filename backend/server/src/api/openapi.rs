@@ -16,14 +16,15 @@ use super::{images, search};
         search::search_text, search::search_image, search::search_reference, search::similar,
         images::get_image, images::delete_image, images::list_images, search::stats,
         search::facets, images::ingest_batch, images::exists, images::add_image,
-        search::query_summary
+        search::query_summary, search::start_reindex, search::reindex_status
     ),
     components(schemas(
         SearchResponse, backend_api::SearchHit, ImageItem, ImageAttributes, ListResponse,
         StatsResponse, FacetsResponse, backend_api::FacetValue, IngestBatchRequest,
         backend_api::IngestItem, IngestBatchResponse, ExistsRequest, ExistsResponse, ErrorBody,
         ErrorDetail, TextSearchRequest, images::AddImageUrl, DeleteResponse, backend_api::SearchMode,
-        backend_api::QuerySummaryResponse, backend_api::QueryCount
+        backend_api::QuerySummaryResponse, backend_api::QueryCount, backend_api::ReindexRequest,
+        backend_api::ReindexModel, backend_api::ReindexStatus, backend_api::ReindexState
     )),
     modifiers(&ApiKeyScheme)
 )]

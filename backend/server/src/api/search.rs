@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Multipart, Path, Request, State};
 use backend_api::{
-    ErrorKind, FacetsResponse, Filters, QuerySummaryResponse, SearchMode, SearchParams,
-    SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
+    ErrorKind, FacetsResponse, Filters, QuerySummaryResponse, ReindexRequest, ReindexStatus,
+    SearchMode, SearchParams, SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
 };
 use uuid::Uuid;
 
@@ -73,6 +73,50 @@ pub(super) async fn query_summary(
         ));
     }
     Ok(Json(summary.snapshot(limit)))
+}
+
+/// Re-index: every stored image embedded again into a new index beside the live one (which
+/// keeps serving), then one switch. `model: current` re-embeds with the model model-serving
+/// serves; `model: next` with `MODEL_SERVING_NEXT_URL`'s, and searches move to it at the
+/// switch. Answers at once (202) with the run's status; a run under way is answered, not
+/// started twice. Running it again after a failure resumes. Needs the write key.
+#[utoipa::path(post, path = "/v1/admin/reindex", request_body = ReindexRequest, security(("api_key" = [])),
+    responses(
+        (status = 202, body = ReindexStatus),
+        InvalidInput,
+        WriteRefused,
+        RateLimited,
+        Faults,
+    )
+)]
+pub(super) async fn start_reindex(
+    State(state): State<AppState>,
+    body: Result<Json<ReindexRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<ReindexStatus>), ApiError> {
+    let Json(body) = body.map_err(super::extract::json_error)?;
+    let status = state.engine.start_reindex(body.model).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(status)))
+}
+
+/// The re-index under way, or the last one since the backend started. Needs the write key.
+#[utoipa::path(get, path = "/v1/admin/reindex", security(("api_key" = [])),
+    responses(
+        (status = 200, body = ReindexStatus),
+        WriteRefused,
+        NotFound,
+        RateLimited,
+        Faults,
+    )
+)]
+pub(super) async fn reindex_status(
+    State(state): State<AppState>,
+) -> Result<Json<ReindexStatus>, ApiError> {
+    state.engine.reindex_status().map(Json).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::NotFound,
+            "no re-index has run since the backend started: POST /v1/admin/reindex starts one",
+        )
+    })
 }
 
 /// `GET /v1/admin/queries?limit=`.

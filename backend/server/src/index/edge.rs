@@ -25,16 +25,75 @@ use uuid::Uuid;
 
 use super::keywords::{self, KEYWORDS, SparseVector};
 use super::{
-    Filter, IndexError, IndexQuery, Point, Record, ScoredPoint, SearchRequest, SearchTuning,
-    StoredPayload, VectorIndex,
+    Filter, IndexError, IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest,
+    SearchTuning, StoredPayload, VectorIndex,
 };
 
 pub struct EdgeIndex {
-    dir: PathBuf,
+    /// `DATA_DIR/index`: the lock, the pointer to the live store, the stores and their models.
+    root: PathBuf,
     tuning: SearchTuning,
-    /// Created on the first write when the store is new (the vector size comes with it).
-    shard: RwLock<Option<Arc<EdgeShard>>>,
-    _owner: File,
+    live: RwLock<Live>,
+    /// The process's hold on the folder; a re-index target shares its parent's.
+    _owner: Option<File>,
+    /// The re-index target made by [`VectorIndex::rebuild_target`], until promoted.
+    target: std::sync::Mutex<Option<Arc<EdgeIndex>>>,
+}
+
+/// The live store: its folder under the root, its engine (created on the first write when the
+/// store is new: the vector size comes with it) and the model that made its vectors.
+struct Live {
+    name: String,
+    shard: Option<Arc<EdgeShard>>,
+    model: Option<IndexModel>,
+}
+
+/// The store of an index made before re-indexing existed; later stores are named by model.
+const FIRST_STORE: &str = "shard";
+/// The file naming the live store; replaced whole (written beside, then renamed) on promotion.
+const POINTER: &str = "current";
+
+fn unavailable_at(path: &Path, e: impl std::fmt::Display) -> IndexError {
+    IndexError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+fn model_file(root: &Path, store: &str) -> PathBuf {
+    root.join(format!("{store}.model.json"))
+}
+
+fn read_model(root: &Path, store: &str) -> Result<Option<IndexModel>, IndexError> {
+    let path = model_file(root, store);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| IndexError::Internal(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unavailable_at(&path, e)),
+    }
+}
+
+/// Writes `bytes` to `path` so that a reader (or a crash) sees the old file or the new one,
+/// never a part: a temporary file beside it, synced, renamed over it, the folder synced.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(|e| unavailable_at(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| unavailable_at(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| unavailable_at(path, e))?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| unavailable_at(parent, e))?;
+    }
+    Ok(())
+}
+
+fn write_model(root: &Path, store: &str, model: &IndexModel) -> Result<(), IndexError> {
+    let bytes = serde_json::to_vec_pretty(model)
+        .map_err(|e| IndexError::Internal(format!("model record: {e}")))?;
+    replace_file(&model_file(root, store), &bytes)
 }
 
 fn internal(e: OperationError) -> IndexError {
@@ -115,13 +174,11 @@ fn uuid_of(id: &PointId) -> Option<Uuid> {
 }
 
 impl EdgeIndex {
-    /// Opens the store in `dir`, or prepares a new one there.
+    /// Opens the live store under `dir`, or prepares a new one there.
     pub fn open(dir: &Path, tuning: SearchTuning) -> Result<Self, IndexError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| IndexError::Unavailable(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| unavailable_at(dir, e))?;
         let lock_path = dir.join("owner.lock");
-        let owner = File::create(&lock_path)
-            .map_err(|e| IndexError::Unavailable(format!("{}: {e}", lock_path.display())))?;
+        let owner = File::create(&lock_path).map_err(|e| unavailable_at(&lock_path, e))?;
         match owner.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -130,14 +187,33 @@ impl EdgeIndex {
                     dir.display()
                 )));
             }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(IndexError::Unavailable(format!(
-                    "{}: {e}",
-                    lock_path.display()
-                )));
-            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(unavailable_at(&lock_path, e)),
         }
-        let shard_dir = dir.join("shard");
+        let pointer = dir.join(POINTER);
+        let name = match std::fs::read_to_string(&pointer) {
+            Ok(name) => name.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FIRST_STORE.to_owned(),
+            Err(e) => return Err(unavailable_at(&pointer, e)),
+        };
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(IndexError::Internal(format!(
+                "{} names no store: {name:?}",
+                pointer.display()
+            )));
+        }
+        let index = Self::store(dir, &name, tuning, Some(owner))?;
+        index.remove_leftovers();
+        Ok(index)
+    }
+
+    /// The store `name` under `root`: loaded when it exists, else made on the first write.
+    fn store(
+        root: &Path,
+        name: &str,
+        tuning: SearchTuning,
+        owner: Option<File>,
+    ) -> Result<Self, IndexError> {
+        let shard_dir = root.join(name);
         let shard = if EdgeConfig::load(&shard_dir).is_some() {
             // Only the pool size is given: everything else keeps what the shard was made with.
             let pool = EdgeConfig::builder()
@@ -149,16 +225,59 @@ impl EdgeIndex {
         } else {
             None
         };
+        let model = read_model(root, name)?;
         Ok(Self {
-            dir: shard_dir,
+            root: root.to_owned(),
             tuning,
-            shard: RwLock::new(shard),
+            live: RwLock::new(Live {
+                name: name.to_owned(),
+                shard,
+                model,
+            }),
             _owner: owner,
+            target: std::sync::Mutex::new(None),
         })
     }
 
+    /// Stores that a promotion replaced but could not remove (the process stopped first).
+    /// A re-index target that was never promoted is kept: the next re-index resumes it.
+    fn remove_leftovers(&self) {
+        let live = self.live_name();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let replaced = self.root.join(format!("{name}.replaced"));
+            if name != live && replaced.exists() {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&replaced);
+                        let _ = std::fs::remove_file(model_file(&self.root, &name));
+                        tracing::info!(store = %name, "replaced embedded index removed");
+                    }
+                    Err(error) => {
+                        tracing::warn!(store = %name, %error, "cannot remove a replaced index")
+                    }
+                }
+            }
+        }
+    }
+
+    fn live_name(&self) -> String {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .name
+            .clone()
+    }
+
     fn current(&self) -> Option<Arc<EdgeShard>> {
-        self.shard.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .shard
+            .clone()
     }
 
     /// The shard, created for vectors of `dim` if the store is new.
@@ -180,10 +299,11 @@ impl EdgeIndex {
     }
 
     fn shard_with(&self, dim: usize, keywords: bool) -> Result<Arc<EdgeShard>, IndexError> {
-        let mut guard = self.shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(shard) = guard.as_ref() {
+        let mut guard = self.live.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(shard) = guard.shard.as_ref() {
             return Ok(shard.clone());
         }
+        let dir = self.root.join(&guard.name);
         let mut config = EdgeConfig::builder().vector(
             DEFAULT_VECTOR_NAME,
             EdgeVectorParams::builder(dim, Distance::Cosine).build(),
@@ -197,7 +317,7 @@ impl EdgeIndex {
             );
         }
         let config = config.max_search_threads(self.tuning.threads).build();
-        let shard = EdgeShard::new(&self.dir, config).map_err(internal)?;
+        let shard = EdgeShard::new(&dir, config).map_err(internal)?;
         for field in Filters::FIELDS {
             shard
                 .update(UpdateOperation::FieldIndexOperation(
@@ -210,10 +330,18 @@ impl EdgeIndex {
                 ))
                 .map_err(internal)?;
         }
-        tracing::info!(dir = %self.dir.display(), dim, "embedded index created");
+        tracing::info!(dir = %dir.display(), dim, "embedded index created");
         let shard = Arc::new(shard);
-        *guard = Some(shard.clone());
+        guard.shard = Some(shard.clone());
         Ok(shard)
+    }
+
+    fn target_for(&self, name: &str) -> Option<Arc<EdgeIndex>> {
+        self.target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|target| target.live_name() == name)
     }
 
     /// Runs blocking engine work off the async runtime.
@@ -290,6 +418,117 @@ impl VectorIndex for EdgeIndex {
     fn has_keywords(&self) -> bool {
         self.current()
             .is_none_or(|shard| shard.config().sparse_vectors.contains_key(KEYWORDS))
+    }
+
+    fn model(&self) -> Option<IndexModel> {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .model
+            .clone()
+    }
+
+    async fn adopt(&self, model: &IndexModel) -> Result<(), IndexError> {
+        if let Some(dim) = self.dim()
+            && dim != model.dim
+        {
+            return Err(IndexError::Dimension {
+                expected: dim,
+                got: model.dim,
+            });
+        }
+        let shard = self.shard_for(model.dim)?;
+        let (root, name, record) = (self.root.clone(), self.live_name(), model.clone());
+        tokio::task::spawn_blocking(move || write_model(&root, &name, &record))
+            .await
+            .map_err(|e| IndexError::Internal(format!("index task failed: {e}")))??;
+        drop(shard);
+        self.live.write().unwrap_or_else(|e| e.into_inner()).model = Some(model.clone());
+        Ok(())
+    }
+
+    async fn rebuild_target(&self, model: &IndexModel) -> Result<Arc<dyn VectorIndex>, IndexError> {
+        let name = model.target_name("shard", &self.live_name());
+        if let Some(target) = self.target_for(&name) {
+            return Ok(target);
+        }
+        let (root, tuning, record) = (self.root.clone(), self.tuning, model.clone());
+        let target = tokio::task::spawn_blocking(move || -> Result<EdgeIndex, IndexError> {
+            let target = Self::store(&root, &name, tuning, None)?;
+            if let Some(recorded) = &target.live.read().unwrap_or_else(|e| e.into_inner()).model
+                && recorded.fingerprint != record.fingerprint
+            {
+                return Err(IndexError::Internal(format!(
+                    "{} holds vectors of {recorded}, not of {record}",
+                    root.join(&name).display()
+                )));
+            }
+            target.shard_for(record.dim)?;
+            write_model(&root, &name, &record)?;
+            target.live.write().unwrap_or_else(|e| e.into_inner()).model = Some(record);
+            Ok(target)
+        })
+        .await
+        .map_err(|e| IndexError::Internal(format!("index task failed: {e}")))??;
+        let target = Arc::new(target);
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.clone());
+        Ok(target)
+    }
+
+    async fn promote(&self, model: &IndexModel) -> Result<(), IndexError> {
+        let name = model.target_name("shard", &self.live_name());
+        let target = self.target_for(&name).ok_or_else(|| {
+            IndexError::Internal(format!("no re-index into {name} is under way to promote"))
+        })?;
+        target.flush().await?;
+        let root = self.root.clone();
+        let pointer_to = name.clone();
+        tokio::task::spawn_blocking(move || {
+            replace_file(&root.join(POINTER), pointer_to.as_bytes())
+        })
+        .await
+        .map_err(|e| IndexError::Internal(format!("index task failed: {e}")))??;
+        let (shard, model) = {
+            let target = target.live.read().unwrap_or_else(|e| e.into_inner());
+            (target.shard.clone(), target.model.clone())
+        };
+        let old = {
+            let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+            let old_name = std::mem::replace(&mut live.name, name.clone());
+            live.model = model;
+            (old_name, std::mem::replace(&mut live.shard, shard))
+        };
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        tracing::info!(store = %name, replaced = %old.0, "embedded index promoted");
+        // The old store goes once the searches still holding it are done (or at the next start).
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let (old_name, mut held) = old;
+            let _ = File::create(root.join(format!("{old_name}.replaced")));
+            for _ in 0..600 {
+                match held.take().map(Arc::try_unwrap) {
+                    None | Some(Ok(_)) => break,
+                    Some(Err(still_held)) => {
+                        held = Some(still_held);
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+            }
+            if held.is_some() {
+                tracing::warn!(store = %old_name, "the replaced index is still in use; it goes at the next start");
+                return;
+            }
+            match std::fs::remove_dir_all(root.join(&old_name)) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(root.join(format!("{old_name}.replaced")));
+                    let _ = std::fs::remove_file(model_file(&root, &old_name));
+                }
+                Err(error) => {
+                    tracing::warn!(store = %old_name, %error, "cannot remove the replaced index yet; it goes at the next start")
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {

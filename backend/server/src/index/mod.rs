@@ -9,6 +9,8 @@ pub mod edge;
 pub mod keywords;
 pub mod server;
 
+use std::sync::Arc;
+
 use backend_api::{Filters, ImageAttributes};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -20,6 +22,60 @@ pub struct StoredPayload {
     pub created_at: String,
     #[serde(flatten)]
     pub attributes: ImageAttributes,
+}
+
+/// The model whose vectors an index holds, recorded when the index is made (a Qdrant
+/// collection's metadata; a file beside the embedded store). Searching or writing with another
+/// model's vectors is refused: they would be compared with vectors of a different space.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IndexModel {
+    pub name: String,
+    /// model-serving's fingerprint of the model files (`GET /v1/model`).
+    pub fingerprint: String,
+    pub dim: usize,
+}
+
+impl IndexModel {
+    /// What names the store (collection, folder) made for this model's vectors: the
+    /// fingerprint's hex digits, `base-<hex>`; `rebuilt` gives the other of the two names a
+    /// model's store alternates between, so a re-index with the same model has a fresh target.
+    pub fn store_name(&self, base: &str, rebuilt: bool) -> String {
+        let hex: String = self
+            .fingerprint
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(16)
+            .collect();
+        if rebuilt {
+            format!("{base}-{hex}-rebuilt")
+        } else {
+            format!("{base}-{hex}")
+        }
+    }
+
+    /// The store a re-index with this model writes into, given the live store's name: the
+    /// model's name, or its alternate when the live store already has that name.
+    pub fn target_name(&self, base: &str, live: &str) -> String {
+        let first = self.store_name(base, false);
+        if live == first {
+            self.store_name(base, true)
+        } else {
+            first
+        }
+    }
+}
+
+impl std::fmt::Display for IndexModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, {} dimensions)",
+            self.name, self.fingerprint, self.dim
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +201,20 @@ pub enum IndexError {
 pub trait VectorIndex: Send + Sync {
     /// The vector size, once the index exists.
     fn dim(&self) -> Option<usize>;
+    /// The model that made the vectors, as recorded; `None` while the index does not exist, or
+    /// when it was made before models were recorded.
+    fn model(&self) -> Option<IndexModel>;
+    /// Makes the index for `model`'s vectors if there is none, and records the model (an index
+    /// made before models were recorded takes it, when the vector sizes agree).
+    async fn adopt(&self, model: &IndexModel) -> Result<(), IndexError>;
+    /// A new, empty index for `model` beside the live one (or the one a stopped re-index left,
+    /// with what it holds: a re-index resumes), to be filled and then made live by
+    /// [`VectorIndex::promote`]. The live index keeps serving meanwhile.
+    async fn rebuild_target(&self, model: &IndexModel) -> Result<Arc<dyn VectorIndex>, IndexError>;
+    /// Makes the target of [`VectorIndex::rebuild_target`] for `model` the live index, in one
+    /// step that every reader sees at once (a Qdrant alias; the embedded engine's pointer file),
+    /// and removes the old one.
+    async fn promote(&self, model: &IndexModel) -> Result<(), IndexError>;
     /// Whether points carry keyword vectors (an index made before them does not).
     fn has_keywords(&self) -> bool;
     /// Inserts or replaces points by id.

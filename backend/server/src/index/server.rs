@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::keywords::{self, KEYWORDS, SparseVector};
 use super::{
-    Filter, IndexError, IndexQuery, Point, Record, ScoredPoint, SearchRequest, SearchTuning,
-    StoredPayload, VectorIndex,
+    Filter, IndexError, IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest,
+    SearchTuning, StoredPayload, VectorIndex,
 };
 
 /// How a new collection is laid out over a Qdrant cluster; `None`: Qdrant's default.
@@ -35,8 +35,12 @@ pub struct ClusterLayout {
 }
 
 pub struct QdrantServerIndex {
-    client: Qdrant,
+    client: std::sync::Arc<Qdrant>,
+    /// What points are read and written through: the alias of the live collection (or, for a
+    /// collection made before re-indexing existed, its own name); a re-index target's name.
     collection: String,
+    /// The model recorded in the live collection's metadata.
+    model: RwLock<Option<IndexModel>>,
     tuning: SearchTuning,
     dim: RwLock<Option<usize>>,
     /// Whether the collection has keyword vectors (one made before them has not).
@@ -103,6 +107,17 @@ where
     })
     .await
     .map_err(|ServerError(e)| unavailable(e))
+}
+
+/// The collection metadata key holding the [`IndexModel`] that made its vectors.
+const MODEL_METADATA: &str = "model";
+
+fn model_metadata(
+    model: &IndexModel,
+) -> Result<std::collections::HashMap<String, Value>, IndexError> {
+    let value = serde_json::to_value(model)
+        .map_err(|e| IndexError::Internal(format!("model record: {e}")))?;
+    Ok([(MODEL_METADATA.to_owned(), value)].into())
 }
 
 /// The gRPC filter for our keyword matches.
@@ -173,17 +188,39 @@ impl QdrantServerIndex {
             .skip_compatibility_check()
             .build()
             .map_err(unavailable)?;
-        let index = Self {
+        let index = Self::named(std::sync::Arc::new(client), collection, tuning);
+        index.read_dim().await?;
+        Ok(index)
+    }
+
+    fn named(client: std::sync::Arc<Qdrant>, collection: &str, tuning: SearchTuning) -> Self {
+        Self {
             client,
             collection: collection.to_owned(),
+            model: RwLock::new(None),
             tuning,
             dim: RwLock::new(None),
             keywords: RwLock::new(true),
             creating: tokio::sync::Mutex::new(()),
             layout: ClusterLayout::default(),
-        };
-        index.read_dim().await?;
-        Ok(index)
+        }
+    }
+
+    /// The collection behind our name: the alias's target, or the collection of that name.
+    async fn resolve(&self) -> Result<Option<String>, IndexError> {
+        let aliases = call("qdrant list aliases", || self.client.list_aliases()).await?;
+        if let Some(alias) = aliases
+            .aliases
+            .into_iter()
+            .find(|a| a.alias_name == self.collection)
+        {
+            return Ok(Some(alias.collection_name));
+        }
+        let exists = call("qdrant collection exists", || {
+            self.client.collection_exists(&self.collection)
+        })
+        .await?;
+        Ok(exists.then(|| self.collection.clone()))
     }
 
     /// Shards and copies for the collection, when this index creates it.
@@ -194,20 +231,22 @@ impl QdrantServerIndex {
 
     /// Reads the vector size of the collection, if it exists, into `dim`.
     async fn read_dim(&self) -> Result<Option<usize>, IndexError> {
-        if !self
-            .client
-            .collection_exists(&self.collection)
-            .await
-            .map_err(unavailable)?
-        {
+        let Some(physical) = self.resolve().await? else {
             return Ok(None);
-        }
+        };
         let info = self
             .client
-            .collection_info(&self.collection)
+            .collection_info(&physical)
             .await
             .map_err(unavailable)?;
-        let params = info.result.and_then(|r| r.config).and_then(|c| c.params);
+        let config = info.result.and_then(|r| r.config);
+        let model = config
+            .as_ref()
+            .map(|c| Value::from(qdrant_client::Payload::from(c.metadata.clone())))
+            .and_then(|metadata| metadata.get(MODEL_METADATA).cloned())
+            .and_then(|v| serde_json::from_value::<IndexModel>(v).ok());
+        *self.model.write().unwrap_or_else(|e| e.into_inner()) = model;
+        let params = config.and_then(|c| c.params);
         let keywords = params
             .as_ref()
             .and_then(|p| p.sparse_vectors_config.as_ref())
@@ -246,8 +285,25 @@ impl QdrantServerIndex {
         if self.dim().is_some() {
             return Ok(());
         }
-        let mut collection = CreateCollectionBuilder::new(&self.collection)
+        self.create_collection(&self.collection, dim, keywords, None)
+            .await
+    }
+
+    /// Creates collection `name` (our name's, or one a model's index is made in) with the
+    /// keyword indexes, recording `model` in its metadata; another writer winning the race is
+    /// fine when its vectors have the same size.
+    async fn create_collection(
+        &self,
+        name: &str,
+        dim: usize,
+        keywords: bool,
+        model: Option<&IndexModel>,
+    ) -> Result<(), IndexError> {
+        let mut collection = CreateCollectionBuilder::new(name)
             .vectors_config(VectorParamsBuilder::new(dim as u64, Distance::Cosine));
+        if let Some(model) = model {
+            collection = collection.metadata(model_metadata(model)?);
+        }
         if keywords {
             collection = collection.sparse_vectors_config(keyword_vectors());
         }
@@ -262,7 +318,8 @@ impl QdrantServerIndex {
         }
         let created = self.client.create_collection(collection).await;
         if let Err(error) = created {
-            return match self.read_dim().await? {
+            let other = Self::named(self.client.clone(), name, self.tuning);
+            return match other.read_dim().await? {
                 Some(expected) if expected == dim => Ok(()),
                 Some(expected) => Err(IndexError::Dimension { expected, got: dim }),
                 None => Err(unavailable(error)),
@@ -271,18 +328,17 @@ impl QdrantServerIndex {
         for field in Filters::FIELDS {
             self.client
                 .create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(
-                        &self.collection,
-                        *field,
-                        FieldType::Keyword,
-                    )
-                    .wait(true),
+                    CreateFieldIndexCollectionBuilder::new(name, *field, FieldType::Keyword)
+                        .wait(true),
                 )
                 .await
                 .map_err(unavailable)?;
         }
-        *self.dim.write().unwrap_or_else(|e| e.into_inner()) = Some(dim);
-        *self.keywords.write().unwrap_or_else(|e| e.into_inner()) = keywords;
+        if name == self.collection {
+            *self.dim.write().unwrap_or_else(|e| e.into_inner()) = Some(dim);
+            *self.keywords.write().unwrap_or_else(|e| e.into_inner()) = keywords;
+            *self.model.write().unwrap_or_else(|e| e.into_inner()) = model.cloned();
+        }
         Ok(())
     }
 
@@ -301,14 +357,113 @@ impl VectorIndex for QdrantServerIndex {
         *self.keywords.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The server's health check: answers even before the collection exists (a count would not
-    /// reach the server then).
+    fn model(&self) -> Option<IndexModel> {
+        self.model.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The server's health check (it answers even before the collection exists: a count would
+    /// not reach the server then), then the collection's model and size read again: another
+    /// replica may have re-indexed and switched the alias.
     async fn probe(&self) -> Result<(), IndexError> {
         self.client
             .health_check()
             .await
             .map(drop)
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        self.read_dim().await.map(drop)
+    }
+
+    async fn adopt(&self, model: &IndexModel) -> Result<(), IndexError> {
+        let _creating = self.creating.lock().await;
+        match self.resolve().await? {
+            Some(physical) => {
+                let dim = self.read_dim().await?;
+                if let Some(dim) = dim
+                    && dim != model.dim
+                {
+                    return Err(IndexError::Dimension {
+                        expected: dim,
+                        got: model.dim,
+                    });
+                }
+                let update = qdrant_client::qdrant::UpdateCollectionBuilder::new(&physical)
+                    .metadata(model_metadata(model)?);
+                call("qdrant update collection", || {
+                    self.client.update_collection(update.clone())
+                })
+                .await?;
+            }
+            None => {
+                // A new index: the model's collection, and our name as its alias, so that a
+                // re-index later switches it in one step.
+                let physical = model.store_name(&self.collection, false);
+                self.create_collection(&physical, model.dim, true, Some(model))
+                    .await?;
+                let alias =
+                    qdrant_client::qdrant::CreateAliasBuilder::new(&physical, &self.collection);
+                call("qdrant create alias", || {
+                    self.client.create_alias(alias.clone())
+                })
+                .await?;
+            }
+        }
+        self.read_dim().await?;
+        Ok(())
+    }
+
+    async fn rebuild_target(
+        &self,
+        model: &IndexModel,
+    ) -> Result<std::sync::Arc<dyn VectorIndex>, IndexError> {
+        let live = self.resolve().await?.unwrap_or_default();
+        let name = model.target_name(&self.collection, &live);
+        let mut target = Self::named(self.client.clone(), &name, self.tuning);
+        target.layout = self.layout;
+        match target.read_dim().await? {
+            Some(_) => {
+                if let Some(recorded) = target.model()
+                    && recorded.fingerprint != model.fingerprint
+                {
+                    return Err(IndexError::Internal(format!(
+                        "collection {name} holds vectors of {recorded}, not of {model}"
+                    )));
+                }
+            }
+            None => {
+                target
+                    .create_collection(&name, model.dim, true, Some(model))
+                    .await?
+            }
+        }
+        Ok(std::sync::Arc::new(target))
+    }
+
+    async fn promote(&self, model: &IndexModel) -> Result<(), IndexError> {
+        let live = self.resolve().await?;
+        let name = model.target_name(&self.collection, live.as_deref().unwrap_or_default());
+        let alias = qdrant_client::qdrant::CreateAliasBuilder::new(&name, &self.collection);
+        if live.as_deref() == Some(self.collection.as_str()) {
+            // A collection made before re-indexing carries our name itself: it must go before
+            // the name can become an alias (searches fail for that moment; once only).
+            call("qdrant delete collection", || {
+                self.client.delete_collection(&self.collection)
+            })
+            .await?;
+        }
+        // Creating an alias that exists moves it, atomically for every reader.
+        call("qdrant switch alias", || {
+            self.client.create_alias(alias.clone())
+        })
+        .await?;
+        if let Some(old) = live.filter(|old| *old != self.collection && *old != name) {
+            call("qdrant delete collection", || {
+                self.client.delete_collection(&old)
+            })
+            .await?;
+        }
+        tracing::info!(collection = %name, alias = %self.collection, "qdrant collection promoted");
+        self.read_dim().await?;
+        Ok(())
     }
 
     async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {

@@ -52,8 +52,10 @@ impl SearchEngine {
     pub async fn delete(&self, id: Uuid) -> Result<(), SearchError> {
         let record = self.record(id).await?;
         let key = record.payload.s3_key;
+        let _writing = self.writes.read().await;
         let guard = self.lock_objects([key.as_str()]).await;
         let started = Instant::now();
+        self.reindex.touched([id]);
         self.index.delete(&[id]).await?;
         metrics::index_operation("delete", started.elapsed());
         let shared = self.index.count(&Filter::s3_key(key.clone())).await?;
@@ -107,8 +109,11 @@ impl SearchEngine {
     pub async fn stats(&self) -> Result<StatsResponse, SearchError> {
         let total = self.index.count(&Filter::default()).await?;
         let as_map = |values: Vec<(String, u64)>| values.into_iter().collect();
+        let model = self.index.model();
         Ok(StatsResponse {
             total,
+            model: model.as_ref().map(ToString::to_string),
+            fingerprint: model.map(|m| m.fingerprint),
             by_dataset: as_map(self.index.facet("dataset", 1000).await?),
             by_category: as_map(self.index.facet("category", 1000).await?),
         })

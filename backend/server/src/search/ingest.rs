@@ -73,14 +73,34 @@ impl SearchEngine {
         Ok(())
     }
 
-    /// Idempotent upsert of ready-made vectors (the ETL's path).
+    /// Idempotent upsert of ready-made vectors (the ETL's path). `made_by` is the fingerprint
+    /// of the model that made them, when the caller says; either way they must be the model's
+    /// that model-serving serves, and the index's.
     #[tracing::instrument(skip_all, fields(items = items.len()))]
-    pub async fn ingest(&self, items: Vec<IngestItem>) -> Result<usize, SearchError> {
+    pub async fn ingest(
+        &self,
+        items: Vec<IngestItem>,
+        made_by: Option<&str>,
+    ) -> Result<usize, SearchError> {
         let points = self.points(items)?;
+        let serving = self.encoder().describe().await?;
+        if let Some(made_by) = made_by
+            && made_by != serving.fingerprint
+        {
+            metrics::model_mismatch();
+            return Err(SearchError::ModelMismatch {
+                index: self.index.model().unwrap_or(serving),
+                other: made_by.to_owned(),
+                other_source: "the batch's model",
+            });
+        }
+        let _writing = self.writes.read().await;
+        self.admit_model(&serving).await?;
         let guards = self
             .lock_objects(points.iter().map(|p| p.payload.s3_key.as_str()))
             .await;
         self.check_objects(&points).await?;
+        self.reindex.touched(points.iter().map(|p| p.id));
         let n = self.upsert(points).await?;
         drop(guards);
         self.after_write().await;
@@ -155,13 +175,14 @@ impl SearchEngine {
         if attributes.dataset.trim().is_empty() {
             return Err(SearchError::Invalid("dataset is required".into()));
         }
-        let vector = self
-            .encoder
-            .embed_images(vec![bytes.clone()])
-            .await?
+        let embedded = self.encoder().embed_images(vec![bytes.clone()]).await?;
+        let vector = embedded
+            .value
             .into_iter()
             .next()
             .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
+        let _writing = self.writes.read().await;
+        self.admit_model(&embedded.model).await?;
         let (key, content_type) = (object.key, object.content_type);
         // Deterministic per dataset and content (the ETL's ids too): adding it again is idempotent.
         let id = id.unwrap_or_else(|| ::catalog::point_id(&attributes.dataset, &key));
@@ -174,6 +195,7 @@ impl SearchEngine {
         let guard = self.lock_objects([key.as_str()]).await;
         self.store.put(&key, bytes, content_type).await?;
         self.recently_deleted().remove(&key);
+        self.reindex.touched([id]);
         self.upsert(points).await?;
         drop(guard);
         self.after_write().await;

@@ -103,6 +103,14 @@ impl SearchEngine {
         }
         let plan = SearchPlan::new(params)?;
         let mode = self.mode_for(mode)?;
+        // With another model's index, meanings cannot be compared: a hybrid search matches by
+        // words alone, and says so in its `mode` (vector and image searches are refused).
+        let mode = if mode == SearchMode::Hybrid && self.serving_another_model() {
+            metrics::model_mismatch();
+            SearchMode::Keyword
+        } else {
+            mode
+        };
         let words = match mode {
             SearchMode::Vector => None,
             SearchMode::Hybrid | SearchMode::Keyword => Some(keywords::query(q)?),
@@ -123,12 +131,13 @@ impl SearchEngine {
         let embed = async {
             let encode = Instant::now();
             let embedded = self
-                .encoder
+                .encoder()
                 .embed_query(q)
                 .instrument(tracing::info_span!("encode"))
                 .await?;
             metrics::stage("encode", encode.elapsed());
-            Ok::<_, SearchError>(embedded)
+            self.check_model(&embedded.model)?;
+            Ok::<_, SearchError>(embedded.value)
         };
         let (caption, vector) = self
             .with_checked_filters(&plan.filter.attributes, embed)
@@ -140,7 +149,7 @@ impl SearchEngine {
         // what meaning alone would miss. A vector-only search with it answered nothing for
         // "red dress" (`make run`); vector mode needs a floor of its own (not calibrated yet).
         let floor = self
-            .encoder
+            .encoder()
             .relevance_floor()
             .filter(|_| mode == SearchMode::Hybrid);
         // A query of stop words and punctuation has no words to match: meaning alone.
@@ -242,15 +251,18 @@ impl SearchEngine {
         let plan = SearchPlan::new(params)?;
         let embed = async {
             let encode = Instant::now();
-            let vector = self
-                .encoder
+            let embedded = self
+                .encoder()
                 .embed_images(vec![image])
                 .instrument(tracing::info_span!("encode"))
-                .await?
+                .await?;
+            metrics::stage("encode", encode.elapsed());
+            self.check_model(&embedded.model)?;
+            let vector = embedded
+                .value
                 .into_iter()
                 .next()
                 .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
-            metrics::stage("encode", encode.elapsed());
             Ok::<_, SearchError>(vector)
         };
         let vector = self
@@ -346,7 +358,10 @@ impl SearchEngine {
             mode: query.mode,
             relevance_floor: None,
             // The identity model-serving last reported: no call per search.
-            model: self.encoder.model().unwrap_or_else(|| "unknown".to_owned()),
+            model: self
+                .encoder()
+                .model()
+                .map_or_else(|| "unknown".to_owned(), |model| model.name),
             took_ms: started.elapsed().as_secs_f64() * 1e3,
         }
     }

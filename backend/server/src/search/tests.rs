@@ -10,8 +10,9 @@ use backend_api::{Filters, ImageAttributes, SearchMode, SearchParams};
 use secrecy::SecretString;
 
 use super::*;
+use crate::encoder::Embedded;
 use crate::index::{
-    IndexQuery, Point, Record, ScoredPoint, SearchRequest, StoredPayload, keywords,
+    IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest, StoredPayload, keywords,
 };
 use crate::storage::{PresignSettings, StorageSettings};
 
@@ -30,6 +31,7 @@ struct FakeIndex {
     searches: Mutex<Vec<IndexQuery>>,
     /// An index made before keyword vectors.
     without_keywords: bool,
+    model: Mutex<Option<IndexModel>>,
 }
 
 fn matches(filter: &Filter, payload: &StoredPayload) -> bool {
@@ -82,6 +84,27 @@ impl VectorIndex for FakeIndex {
     }
     fn has_keywords(&self) -> bool {
         !self.without_keywords
+    }
+    fn model(&self) -> Option<IndexModel> {
+        self.model.lock().expect("lock").clone()
+    }
+    async fn adopt(&self, model: &IndexModel) -> Result<(), IndexError> {
+        *self.model.lock().expect("lock") = Some(model.clone());
+        Ok(())
+    }
+    /// Re-indexing runs over the real engines (`tests/it/reindex.rs`).
+    async fn rebuild_target(
+        &self,
+        _model: &IndexModel,
+    ) -> Result<Arc<dyn VectorIndex>, IndexError> {
+        Err(IndexError::Internal(
+            "the fake index does not re-index".into(),
+        ))
+    }
+    async fn promote(&self, _model: &IndexModel) -> Result<(), IndexError> {
+        Err(IndexError::Internal(
+            "the fake index does not re-index".into(),
+        ))
     }
     /// Vectors by cosine; words by the number of the query's terms in the document (a stand-in
     /// for BM25); hybrid by the vector alone (fusion is the engines' part, tested over both in
@@ -188,11 +211,23 @@ struct FakeEmbedder {
     calls: AtomicUsize,
     down: bool,
     floor: Option<f32>,
+    /// The fingerprint it reports (`fake-a` when not set).
+    fingerprint: Option<&'static str>,
+}
+
+impl FakeEmbedder {
+    fn served(&self) -> IndexModel {
+        IndexModel {
+            name: "fake-model".into(),
+            fingerprint: self.fingerprint.unwrap_or("fake-a").into(),
+            dim: 3,
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Embedder for FakeEmbedder {
-    async fn embed_query(&self, query: &str) -> Result<(String, Vec<f32>), EncoderError> {
+    async fn embed_query(&self, query: &str) -> Result<Embedded<(String, Vec<f32>)>, EncoderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.down {
             return Err(EncoderError::Unavailable {
@@ -200,14 +235,26 @@ impl Embedder for FakeEmbedder {
                 retry_after: Duration::from_secs(2),
             });
         }
-        Ok((format!("a photo of {query}"), vec![1.0, 0.0, 0.0]))
+        Ok(Embedded {
+            value: (format!("a photo of {query}"), vec![1.0, 0.0, 0.0]),
+            model: self.served(),
+        })
     }
-    async fn embed_images(&self, images: Vec<Vec<u8>>) -> Result<Vec<Vec<f32>>, EncoderError> {
+    async fn embed_images(
+        &self,
+        images: Vec<Vec<u8>>,
+    ) -> Result<Embedded<Vec<Vec<f32>>>, EncoderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(images.iter().map(|_| vec![0.0, 1.0, 0.0]).collect())
+        Ok(Embedded {
+            value: images.iter().map(|_| vec![0.0, 1.0, 0.0]).collect(),
+            model: self.served(),
+        })
     }
-    fn model(&self) -> Option<String> {
-        Some("fake-model".into())
+    fn model(&self) -> Option<IndexModel> {
+        Some(self.served())
+    }
+    async fn describe(&self) -> Result<IndexModel, EncoderError> {
+        Ok(self.served())
     }
     fn relevance_floor(&self) -> Option<f32> {
         self.floor
@@ -401,16 +448,19 @@ async fn filters_are_checked_against_one_snapshot_scanned_once() {
     );
     // A write drops the snapshot: a new value is known at once.
     engine
-        .ingest(vec![backend_api::IngestItem {
-            id: Uuid::from_u128(500),
-            vector: vec![0.0, 0.0, 1.0],
-            s3_key: "images/new.jpg".into(),
-            attributes: ImageAttributes {
-                dataset: "test".into(),
-                gender: Some("Martian".into()),
-                ..ImageAttributes::default()
-            },
-        }])
+        .ingest(
+            vec![backend_api::IngestItem {
+                id: Uuid::from_u128(500),
+                vector: vec![0.0, 0.0, 1.0],
+                s3_key: "images/new.jpg".into(),
+                attributes: ImageAttributes {
+                    dataset: "test".into(),
+                    gender: Some("Martian".into()),
+                    ..ImageAttributes::default()
+                },
+            }],
+            None,
+        )
         .await
         .expect("ingest");
     let found = engine
@@ -579,4 +629,100 @@ async fn a_query_that_reaches_no_match_answers_nothing() {
         .expect("hybrid");
     assert_eq!(near.hits.len(), 10);
     assert!(searches_before > 0);
+}
+
+/// An index records the model that made its vectors; searches and writes with another model's
+/// are refused naming both, a hybrid search falls back to words, and a batch that says which
+/// model made it is checked against model-serving's.
+#[tokio::test]
+async fn another_models_vectors_are_refused_naming_both() {
+    let made_by_a = FakeEmbedder::default();
+    let (engine, index, _) = engine(5, made_by_a).await;
+    let item = |id: u128| backend_api::IngestItem {
+        id: Uuid::from_u128(id),
+        vector: vec![0.0, 0.0, 1.0],
+        s3_key: "images/x.jpg".into(),
+        attributes: ImageAttributes {
+            dataset: "test".into(),
+            ..ImageAttributes::default()
+        },
+    };
+    // The first write records model-serving's model (the fake index was filled directly).
+    engine
+        .ingest(vec![item(600)], Some("fake-a"))
+        .await
+        .expect("same model");
+    assert_eq!(
+        index.model().map(|m| m.fingerprint).as_deref(),
+        Some("fake-a")
+    );
+    match engine.ingest(vec![item(601)], Some("fake-b")).await {
+        Err(error @ SearchError::ModelMismatch { .. }) => {
+            assert_eq!(error.kind(), ErrorKind::ModelMismatch);
+            let message = error.to_string();
+            assert!(
+                message.contains("fake-a") && message.contains("fake-b"),
+                "{message}"
+            );
+            assert!(error.retry_after().is_some());
+        }
+        other => panic!("expected a model mismatch, got {other:?}"),
+    }
+
+    // model-serving now serves model b: the same index refuses its vectors.
+    let served_b = FakeEmbedder {
+        fingerprint: Some("fake-b"),
+        ..FakeEmbedder::default()
+    };
+    let engine_b = SearchEngine::new(
+        index.clone(),
+        store(),
+        Arc::new(served_b),
+        Duration::from_secs(3600),
+    );
+    let params = SearchParams::default();
+    match engine_b
+        .search_text("dress", SearchMode::Vector, &params)
+        .await
+    {
+        Err(error @ SearchError::ModelMismatch { .. }) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("fake-a") && message.contains("fake-b"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a model mismatch, got {other:?}"),
+    }
+    assert!(matches!(
+        engine_b.search_image(vec![1, 2, 3], &params).await,
+        Err(SearchError::ModelMismatch { .. })
+    ));
+    assert!(matches!(
+        engine_b.ingest(vec![item(602)], None).await,
+        Err(SearchError::ModelMismatch { .. })
+    ));
+    // Words need no model: a hybrid search matches by them alone and says so.
+    let words = engine_b
+        .search_text("dress", SearchMode::Hybrid, &params)
+        .await
+        .expect("keyword fallback");
+    assert_eq!(words.mode, SearchMode::Keyword);
+    assert!(
+        !index
+            .searches
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|q| matches!(q, IndexQuery::Vector(_) | IndexQuery::Hybrid { .. })),
+        "no search by meaning ran"
+    );
+    assert!(
+        index
+            .points
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|p| p.id != Uuid::from_u128(602))
+    );
 }

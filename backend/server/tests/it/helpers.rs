@@ -180,11 +180,8 @@ pub async fn ingest(
             .iter()
             .map(|p| std::fs::read(&p.photo).expect("photo"))
             .collect();
-        let vectors = encoder
-            .encode_images(bytes.clone())
-            .await
-            .expect("encode")
-            .embeddings;
+        let encoded = encoder.encode_images(bytes.clone()).await.expect("encode");
+        let (vectors, model) = (encoded.embeddings, encoded.fingerprint);
         let mut items = Vec::new();
         for ((product, bytes), vector) in chunk.iter().zip(bytes).zip(vectors) {
             let key = backend::search::content_key(&bytes, "jpg");
@@ -204,7 +201,11 @@ pub async fn ingest(
             });
         }
         let n = items.len();
-        let response = backend.client.ingest_batch(items).await.expect("ingest");
+        let response = backend
+            .client
+            .ingest_batch_made_by(items, Some(model))
+            .await
+            .expect("ingest");
         assert_eq!(response.upserted, n);
     }
     stored

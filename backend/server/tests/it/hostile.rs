@@ -459,6 +459,7 @@ async fn a_batch_cannot_name_an_object_a_racing_delete_removed() {
         .embed_images(vec![photo.clone()])
         .await
         .expect("embed")
+        .value
         .remove(0);
     let item = |id: Uuid| backend_api::IngestItem {
         id,
@@ -478,10 +479,10 @@ async fn a_batch_cannot_name_an_object_a_racing_delete_removed() {
         .put(&key, photo.clone(), "image/jpeg")
         .await
         .expect("put");
-    engine.ingest(vec![item(old)]).await.expect("ingest");
+    engine.ingest(vec![item(old)], None).await.expect("ingest");
     engine.delete(old).await.expect("delete");
     let new = Uuid::new_v4();
-    match engine.ingest(vec![item(new)]).await {
+    match engine.ingest(vec![item(new)], None).await {
         Err(SearchError::ObjectGone(gone)) => assert_eq!(gone, key),
         other => panic!("expected ObjectGone, got {other:?}"),
     }
@@ -491,7 +492,10 @@ async fn a_batch_cannot_name_an_object_a_racing_delete_removed() {
         .put(&key, photo.clone(), "image/jpeg")
         .await
         .expect("put");
-    assert_eq!(engine.ingest(vec![item(new)]).await.expect("ingest"), 1);
+    assert_eq!(
+        engine.ingest(vec![item(new)], None).await.expect("ingest"),
+        1
+    );
     engine.delete(new).await.expect("delete");
 
     // Racing, as the ETL would: store the object, then the batch arrives while the last point
@@ -504,9 +508,10 @@ async fn a_batch_cannot_name_an_object_a_racing_delete_removed() {
             .await
             .expect("put");
         let old = Uuid::new_v4();
-        engine.ingest(vec![item(old)]).await.expect("ingest");
+        engine.ingest(vec![item(old)], None).await.expect("ingest");
         let new = Uuid::new_v4();
-        let (deleted, ingested) = tokio::join!(engine.delete(old), engine.ingest(vec![item(new)]));
+        let (deleted, ingested) =
+            tokio::join!(engine.delete(old), engine.ingest(vec![item(new)], None));
         deleted.expect("delete");
         match ingested {
             Ok(1) => {

@@ -14,6 +14,7 @@ mod images;
 mod qdrant_cluster;
 mod qdrant_live;
 mod queries;
+mod reindex;
 mod replicas;
 mod resilience;
 mod search;

@@ -1,0 +1,332 @@
+//! Model identity and re-indexing with the real parts, over the embedded engine (always) and a
+//! Qdrant server (`QDRANT_BIN` / `QDRANT_URL`; else one "skipped" line): real photos indexed with
+//! the generated tiny model, then moved to the project's trained model with no downtime (the old
+//! index serves until the new one is complete), refused when the models disagree, and a stopped
+//! re-index resumed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use backend::config::BackendConfig;
+use backend::index::{IndexModel, Point};
+use backend_api::{
+    ImageAttributes, ReindexModel, ReindexState, ReindexStatus, SearchMode, SearchParams,
+};
+use model_serving_api::ModelServingClient;
+use uuid::Uuid;
+
+use crate::helpers::*;
+use crate::qdrant_live::QdrantProcess;
+
+/// Enough that the re-index outlasts the writes made while it runs (about 1 s here).
+const PRODUCTS: usize = 150;
+
+fn trained_model_dir() -> PathBuf {
+    local_stack::workspace().join("model-serving/models/fashion-clip-mini")
+}
+
+async fn served(addr: SocketAddr) -> IndexModel {
+    let info = ModelServingClient::new(format!("http://{addr}"), Duration::from_secs(10))
+        .expect("client")
+        .model_info()
+        .await
+        .expect("model info");
+    backend::encoder::model_of(&info)
+}
+
+/// Follows the re-index until it is no longer running (at most two minutes).
+async fn finished(backend: &TestBackend) -> ReindexStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = backend.client.reindex_status().await.expect("status");
+        if status.state != ReindexState::Running {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "re-index still running: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+}
+
+/// The whole story on one engine; `engine` turns a data directory and model-serving into the
+/// backend's configuration (the same collection each time, for the server).
+async fn model_change(engine: impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> BackendConfig) {
+    let tiny = start_model_serving(free_addr()).await;
+    let trained = start_model_serving_with(free_addr(), trained_model_dir()).await;
+    let (old, new) = (served(tiny.addr).await, served(trained.addr).await);
+    assert_ne!(old.fingerprint, new.fingerprint);
+    let data = tempfile::tempdir().expect("tempdir");
+    let products = products(PRODUCTS + 1);
+    let (loaded, later) = products.split_at(PRODUCTS);
+
+    // Indexed with the tiny model: the index records it.
+    let backend = start_backend(&engine(data.path(), tiny.addr, Some(trained.addr)))
+        .await
+        .expect("backend");
+    let stored = ingest(&backend, tiny.addr, loaded).await;
+    let stats = backend.client.stats().await.expect("stats");
+    assert_eq!(stats.fingerprint.as_deref(), Some(old.fingerprint.as_str()));
+    assert!(
+        stats
+            .model
+            .as_deref()
+            .is_some_and(|m| m.contains(&old.name))
+    );
+
+    // A batch made by another model is refused, naming both.
+    let (id, bytes) = stored.iter().next().expect("a product");
+    let item = backend_api::IngestItem {
+        id: *id,
+        vector: vec![0.5; old.dim],
+        s3_key: backend::search::content_key(bytes, "jpg"),
+        attributes: ImageAttributes {
+            dataset: "reindex".into(),
+            ..ImageAttributes::default()
+        },
+    };
+    let response = backend
+        .http
+        .post(backend.url("/v1/images:batch"))
+        .header("x-api-key", API_KEY)
+        .json(&serde_json::json!({"items": [item], "model": new.fingerprint}))
+        .send()
+        .await
+        .expect("batch");
+    let (status, code, retry) = error_of(response).await;
+    assert_eq!((status.as_u16(), code.as_str()), (503, "model_mismatch"));
+    assert!(retry.is_some());
+    let refused = backend
+        .client
+        .ingest_batch_made_by(vec![item], Some(new.fingerprint.clone()))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        refused.contains(&old.fingerprint) && refused.contains(&new.fingerprint),
+        "{refused}"
+    );
+
+    // The change: the new index is built beside the live one, which keeps answering with the
+    // old model; a product added and one deleted meanwhile are in the new index as they should.
+    let started = backend
+        .client
+        .start_reindex(ReindexModel::Next)
+        .await
+        .expect("start");
+    assert_eq!(started.fingerprint, new.fingerprint);
+    assert_eq!(
+        started.from_fingerprint.as_deref(),
+        Some(old.fingerprint.as_str())
+    );
+    assert_eq!(started.total, PRODUCTS as u64);
+    let again = backend
+        .client
+        .start_reindex(ReindexModel::Next)
+        .await
+        .expect("asked twice");
+    assert_eq!(again.started_at, started.started_at, "one run, not two");
+    let during = backend
+        .client
+        .search_text_as("shirt", SearchMode::Vector, &SearchParams::default())
+        .await
+        .expect("the old index serves during the re-index");
+    assert_eq!(during.model, old.name);
+    let added = &later[0];
+    ingest(&backend, tiny.addr, std::slice::from_ref(added)).await;
+    let deleted = point_id(&loaded[1]);
+    backend.client.delete_image(deleted).await.expect("delete");
+    let done = finished(&backend).await;
+    assert_eq!(done.state, ReindexState::Done, "{done:?}");
+    assert_eq!(done.dropped, 0, "{done:?}");
+    assert!(done.embedded >= PRODUCTS as u64 - 1, "{done:?}");
+    println!(
+        "re-index: {} items in {:.2} s, {:.0} embedded/s ({} kept, {} removed)",
+        done.embedded, done.seconds, done.embedded_per_second, done.kept, done.removed
+    );
+
+    let stats = backend.client.stats().await.expect("stats");
+    assert_eq!(stats.fingerprint.as_deref(), Some(new.fingerprint.as_str()));
+    assert_eq!(stats.total, PRODUCTS as u64, "one added, one deleted");
+    backend
+        .client
+        .get_image(point_id(added))
+        .await
+        .expect("the product added during the re-index is there");
+    assert!(backend.client.get_image(deleted).await.is_err());
+    // Searches moved to the trained model with the index: a product's caption finds it.
+    let params = SearchParams {
+        k: Some(10),
+        ..SearchParams::default()
+    };
+    let mut found = 0;
+    for product in &loaded[2..12] {
+        let response = backend
+            .client
+            .search_text_as(&product.attributes.caption, SearchMode::Vector, &params)
+            .await
+            .expect("search");
+        assert_eq!(response.model, new.name);
+        found += usize::from(response.hits.iter().any(|h| h.item.id == point_id(product)));
+    }
+    assert!(found >= 7, "the trained model found {found} of 10 captions");
+    let more = backend
+        .client
+        .similar(point_id(&loaded[3]), &params)
+        .await
+        .expect("more like this on the new index");
+    assert_eq!(more.hits.len(), 10);
+    let metrics = backend.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "backend_reindex_items_total{outcome=\"embedded\"}"
+        ) >= PRODUCTS as f64 - 1.0
+    );
+    assert_eq!(metric(&metrics, "backend_reindex_running"), 0.0);
+    assert_eq!(metric(&metrics, "backend_reindex_progress_ratio"), 1.0);
+    backend.stop().await;
+
+    // Started again with the old model: searches by meaning and writes are refused naming both
+    // models; a hybrid search matches by words alone and says so.
+    let backend = start_backend(&engine(data.path(), tiny.addr, None))
+        .await
+        .expect("backend restarts");
+    let response = backend
+        .http
+        .get(backend.url("/v1/search?q=shirt&mode=vector"))
+        .send()
+        .await
+        .expect("search");
+    let body = response.text().await.expect("body");
+    assert!(
+        body.contains("model_mismatch")
+            && body.contains(&old.fingerprint)
+            && body.contains(&new.fingerprint),
+        "{body}"
+    );
+    let words = backend
+        .client
+        .search_text_as("shirt", SearchMode::Hybrid, &SearchParams::default())
+        .await
+        .expect("words still match");
+    assert_eq!(words.mode, SearchMode::Keyword);
+    assert!(
+        backend
+            .client
+            .search_image(stored.values().next().expect("photo").clone(), &params)
+            .await
+            .is_err()
+    );
+    let metrics = backend.metrics().await;
+    assert!(metric(&metrics, "backend_model_mismatch_total") >= 2.0);
+
+    // A re-index back to the tiny model that stopped after 10 items (its target left behind)
+    // resumes: those are kept, not embedded again.
+    let target = backend
+        .engine
+        .index()
+        .rebuild_target(&old)
+        .await
+        .expect("target");
+    let first: Vec<_> = loaded[2..12].to_vec();
+    let vectors = ModelServingClient::new(format!("http://{}", tiny.addr), Duration::from_secs(30))
+        .expect("client")
+        .encode_images(
+            first
+                .iter()
+                .map(|p| std::fs::read(&p.photo).expect("photo"))
+                .collect(),
+        )
+        .await
+        .expect("encode")
+        .embeddings;
+    let records = backend
+        .engine
+        .index()
+        .retrieve(&first.iter().map(point_id).collect::<Vec<Uuid>>(), false)
+        .await
+        .expect("records");
+    assert_eq!(records.len(), 10);
+    let points = records
+        .into_iter()
+        .map(|r| {
+            let at = first
+                .iter()
+                .position(|p| point_id(p) == r.id)
+                .expect("ours");
+            Point {
+                id: r.id,
+                vector: vectors[at].clone(),
+                payload: r.payload,
+            }
+        })
+        .collect();
+    target.upsert(points).await.expect("partial target");
+    drop(target);
+    backend
+        .client
+        .start_reindex(ReindexModel::Current)
+        .await
+        .expect("resume");
+    let done = finished(&backend).await;
+    assert_eq!(done.state, ReindexState::Done, "{done:?}");
+    assert_eq!(
+        (done.kept, done.embedded),
+        (10, PRODUCTS as u64 - 10),
+        "{done:?}"
+    );
+    let back = backend
+        .client
+        .search_text_as("shirt", SearchMode::Vector, &SearchParams::default())
+        .await
+        .expect("the tiny model's index serves the tiny model again");
+    assert_eq!(back.model, old.name);
+    assert_eq!(
+        backend.client.stats().await.expect("stats").total,
+        PRODUCTS as u64
+    );
+    backend.stop().await;
+    tiny.stop().await.expect("stop");
+    trained.stop().await.expect("stop");
+}
+
+fn next(config: BackendConfig, next: Option<SocketAddr>) -> BackendConfig {
+    BackendConfig {
+        model_serving_next_url: next.map(|addr| format!("http://{addr}")),
+        ..config
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_change_is_refused_then_reindexed_without_downtime_embedded() {
+    model_change(|data, model, upcoming| next(config(data, model), upcoming)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_change_is_refused_then_reindexed_without_downtime_on_a_qdrant_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, _process) = match std::env::var("QDRANT_URL") {
+        Ok(url) => (url, None),
+        Err(_) => match QdrantProcess::start(dir.path().to_owned()).await {
+            Some(process) => (process.url(), Some(process)),
+            None => return,
+        },
+    };
+    let collection = format!("fashion_search_it_{}", Uuid::new_v4().simple());
+    model_change(|data, model, upcoming| BackendConfig {
+        qdrant_url: Some(url.clone()),
+        qdrant_collection: collection.clone(),
+        ..next(config(data, model), upcoming)
+    })
+    .await;
+}
