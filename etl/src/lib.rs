@@ -80,6 +80,9 @@ pub enum LoadError {
     },
     #[error("the dataset reader stopped unexpectedly")]
     Reader,
+    /// The index holds another model's vectors than model-serving makes: nothing was loaded.
+    #[error("{0}")]
+    ModelMismatch(String),
 }
 
 /// Before any work: the index must be the model's that model-serving serves here (the backend
@@ -104,16 +107,13 @@ async fn same_model(clients: &Clients) -> Result<(), LoadError> {
         .await
         .map_err(|e| failed("model info", e.to_string()))?;
     if serving.fingerprint != indexed {
-        return Err(failed(
-            "model check",
-            format!(
-                "the index holds vectors of {}, but model-serving at {} serves {} ({}): load with the index's model, or re-index first (etl reindex)",
-                stats.model.unwrap_or(indexed),
-                clients.model.base_url(),
-                serving.name,
-                serving.fingerprint
-            ),
-        ));
+        return Err(LoadError::ModelMismatch(format!(
+            "the index holds vectors of {}, but model-serving at {} serves {} ({}): load with the index's model, or re-index first (etl reindex)",
+            stats.model.unwrap_or(indexed),
+            clients.model.base_url(),
+            serving.name,
+            serving.fingerprint
+        )));
     }
     Ok(())
 }

@@ -801,3 +801,95 @@ async fn batches_are_split_to_fit_model_servings_pixel_budget() {
     );
     stack.stop().await;
 }
+
+/// `etl reindex` re-embeds a loaded catalogue and reports it; `etl status` names the index's
+/// model; a load through a model-serving that serves another model stops before any work,
+/// naming both models.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_follows_the_run_and_a_load_with_another_model_is_refused() {
+    let stack = start_stack().await;
+    let clients = stack.clients();
+    let opts = options(DatasetKind::FashionProductImages, dataset_dir(), Some(40));
+    let summary = etl::load(&opts, &clients).await.expect("load");
+    let etl = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+        cmd.args(args).envs(stack.env());
+        cmd.output().expect("etl runs")
+    };
+    let status = etl(&["status"]);
+    let out = String::from_utf8_lossy(&status.stdout).into_owned();
+    let served = clients.model.model_info().await.expect("model info");
+    assert!(
+        out.contains("made by model") && out.contains(&served.fingerprint),
+        "{out}"
+    );
+
+    let reindex = etl(&["reindex"]);
+    let out = String::from_utf8_lossy(&reindex.stdout).into_owned();
+    assert!(
+        reindex.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&reindex.stderr)
+    );
+    assert!(
+        out.contains("re-index done") && out.contains(&format!("{} embedded", summary.loaded)),
+        "{out}"
+    );
+    assert_eq!(
+        clients.backend.stats().await.expect("stats").total as usize,
+        summary.loaded
+    );
+    let next = etl(&["reindex", "--next"]);
+    assert!(!next.status.success());
+    assert!(
+        String::from_utf8_lossy(&next.stderr).contains("MODEL_SERVING_NEXT_URL"),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+
+    // Another model's model-serving: the load stops at once, naming both fingerprints.
+    let other = local_stack::start_model_serving(
+        local_stack::loopback().await.expect("bind"),
+        local_stack::encoder_config(
+            local_stack::workspace().join("model-serving/models/fashion-clip-mini"),
+            local_stack::ort_library(),
+        ),
+        local_stack::http_limits(),
+    )
+    .await
+    .expect("trained model-serving");
+    let other_info =
+        ModelServingClient::new(format!("http://{}", other.addr), Duration::from_secs(10))
+            .expect("client")
+            .model_info()
+            .await
+            .expect("info");
+    let load = std::process::Command::new(env!("CARGO_BIN_EXE_etl"))
+        .args([
+            "load",
+            "--dataset",
+            "fashion-product-images",
+            "--limit",
+            "50",
+            "--source",
+        ])
+        .arg(dataset_dir())
+        .envs(stack.env())
+        .env("MODEL_SERVING_URL", format!("http://{}", other.addr))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("etl runs");
+    let err = String::from_utf8_lossy(&load.stderr).into_owned();
+    assert!(!load.status.success(), "{err}");
+    assert!(
+        err.contains(&served.fingerprint) && err.contains(&other_info.fingerprint),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert_eq!(
+        clients.backend.stats().await.expect("stats").total as usize,
+        summary.loaded
+    );
+    other.stop().await.expect("stop");
+    stack.stop().await;
+}
