@@ -85,15 +85,25 @@ pub(super) async fn query_summary(
         (status = 202, body = ReindexStatus),
         InvalidInput,
         WriteRefused,
+        BodyRefused,
         RateLimited,
         Faults,
     )
 )]
 pub(super) async fn start_reindex(
     State(state): State<AppState>,
-    body: Result<Json<ReindexRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(axum::http::StatusCode, Json<ReindexStatus>), ApiError> {
     let Json(body) = body.map_err(super::extract::json_error)?;
+    // An object only: serde would also read the struct from an array (`[]`).
+    if !body.is_object() {
+        return Err(ApiError::new(
+            ErrorKind::InvalidJson,
+            "the body must be a JSON object, e.g. {\"model\": \"current\"}",
+        ));
+    }
+    let body: ReindexRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidJson, e.to_string()))?;
     let status = state.engine.start_reindex(body.model).await?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(status)))
 }
