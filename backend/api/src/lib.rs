@@ -107,6 +107,10 @@ pub struct SearchResponse {
     /// query that matches nothing well answers no hits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relevance_floor: Option<f32>,
+    /// Words left out (`-floral` in the query, or `not`): no hit's caption has one, and the
+    /// query's meaning was moved away from theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without: Vec<String>,
     pub model: String,
     pub took_ms: f64,
 }
@@ -252,6 +256,44 @@ pub struct TextQuery {
     #[serde(default)]
     #[param(inline)]
     pub mode: Option<SearchMode>,
+    /// Words to leave out, separated by commas (as `-word` in `q`): no hit's caption has one,
+    /// and the query's meaning is moved away from theirs. At most 8.
+    #[param(max_length = 400)]
+    pub not: Option<String>,
+}
+
+/// `POST /v1/search/image?q=...`: words refining the photo ("in red": the photo's embedding
+/// plus theirs), and words to leave out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RefineQuery {
+    /// Words refining the photo, e.g. "in red"; `-word` leaves a word out. At most 500
+    /// characters.
+    #[param(max_length = 500)]
+    pub q: Option<String>,
+    /// Words to leave out, separated by commas.
+    #[param(max_length = 400)]
+    pub not: Option<String>,
+}
+
+/// `GET /v1/search/recommend`: items to find more like and less like, by id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RecommendQuery {
+    /// Ids of items to find more like, separated by commas (1 to 16).
+    #[param(required = true)]
+    pub like: Option<String>,
+    /// Ids of items to find less like, separated by commas (at most 16).
+    pub dislike: Option<String>,
+}
+
+/// `GET /v1/compare?a=&b=`: two indexed items (for `POST`, either may be an uploaded file
+/// part of the same name instead).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CompareQuery {
+    pub a: Option<Uuid>,
+    pub b: Option<Uuid>,
 }
 
 /// `POST /search-image` (reference-design compatible) JSON form.
@@ -286,6 +328,15 @@ pub struct IngestBatchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "sha256:0123456789abcdef")]
     pub model: Option<String>,
+}
+
+/// `GET /v1/compare`, `POST /v1/compare`: how alike two images are.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct CompareResponse {
+    /// Cosine similarity of the two embeddings, -1 to 1 (1: the same image).
+    pub similarity: f32,
+    /// The model whose embeddings were compared.
+    pub model: String,
 }
 
 /// `POST /v1/admin/reindex`: which model the new index is made with.

@@ -141,7 +141,7 @@ fn top10(query: IndexQuery) -> SearchRequest {
         offset: 0,
         filter: Filter::default(),
         min_score: None,
-        exclude: None,
+        exclude: Vec::new(),
     }
 }
 
@@ -459,7 +459,7 @@ async fn recall() -> anyhow::Result<()> {
                     offset: 0,
                     filter: Filter::default(),
                     min_score: None,
-                    exclude: None,
+                    exclude: Vec::new(),
                 })
                 .await?;
         }
@@ -474,7 +474,7 @@ async fn recall() -> anyhow::Result<()> {
                     offset: 0,
                     filter: Filter::default(),
                     min_score: None,
-                    exclude: None,
+                    exclude: Vec::new(),
                 })
                 .await?;
             latencies.push(t.elapsed().as_secs_f64());

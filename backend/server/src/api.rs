@@ -105,6 +105,16 @@ pub fn router(
                     .route_layer(write.clone()),
             ),
         )
+        .route(
+            "/v1/search/recommend",
+            get(search::recommend).route_layer(search.clone()),
+        )
+        .route(
+            "/v1/compare",
+            get(search::compare_items)
+                .post(search::compare_photos)
+                .route_layer(search.clone()),
+        )
         .route("/v1/images/{id}/similar", get(similar).route_layer(search))
         .route(
             "/v1/admin/queries",

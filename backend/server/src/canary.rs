@@ -279,7 +279,7 @@ async fn nearest(
             offset: 0,
             filter: Filter::default(),
             min_score: None,
-            exclude: None,
+            exclude: Vec::new(),
         })
         .await?;
     Ok(hits

@@ -1,5 +1,5 @@
 //! Every backend metric, declared once with its help text. Labels are bounded: `stage` is one
-//! of encode / index_search / presign / total, `kind` text / image / similar, `result` hit / miss,
+//! of encode / index_search / presign / total, `kind` text / image / similar / recommend, `result` hit / miss,
 //! `upstream` model-serving / index / storage, `operation` a fixed verb, `outcome` hits / empty /
 //! below_floor, `check` one of the canary's [`QUALITY_CHECKS`], `sample` points / objects and
 //! `problem` one of [`CATALOGUE_PROBLEMS`], `outcome` of a re-index one of [`REINDEX_OUTCOMES`].
@@ -60,7 +60,7 @@ pub const QUALITY: &[&str] = &[
 pub const REINDEX_OUTCOMES: [&str; 4] = ["embedded", "kept", "dropped", "removed"];
 
 /// The `kind` label's values.
-pub const SEARCH_KINDS: [&str; 3] = ["text", "image", "similar"];
+pub const SEARCH_KINDS: [&str; 4] = ["text", "image", "similar", "recommend"];
 /// The `outcome` label's values.
 pub const SEARCH_OUTCOMES: [&str; 3] = ["hits", "empty", "below_floor"];
 

@@ -8,6 +8,7 @@
 //! - [`facets`]: the facet snapshot that filters are checked against.
 
 mod catalog;
+pub mod compose;
 mod facets;
 mod ingest;
 mod query;

@@ -8,7 +8,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use backend_api::{ErrorKind, Filters, SearchMode, SearchParams, TextQuery};
+use backend_api::{
+    CompareQuery, ErrorKind, Filters, RecommendQuery, RefineQuery, SearchMode, SearchParams,
+    TextQuery,
+};
 use http_edge::reject::{self, JsonOrMultipart};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -107,23 +110,85 @@ impl RouteQuery for SearchParams {
     }
 }
 
-/// `GET /v1/search`: the text, how to match it, and [`SearchParams`].
+/// `GET /v1/search`: the text, how to match it, words to leave out, and [`SearchParams`].
 pub struct TextSearch {
     pub q: String,
     pub mode: SearchMode,
+    pub not: Vec<String>,
     pub params: SearchParams,
 }
 
+/// A comma-separated list, its blanks dropped.
+fn list(value: Option<String>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 impl RouteQuery for TextSearch {
-    const KEYS: &'static [&'static str] = &["q", "mode", "k", "offset", "min_score"];
+    const KEYS: &'static [&'static str] = &["q", "mode", "not", "k", "offset", "min_score"];
 
     fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
-        let Query(TextQuery { q, mode }) = Query::try_from_uri(uri)?;
+        let Query(TextQuery { q, mode, not }) = Query::try_from_uri(uri)?;
         Ok(Self {
             q: q.unwrap_or_default(),
             mode: mode.unwrap_or_default(),
+            not: list(not),
             params: SearchParams::parse(uri)?,
         })
+    }
+}
+
+/// `POST /v1/search/image`: words refining the photo, words to leave out, [`SearchParams`].
+pub struct ImageSearch {
+    pub refine: Option<String>,
+    pub not: Vec<String>,
+    pub params: SearchParams,
+}
+
+impl RouteQuery for ImageSearch {
+    const KEYS: &'static [&'static str] = &["q", "not", "k", "offset", "min_score"];
+
+    fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
+        let Query(RefineQuery { q, not }) = Query::try_from_uri(uri)?;
+        Ok(Self {
+            refine: q,
+            not: list(not),
+            params: SearchParams::parse(uri)?,
+        })
+    }
+}
+
+/// `GET /v1/search/recommend`: the items liked and disliked (ids, checked by the handler), and
+/// [`SearchParams`].
+pub struct Recommend {
+    pub like: Vec<String>,
+    pub dislike: Vec<String>,
+    pub params: SearchParams,
+}
+
+impl RouteQuery for Recommend {
+    const KEYS: &'static [&'static str] = &["like", "dislike", "k", "offset", "min_score"];
+
+    fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
+        let Query(RecommendQuery { like, dislike }) = Query::try_from_uri(uri)?;
+        Ok(Self {
+            like: list(like),
+            dislike: list(dislike),
+            params: SearchParams::parse(uri)?,
+        })
+    }
+}
+
+impl RouteQuery for CompareQuery {
+    const KEYS: &'static [&'static str] = &["a", "b"];
+
+    fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
+        Query::try_from_uri(uri).map(|Query(ids)| ids)
     }
 }
 

@@ -16,7 +16,8 @@ use super::{images, search};
         search::search_text, search::search_image, search::search_reference, search::similar,
         images::get_image, images::delete_image, images::list_images, search::stats,
         search::facets, images::ingest_batch, images::exists, images::add_image,
-        search::query_summary, search::start_reindex, search::reindex_status
+        search::query_summary, search::start_reindex, search::reindex_status, search::recommend,
+        search::compare_items, search::compare_photos
     ),
     components(schemas(
         SearchResponse, backend_api::SearchHit, ImageItem, ImageAttributes, ListResponse,
@@ -24,7 +25,8 @@ use super::{images, search};
         backend_api::IngestItem, IngestBatchResponse, ExistsRequest, ExistsResponse, ErrorBody,
         ErrorDetail, TextSearchRequest, images::AddImageUrl, DeleteResponse, backend_api::SearchMode,
         backend_api::QuerySummaryResponse, backend_api::QueryCount, backend_api::ReindexRequest,
-        backend_api::ReindexModel, backend_api::ReindexStatus, backend_api::ReindexState
+        backend_api::ReindexModel, backend_api::ReindexStatus, backend_api::ReindexState,
+        backend_api::CompareResponse, search::CompareUpload
     )),
     modifiers(&ApiKeyScheme)
 )]

@@ -4,14 +4,19 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Multipart, Path, Request, State};
 use backend_api::{
-    ErrorKind, FacetsResponse, Filters, QuerySummaryResponse, ReindexRequest, ReindexStatus,
-    SearchMode, SearchParams, SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
+    CompareQuery, CompareResponse, ErrorKind, FacetsResponse, Filters, QuerySummaryResponse,
+    RecommendQuery, RefineQuery, ReindexRequest, ReindexStatus, SearchMode, SearchParams,
+    SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
 };
 use uuid::Uuid;
 
 use super::error::{BodyRefused, Faults, InvalidInput, NotFound, RateLimited, WriteRefused};
-use super::extract::{Params, TextSearch, first_file, path_id, upload_or_json};
+use super::extract::{
+    ImageSearch, Params, Recommend, TextSearch, first_file, multipart_error, next_part, path_id,
+    upload_or_json,
+};
 use super::images::ImageUpload;
+use crate::search::compose::{MAX_LIKES, Side};
 use http_edge::reject::JsonOrMultipart;
 
 use super::{ApiError, AppState};
@@ -28,9 +33,17 @@ use super::{ApiError, AppState};
 )]
 pub(super) async fn search_text(
     State(state): State<AppState>,
-    Params(TextSearch { q, mode, params }): Params<TextSearch>,
+    Params(TextSearch {
+        q,
+        mode,
+        not,
+        params,
+    }): Params<TextSearch>,
 ) -> Result<Json<SearchResponse>, ApiError> {
-    let response = state.engine.search_text(&q, mode, &params).await?;
+    let response = state
+        .engine
+        .search_text_without(&q, &not, mode, &params)
+        .await?;
     // Only first pages: a shopper paging through results asked once.
     if let Some(summary) = &state.queries
         && params.offset.unwrap_or(0) == 0
@@ -139,8 +152,10 @@ pub(super) struct SummaryQuery {
     limit: Option<usize>,
 }
 
-/// Image search: a multipart upload (field `file`), same filters as text search.
-#[utoipa::path(post, path = "/v1/search/image", params(SearchParams, Filters),
+/// Image search: a multipart upload (field `file`), same filters as text search. `q` refines it
+/// with words ("in red": the photo's embedding plus theirs); `-word` in `q`, or `not`, leaves
+/// words out.
+#[utoipa::path(post, path = "/v1/search/image", params(RefineQuery, SearchParams, Filters),
     request_body(content = inline(ImageUpload), content_type = "multipart/form-data"),
     responses(
         (status = 200, body = SearchResponse),
@@ -152,13 +167,161 @@ pub(super) struct SummaryQuery {
 )]
 pub(super) async fn search_image(
     State(state): State<AppState>,
-    Params(params): Params<SearchParams>,
+    Params(ImageSearch {
+        refine,
+        not,
+        params,
+    }): Params<ImageSearch>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
+    if refine
+        .as_deref()
+        .is_some_and(|q| q.chars().count() > crate::search::MAX_QUERY_CHARS)
+    {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "q is longer than {} characters",
+                crate::search::MAX_QUERY_CHARS
+            ),
+        ));
+    }
     let multipart =
         multipart.map_err(|e| ApiError::new(ErrorKind::UnsupportedMediaType, e.body_text()))?;
     let image = first_file(multipart).await?;
-    Ok(Json(state.engine.search_image(image, &params).await?))
+    Ok(Json(
+        state
+            .engine
+            .search_image_refined(image, refine.as_deref(), &not, &params)
+            .await?,
+    ))
+}
+
+/// Ids of a `like` / `dislike` list: UUIDs, at most [`MAX_LIKES`] of them.
+fn ids(list: &[String], name: &str) -> Result<Vec<Uuid>, ApiError> {
+    if list.len() > MAX_LIKES {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("{name} names more than {MAX_LIKES} items"),
+        ));
+    }
+    list.iter()
+        .map(|id| {
+            id.parse::<Uuid>().map_err(|_| {
+                let shown: String = id.chars().take(40).collect();
+                ApiError::new(
+                    ErrorKind::InvalidId,
+                    format!("{name}: {shown:?} is not an item id (a UUID)"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// More like some items and less like others (Qdrant's average-vector recommendation: twice
+/// the liked items' mean minus the disliked ones'), the items themselves left out. No model call.
+#[utoipa::path(get, path = "/v1/search/recommend", params(RecommendQuery, SearchParams, Filters),
+    responses(
+        (status = 200, body = SearchResponse),
+        InvalidInput,
+        NotFound,
+        RateLimited,
+        Faults,
+    )
+)]
+pub(super) async fn recommend(
+    State(state): State<AppState>,
+    Params(Recommend {
+        like,
+        dislike,
+        params,
+    }): Params<Recommend>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let (like, dislike) = (ids(&like, "like")?, ids(&dislike, "dislike")?);
+    Ok(Json(
+        state.engine.recommend(&like, &dislike, &params).await?,
+    ))
+}
+
+/// How alike two indexed items are: the cosine similarity of their embeddings.
+#[utoipa::path(get, path = "/v1/compare", params(CompareQuery),
+    responses(
+        (status = 200, body = CompareResponse),
+        InvalidInput,
+        NotFound,
+        RateLimited,
+        Faults,
+    )
+)]
+pub(super) async fn compare_items(
+    State(state): State<AppState>,
+    Params(CompareQuery { a, b }): Params<CompareQuery>,
+) -> Result<Json<CompareResponse>, ApiError> {
+    let (Some(a), Some(b)) = (a, b) else {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "name two items: ?a=<id>&b=<id> (or POST photos as file parts a and b)",
+        ));
+    };
+    Ok(Json(
+        state.engine.compare(Side::Item(a), Side::Item(b)).await?,
+    ))
+}
+
+/// How alike two images are: file parts `a` and `b` (multipart), or an item id in the query
+/// for either side instead of its file.
+#[utoipa::path(post, path = "/v1/compare", params(CompareQuery),
+    request_body(content = inline(CompareUpload), content_type = "multipart/form-data"),
+    responses(
+        (status = 200, body = CompareResponse),
+        InvalidInput,
+        NotFound,
+        BodyRefused,
+        RateLimited,
+        Faults,
+    )
+)]
+pub(super) async fn compare_photos(
+    State(state): State<AppState>,
+    Params(CompareQuery { a, b }): Params<CompareQuery>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Json<CompareResponse>, ApiError> {
+    let mut multipart =
+        multipart.map_err(|e| ApiError::new(ErrorKind::UnsupportedMediaType, e.body_text()))?;
+    let (mut photo_a, mut photo_b) = (None, None);
+    let mut parts = 0;
+    while let Some(field) = next_part(&mut multipart, &mut parts).await? {
+        let slot = match field.name() {
+            Some("a") => &mut photo_a,
+            Some("b") => &mut photo_b,
+            _ => continue,
+        };
+        *slot = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
+    }
+    let side = |id: Option<Uuid>, photo: Option<Vec<u8>>, name: &str| match (id, photo) {
+        (_, Some(photo)) => Ok(Side::Photo(photo)),
+        (Some(id), None) => Ok(Side::Item(id)),
+        (None, None) => Err(ApiError::new(
+            ErrorKind::MissingFile,
+            format!(
+                "send image {name} as a multipart file part named \"{name}\", or its item id as ?{name}="
+            ),
+        )),
+    };
+    let (a, b) = (side(a, photo_a, "a")?, side(b, photo_b, "b")?);
+    Ok(Json(state.engine.compare(a, b).await?))
+}
+
+/// The multipart body of `POST /v1/compare`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct CompareUpload {
+    /// The first image (JPEG, PNG, WebP or GIF), unless `?a=` names an item.
+    #[schema(value_type = String, format = Binary)]
+    a: Option<Vec<u8>>,
+    /// The second image, unless `?b=` names an item.
+    #[schema(value_type = String, format = Binary)]
+    b: Option<Vec<u8>>,
 }
 
 /// The reference design's endpoint: JSON `{"text": ..., "k": ...}` or a multipart image.

@@ -13,7 +13,7 @@ use qdrant_edge::{
     Condition, CountRequestBuilder, CreateIndex, CreateVectorName, DEFAULT_VECTOR_NAME, Distance,
     EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams, FacetRequestBuilder,
     FacetValue, FieldCondition, FieldIndexOperations, Filter as EdgeFilter, Fusion,
-    HasVectorCondition, JsonPath, Match, Modifier, NamedQuery, OperationError, Payload,
+    HasVectorCondition, JsonPath, Match, MatchText, Modifier, NamedQuery, OperationError, Payload,
     PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
     PointStructPersisted, PointVectorsPersisted, PrefetchBuilder, QueryEnum, QueryRequestBuilder,
     RetrieveRequestBuilder, ScoringQuery, SearchParams, UpdateOperation, UpdateVectorsOp,
@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::keywords::{self, KEYWORDS, SparseVector};
 use super::{
-    Filter, IndexError, IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest,
+    CAPTION, Filter, IndexError, IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest,
     SearchTuning, StoredPayload, VectorIndex,
 };
 
@@ -128,10 +128,34 @@ fn edge_filter(filter: &Filter) -> Result<Option<EdgeFilter>, IndexError> {
             )))
         })
         .collect::<Result<Vec<_>, IndexError>>()?;
+    let must_not = filter
+        .without_words
+        .iter()
+        .map(|word| {
+            Ok(Condition::Field(FieldCondition::new_match(
+                key(CAPTION)?,
+                Match::Text(MatchText { text: word.clone() }),
+            )))
+        })
+        .collect::<Result<Vec<_>, IndexError>>()?;
     Ok(Some(EdgeFilter {
-        must: Some(must),
+        must: (!must.is_empty()).then_some(must),
+        must_not: (!must_not.is_empty()).then_some(must_not),
         ..Default::default()
     }))
+}
+
+/// The caption's full-text index (word exclusions). Made with the store; a store made before it
+/// gets it when it is opened ([`VectorIndex::add_keywords`]).
+fn create_text_index(shard: &EdgeShard) -> Result<(), IndexError> {
+    shard
+        .update(UpdateOperation::FieldIndexOperation(
+            FieldIndexOperations::CreateIndex(CreateIndex {
+                field_name: key(CAPTION)?,
+                field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Text)),
+            }),
+        ))
+        .map_err(internal)
 }
 
 fn to_payload(payload: &StoredPayload) -> Result<Payload, IndexError> {
@@ -330,6 +354,7 @@ impl EdgeIndex {
                 ))
                 .map_err(internal)?;
         }
+        create_text_index(&shard)?;
         tracing::info!(dir = %dir.display(), dim, "embedded index created");
         let shard = Arc::new(shard);
         guard.shard = Some(shard.clone());
@@ -625,9 +650,10 @@ impl VectorIndex for EdgeIndex {
                 return Ok(Vec::new());
             };
             // With an excluded id, fetch from the top and page in memory (k + offset <= 1000).
-            let (limit, offset) = match request.exclude {
-                Some(_) => (request.offset + request.limit + 1, 0),
-                None => (request.limit, request.offset),
+            let (limit, offset) = if request.exclude.is_empty() {
+                (request.limit, request.offset)
+            } else {
+                (request.offset + request.limit + request.exclude.len(), 0)
             };
             let params = SearchParams {
                 hnsw_ef: Some(tuning.hnsw_ef),
@@ -671,7 +697,7 @@ impl VectorIndex for EdgeIndex {
             let mut out = Vec::with_capacity(hits.len());
             for hit in hits {
                 let Some(id) = uuid_of(&hit.id) else { continue };
-                if Some(id) == request.exclude {
+                if request.exclude.contains(&id) {
                     continue;
                 }
                 out.push(ScoredPoint {
@@ -680,7 +706,7 @@ impl VectorIndex for EdgeIndex {
                     payload: from_payload(hit.payload.as_ref())?,
                 });
             }
-            if request.exclude.is_some() {
+            if !request.exclude.is_empty() {
                 out = out
                     .into_iter()
                     .skip(request.offset)
@@ -754,6 +780,16 @@ impl VectorIndex for EdgeIndex {
     async fn add_keywords(&self) -> Result<(), IndexError> {
         self.blocking(|shard| {
             let Some(shard) = shard else { return Ok(()) };
+            let caption = key(CAPTION)?;
+            if !shard
+                .info()
+                .map_err(internal)?
+                .payload_schema
+                .contains_key(&caption)
+            {
+                create_text_index(&shard)?;
+                tracing::info!("caption text index added to an embedded index made before it");
+            }
             if shard.config().sparse_vectors.contains_key(KEYWORDS) {
                 return Ok(());
             }

@@ -85,25 +85,31 @@ pub struct Point {
     pub payload: StoredPayload,
 }
 
-/// Exact keyword matches, all of which must hold: the shopper's [`Filters`], and an object key.
+/// Exact keyword matches, all of which must hold: the shopper's [`Filters`], and an object key;
+/// and words none of which may be in the caption (a shopper's `-floral`: a full-text match on
+/// the caption's text index, case-insensitive, whole words).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     pub attributes: Filters,
     pub s3_key: Option<String>,
+    pub without_words: Vec<String>,
 }
+
+/// The payload field with a full-text index, for word exclusions.
+pub const CAPTION: &str = "caption";
 
 impl Filter {
     pub fn attributes(attributes: Filters) -> Self {
         Self {
             attributes,
-            s3_key: None,
+            ..Self::default()
         }
     }
 
     pub fn s3_key(key: impl Into<String>) -> Self {
         Self {
-            attributes: Filters::default(),
             s3_key: Some(key.into()),
+            ..Self::default()
         }
     }
 
@@ -115,7 +121,7 @@ impl Filter {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.must().next().is_none()
+        self.must().next().is_none() && self.without_words.is_empty()
     }
 }
 
@@ -151,6 +157,9 @@ impl IndexQuery {
     }
 }
 
+/// The most ids one search leaves out.
+pub const MAX_EXCLUDED: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
     pub query: IndexQuery,
@@ -160,8 +169,9 @@ pub struct SearchRequest {
     /// The lowest score shown, on the scale of the query's score: cosine similarity (vector),
     /// BM25 (keywords), the fused score (hybrid).
     pub min_score: Option<f32>,
-    /// Left out of the results (the query image itself, for "more like this").
-    pub exclude: Option<Uuid>,
+    /// Left out of the results (the query image itself for "more like this"; the liked and
+    /// disliked items of a recommendation). At most [`MAX_EXCLUDED`].
+    pub exclude: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::keywords::{self, KEYWORDS, SparseVector};
 use super::{
-    Filter, IndexError, IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest,
+    CAPTION, Filter, IndexError, IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest,
     SearchTuning, StoredPayload, VectorIndex,
 };
 
@@ -125,9 +125,17 @@ pub fn qdrant_filter(filter: &Filter) -> Option<QdrantFilter> {
     if filter.is_empty() {
         return None;
     }
-    Some(QdrantFilter::must(filter.must().map(|(field, value)| {
-        Condition::matches(field, value.to_owned())
-    })))
+    let mut out = QdrantFilter::must(
+        filter
+            .must()
+            .map(|(field, value)| Condition::matches(field, value.to_owned())),
+    );
+    out.must_not = filter
+        .without_words
+        .iter()
+        .map(|word| Condition::matches_text(CAPTION, word.clone()))
+        .collect();
+    Some(out)
 }
 
 /// The sparse vector of a keyword query.
@@ -325,11 +333,14 @@ impl QdrantServerIndex {
                 None => Err(unavailable(error)),
             };
         }
-        for field in Filters::FIELDS {
+        let indexes = Filters::FIELDS
+            .iter()
+            .map(|field| (*field, FieldType::Keyword))
+            .chain([(CAPTION, FieldType::Text)]);
+        for (field, kind) in indexes {
             self.client
                 .create_field_index(
-                    CreateFieldIndexCollectionBuilder::new(name, *field, FieldType::Keyword)
-                        .wait(true),
+                    CreateFieldIndexCollectionBuilder::new(name, field, kind).wait(true),
                 )
                 .await
                 .map_err(unavailable)?;
@@ -565,10 +576,13 @@ impl VectorIndex for QdrantServerIndex {
             .hnsw_ef(self.tuning.hnsw_ef as u64)
             .exact(self.tuning.exact);
         let mut filter = qdrant_filter(&request.filter).unwrap_or_default();
-        if let Some(id) = request.exclude {
-            filter
-                .must_not
-                .push(Condition::has_id([PointId::from(id.to_string())]));
+        if !request.exclude.is_empty() {
+            filter.must_not.push(Condition::has_id(
+                request
+                    .exclude
+                    .iter()
+                    .map(|id| PointId::from(id.to_string())),
+            ));
         }
         let filter = (filter != QdrantFilter::default()).then_some(filter);
         let mut builder = QueryPointsBuilder::new(&self.collection)
@@ -676,7 +690,19 @@ impl VectorIndex for QdrantServerIndex {
     }
 
     async fn add_keywords(&self) -> Result<(), IndexError> {
-        if self.dim().is_none() || self.has_keywords() {
+        if self.dim().is_none() {
+            return Ok(());
+        }
+        // The caption's text index (word exclusions), for a collection made before it; the
+        // server answers at once when it exists.
+        self.client
+            .create_field_index(
+                CreateFieldIndexCollectionBuilder::new(&self.collection, CAPTION, FieldType::Text)
+                    .wait(true),
+            )
+            .await
+            .map_err(unavailable)?;
+        if self.has_keywords() {
             return Ok(());
         }
         let config = SparseVectorCreationConfigBuilder::default().modifier(Modifier::Idf as i32);

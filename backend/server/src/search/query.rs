@@ -9,6 +9,7 @@ use backend_api::{SearchHit, SearchMode, SearchParams, SearchResponse};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::compose::{Negated, REFINE_WEIGHT, combine, negated};
 use super::{DEFAULT_K, MAX_DEPTH, MAX_K, MAX_QUERY_CHARS, SearchEngine, SearchError};
 use crate::index::{Filter, IndexQuery, SearchRequest, keywords};
 use crate::metrics;
@@ -20,8 +21,9 @@ pub struct SearchPlan {
     pub offset: usize,
     pub filter: Filter,
     pub min_score: Option<f32>,
-    /// Left out of the results (the source image of "more like this").
-    pub exclude: Option<Uuid>,
+    /// Left out of the results (the source image of "more like this", the items of a
+    /// recommendation).
+    pub exclude: Vec<Uuid>,
 }
 
 impl SearchPlan {
@@ -52,13 +54,13 @@ impl SearchPlan {
             offset,
             filter: Filter::attributes(params.filters.clone()),
             min_score: params.min_score,
-            exclude: None,
+            exclude: Vec::new(),
         })
     }
 
-    pub fn excluding(self, id: Uuid) -> Self {
+    pub fn excluding(self, ids: impl IntoIterator<Item = Uuid>) -> Self {
         Self {
-            exclude: Some(id),
+            exclude: ids.into_iter().collect(),
             ..self
         }
     }
@@ -70,17 +72,17 @@ impl SearchPlan {
             offset: self.offset,
             filter: self.filter.clone(),
             min_score: self.min_score,
-            exclude: self.exclude,
+            exclude: self.exclude.clone(),
         }
     }
 }
 
 /// What a search ranks by, and what it says of itself.
-struct Query {
-    kind: &'static str,
-    mode: SearchMode,
-    query: IndexQuery,
-    embedded_text: Option<String>,
+pub(super) struct Query {
+    pub kind: &'static str,
+    pub mode: SearchMode,
+    pub query: IndexQuery,
+    pub embedded_text: Option<String>,
 }
 
 impl SearchEngine {
@@ -91,9 +93,21 @@ impl SearchEngine {
         mode: SearchMode,
         params: &SearchParams,
     ) -> Result<SearchResponse, SearchError> {
+        self.search_text_without(q, &[], mode, params).await
+    }
+
+    /// A text search; words after `-` in `q`, and those in `not`, are left out: no product whose
+    /// caption has one is shown, and the query's meaning is moved away from theirs.
+    #[tracing::instrument(skip_all, fields(q.chars = q.chars().count()))]
+    pub async fn search_text_without(
+        &self,
+        q: &str,
+        not: &[String],
+        mode: SearchMode,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, SearchError> {
         let started = Instant::now();
-        let q = q.trim();
-        if q.is_empty() {
+        if q.trim().is_empty() {
             return Err(SearchError::Invalid("the query is empty".into()));
         }
         if q.chars().count() > MAX_QUERY_CHARS {
@@ -101,7 +115,15 @@ impl SearchEngine {
                 "the query is longer than {MAX_QUERY_CHARS} characters"
             )));
         }
-        let plan = SearchPlan::new(params)?;
+        let Negated { positive, without } = negated(q, not)?;
+        if positive.is_empty() {
+            return Err(SearchError::Invalid(
+                "the query has only words to leave out (-word): say what to find too".into(),
+            ));
+        }
+        let q = positive.as_str();
+        let mut plan = SearchPlan::new(params)?;
+        plan.filter.without_words = without.clone();
         let mode = self.mode_for(mode)?;
         // With another model's index, meanings cannot be compared: a hybrid search matches by
         // words alone, and says so in its `mode` (vector and image searches are refused).
@@ -124,8 +146,9 @@ impl SearchEngine {
             };
             self.with_checked_filters(&plan.filter.attributes, async { Ok(()) })
                 .await?;
-            let response = self.run(query, &plan, started).await?;
+            let mut response = self.run(query, &plan, started).await?;
             metrics::search_outcome("text", response.hits.len(), false);
+            response.without = without;
             return Ok(response);
         }
         let embed = async {
@@ -137,7 +160,9 @@ impl SearchEngine {
                 .await?;
             metrics::stage("encode", encode.elapsed());
             self.check_model(&embedded.model)?;
-            Ok::<_, SearchError>(embedded.value)
+            let (caption, vector) = embedded.value;
+            let vector = self.moved_away(vector, &without).await?;
+            Ok::<_, SearchError>((caption, vector))
         };
         let (caption, vector) = self
             .with_checked_filters(&plan.filter.attributes, embed)
@@ -181,6 +206,7 @@ impl SearchEngine {
         }
         metrics::search_outcome("text", response.hits.len(), below_floor);
         response.relevance_floor = floor;
+        response.without = without;
         Ok(response)
     }
 
@@ -198,7 +224,7 @@ impl SearchEngine {
             offset: 0,
             filter: filter.clone(),
             min_score,
-            exclude: None,
+            exclude: Vec::new(),
         };
         let (vector, words) = match query {
             IndexQuery::Hybrid { vector, keywords } => (vector, Some(keywords)),
@@ -236,10 +262,23 @@ impl SearchEngine {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(bytes = image.len()))]
     pub async fn search_image(
         &self,
         image: Vec<u8>,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, SearchError> {
+        self.search_image_refined(image, None, &[], params).await
+    }
+
+    /// A photo search, refined by words when `refine` is given ("this photo, but red": the
+    /// photo's embedding plus the words', as rclip composes them) and with words left out
+    /// (`-floral` in `refine`, or `not`).
+    #[tracing::instrument(skip_all, fields(bytes = image.len()))]
+    pub async fn search_image_refined(
+        &self,
+        image: Vec<u8>,
+        refine: Option<&str>,
+        not: &[String],
         params: &SearchParams,
     ) -> Result<SearchResponse, SearchError> {
         let started = Instant::now();
@@ -248,7 +287,10 @@ impl SearchEngine {
                 "the uploaded file is empty: not an image".into(),
             ));
         }
-        let plan = SearchPlan::new(params)?;
+        let refine = refine.map(str::trim).filter(|r| !r.is_empty());
+        let Negated { positive, without } = negated(refine.unwrap_or_default(), not)?;
+        let mut plan = SearchPlan::new(params)?;
+        plan.filter.without_words = without.clone();
         let embed = async {
             let encode = Instant::now();
             let embedded = self
@@ -258,24 +300,34 @@ impl SearchEngine {
                 .await?;
             metrics::stage("encode", encode.elapsed());
             self.check_model(&embedded.model)?;
-            let vector = embedded
+            let mut vector = embedded
                 .value
                 .into_iter()
                 .next()
                 .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
-            Ok::<_, SearchError>(vector)
+            let mut caption = None;
+            if !positive.is_empty() {
+                let words = self.encoder().embed_query(&positive).await?;
+                self.check_model(&words.model)?;
+                let (embedded_as, words) = words.value;
+                vector = combine(&[(&vector, 1.0), (&words, REFINE_WEIGHT)])?;
+                caption = Some(embedded_as);
+            }
+            let vector = self.moved_away(vector, &without).await?;
+            Ok::<_, SearchError>((vector, caption))
         };
-        let vector = self
+        let (vector, caption) = self
             .with_checked_filters(&plan.filter.attributes, embed)
             .await?;
         let query = Query {
             kind: "image",
             mode: SearchMode::Vector,
             query: IndexQuery::Vector(vector),
-            embedded_text: None,
+            embedded_text: caption,
         };
-        let response = self.run(query, &plan, started).await?;
+        let mut response = self.run(query, &plan, started).await?;
         metrics::search_outcome("image", response.hits.len(), false);
+        response.without = without;
         Ok(response)
     }
 
@@ -288,7 +340,7 @@ impl SearchEngine {
         params: &SearchParams,
     ) -> Result<SearchResponse, SearchError> {
         let started = Instant::now();
-        let plan = SearchPlan::new(params)?.excluding(id);
+        let plan = SearchPlan::new(params)?.excluding([id]);
         let stored = async {
             let record = self.index.retrieve(&[id], true).await?.into_iter().next();
             record
@@ -309,7 +361,7 @@ impl SearchEngine {
         Ok(response)
     }
 
-    async fn run(
+    pub(super) async fn run(
         &self,
         query: Query,
         plan: &SearchPlan,
@@ -357,6 +409,7 @@ impl SearchEngine {
             embedded_text: query.embedded_text,
             mode: query.mode,
             relevance_floor: None,
+            without: Vec::new(),
             // The identity model-serving last reported: no call per search.
             model: self
                 .encoder()

@@ -70,7 +70,7 @@ fn nearest(to: u128, limit: usize, offset: usize) -> SearchRequest {
         offset,
         filter: Filter::default(),
         min_score: None,
-        exclude: None,
+        exclude: Vec::new(),
     }
 }
 
@@ -157,7 +157,7 @@ async fn contract(index: Arc<dyn VectorIndex>, one_shard: bool) {
     assert_eq!(red.len(), 5);
     let similar = index
         .search(SearchRequest {
-            exclude: Some(Uuid::from_u128(1)),
+            exclude: vec![Uuid::from_u128(1)],
             ..nearest(0, 3, 1)
         })
         .await
@@ -166,6 +166,50 @@ async fn contract(index: Arc<dyn VectorIndex>, one_shard: bool) {
         ids(&similar),
         ids(&top)[2..5],
         "the source left out, then paged"
+    );
+    // Several left out (a recommendation's items), then paged.
+    let several = index
+        .search(SearchRequest {
+            exclude: vec![Uuid::from_u128(1), Uuid::from_u128(3)],
+            ..nearest(0, 3, 1)
+        })
+        .await
+        .expect("excluding several");
+    assert_eq!(
+        ids(&several),
+        [4, 5, 6].map(Uuid::from_u128),
+        "points 1 and 3 left out, then one skipped"
+    );
+    // Words left out: no caption with "puma" (any case, whole word), in every ranking.
+    let without_puma = Filter {
+        without_words: vec!["puma".into()],
+        ..Filter::default()
+    };
+    for query in [
+        IndexQuery::Vector(point(0).vector),
+        IndexQuery::Keywords(keywords::query("puma sneaker").expect("words")),
+    ] {
+        let hits = index
+            .search(SearchRequest {
+                filter: without_puma.clone(),
+                ..SearchRequest {
+                    query,
+                    ..nearest(0, 20, 0)
+                }
+            })
+            .await
+            .expect("without a word");
+        assert!(!hits.is_empty());
+        assert!(
+            hits.iter()
+                .all(|h| !h.payload.attributes.caption.to_lowercase().contains("puma")),
+            "{hits:?}"
+        );
+    }
+    assert_eq!(
+        index.count(&without_puma).await.expect("count"),
+        index.count(&Filter::default()).await.expect("count") - 10,
+        "every fourth of 40 is a Puma"
     );
     // A rounding's width below the fifth score: the index may compute it a hair differently.
     let floor = top[4].score - 1e-5;
@@ -253,7 +297,7 @@ async fn contract(index: Arc<dyn VectorIndex>, one_shard: bool) {
     );
     let excluding = index
         .search(SearchRequest {
-            exclude: Some(fused[0].id),
+            exclude: vec![fused[0].id],
             ..hybrid(5, 0)
         })
         .await

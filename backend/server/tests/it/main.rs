@@ -5,6 +5,7 @@
 mod bench_cluster;
 mod canary;
 mod catalogue_check;
+mod compose;
 mod edge;
 mod engines;
 mod failover;
