@@ -73,7 +73,8 @@ pub fn router(config: &FrontendConfig) -> anyhow::Result<Router> {
                 post(pages::search_image)
                     .layer(DefaultBodyLimit::max(config.max_upload_bytes + 64 * 1024)),
             )
-            .route("/similar/{id}", get(pages::similar)),
+            .route("/similar/{id}", get(pages::similar))
+            .route("/taste", get(pages::taste)),
     );
     let pages = Router::new()
         .merge(searching)

@@ -13,8 +13,8 @@ pub const RESULT_CLICKS_TOTAL: &str = "frontend_result_clicks_total";
 pub const RESULT_CLICK_POSITION: &str = "frontend_result_click_position";
 
 /// Where a clicked card was shown: text results, photo results, "more like this", a product
-/// page's similar items.
-pub const CLICK_SOURCES: [&str; 4] = ["text", "image", "similar", "product"];
+/// page's similar items, a like / dislike list's results.
+pub const CLICK_SOURCES: [&str; 5] = ["text", "image", "similar", "product", "taste"];
 
 pub const ALL: &[&str] = &[
     BACKEND_CALLS_TOTAL,
@@ -28,7 +28,7 @@ pub fn describe() {
     describe_counter!(
         BACKEND_CALLS_TOTAL,
         Unit::Count,
-        "Calls to the backend, by call (search_text, search_image, similar, get_image, facets, stats) and outcome (ok, rejected, unavailable, timeout)."
+        "Calls to the backend, by call (search_text, search_image, similar, recommend, get_image, facets, stats) and outcome (ok, rejected, unavailable, timeout)."
     );
     describe_histogram!(
         BACKEND_CALL_SECONDS,
@@ -38,12 +38,12 @@ pub fn describe() {
     describe_counter!(
         PAGES_TOTAL,
         Unit::Count,
-        "Pages rendered, by page (home, results, image_results, similar, product, not_found, click) and what the shopper saw (ok, empty, error)."
+        "Pages rendered, by page (home, results, image_results, similar, taste, product, not_found, click) and what the shopper saw (ok, empty, error)."
     );
     describe_counter!(
         RESULT_CLICKS_TOTAL,
         Unit::Count,
-        "Result cards opened, by where they were shown (from: text, image, similar, product). Click-through rate: these over the results pages shown with hits."
+        "Result cards opened, by where they were shown (from: text, image, similar, product, taste). Click-through rate: these over the results pages shown with hits."
     );
     describe_histogram!(
         RESULT_CLICK_POSITION,

@@ -16,7 +16,7 @@ use crate::metrics;
 use crate::notices::{info, page, problem, trouble_notice};
 use crate::query::{pager, params, parse_listing, parse_query, parse_refinement};
 use crate::upload::{looks_like_image, read_upload};
-use crate::views::{self, Notice, Refinement, ResultsPage, SearchState};
+use crate::views::{self, CardLinks, MAX_TASTE, Notice, Refinement, ResultsPage, SearchState};
 
 /// Similar items under a product.
 const SIMILAR_ON_PRODUCT: usize = 12;
@@ -36,13 +36,16 @@ fn bad_listing(
 fn summary(response: &SearchResponse) -> String {
     let shown = response.hits.len();
     let noun = if shown == 1 { "match" } else { "matches" };
-    match &response.embedded_text {
-        Some(text) => format!(
-            "{shown} {noun} shown · searched as “{text}” · {:.0} ms",
-            response.took_ms
-        ),
-        None => format!("{shown} {noun} shown · {:.0} ms", response.took_ms),
+    let mut line = format!("{shown} {noun} shown");
+    if let Some(text) = &response.embedded_text {
+        line.push_str(&format!(" · searched as “{text}”"));
     }
+    if !response.without.is_empty() {
+        let words: Vec<String> = response.without.iter().map(|w| format!("“{w}”")).collect();
+        line.push_str(&format!(" · without {}", words.join(", ")));
+    }
+    line.push_str(&format!(" · {:.0} ms", response.took_ms));
+    line
 }
 
 /// A list page (text results, photo results, "more like this"): the grid or its empty notice,
@@ -133,6 +136,7 @@ pub async fn search(
                 hits: response.hits,
                 previous,
                 next,
+                links: CardLinks::Similar,
             };
             let empty = if response.relevance_floor.is_some() && refinement.is_empty() {
                 // The backend shows nothing below the model's relevance floor: nothing in the
@@ -197,9 +201,11 @@ pub async fn search_image(
         return fail(StatusCode::UNSUPPORTED_MEDIA_TYPE, notice, &view_state);
     }
     let search_params = params(&refinement, state.page_size, 0);
+    // Words typed beside the photo refine it ("in red", "-floral").
+    let refine = upload.fields.get("q").map(String::as_str);
     let search = state.call(
         "search_image",
-        backend.search_image(upload.image, &search_params),
+        backend.search_image_refined(upload.image, refine, &search_params),
     );
     let (facets, found) = tokio::join!(state.facets(), search);
     let shown = found
@@ -295,6 +301,11 @@ pub async fn similar(
                 hits: response.hits,
                 previous,
                 next,
+                links: CardLinks::Taste {
+                    like: vec![id],
+                    dislike: Vec::new(),
+                    refinement: Box::new(refinement.clone()),
+                },
             };
             let empty = info(
                 "Nothing similar found",
@@ -310,6 +321,104 @@ pub async fn similar(
         facets.as_ref(),
         shown,
     )
+}
+
+/// A comma-separated list of item ids from the URL; `None` when one is not an id or there are
+/// more than [`MAX_TASTE`].
+fn id_list(raw: Option<&String>) -> Option<Vec<Uuid>> {
+    let ids: Vec<Uuid> = raw
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(parse_id)
+        .collect::<Option<_>>()?;
+    (ids.len() <= MAX_TASTE).then_some(ids)
+}
+
+/// `GET /taste?like=..&dislike=..`: more like the liked items, less like the disliked ones,
+/// paged and filterable; every card adds itself to either list (the lists live in the URL, so
+/// the page can be shared).
+pub async fn taste(
+    State(state): State<AppState>,
+    client: Option<Extension<ClientIp>>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let backend = state.backend_for(client);
+    let fields = parse_query(raw.as_deref());
+    let mut view_state = SearchState {
+        filter_action: "/taste".into(),
+        ..SearchState::default()
+    };
+    let lists = id_list(fields.get("like")).zip(id_list(fields.get("dislike")));
+    let Some((like, dislike)) = lists.filter(|(like, _)| !like.is_empty()) else {
+        let notice = problem(
+            "That list of items does not work",
+            format!(
+                "Pick up to {MAX_TASTE} items with “More like this” (and “Less like this”) on the results."
+            ),
+        );
+        return bad_listing("taste", "Your picks", &view_state, notice);
+    };
+    let (refinement, page_no) = match parse_listing(&fields, state.page_size) {
+        Ok(listing) => listing,
+        Err(notice) => return bad_listing("taste", "Your picks", &view_state, notice),
+    };
+    view_state.refinement = refinement.clone();
+    // The filter form keeps the lists.
+    view_state.filter_action = views::taste_url(&like, &dislike, &views::Refinement::default());
+    let offset = (page_no - 1) * state.page_size;
+    let search_params = params(&refinement, state.page_size, offset);
+    let (facets, found) = tokio::join!(
+        state.facets(),
+        state.call(
+            "recommend",
+            backend.recommend(&like, &dislike, &search_params)
+        ),
+    );
+    let shown = found
+        .map(|response| {
+            let here = views::taste_url(&like, &dislike, &views::Refinement::default());
+            let (path, query) = here.split_once('?').unwrap_or((here.as_str(), ""));
+            let mut base: Vec<(&'static str, String)> = parse_query(Some(query))
+                .into_iter()
+                .filter_map(|(k, v)| match k.as_str() {
+                    "like" => Some(("like", v)),
+                    "dislike" => Some(("dislike", v)),
+                    _ => None,
+                })
+                .collect();
+            base.sort();
+            base.extend(refinement.pairs());
+            let (previous, next) =
+                pager(path, &base, page_no, state.page_size, response.hits.len());
+            let heading = match dislike.len() {
+                0 => format!("More like your {} picks", like.len()),
+                n => format!("More like your {} picks, less like {n} others", like.len()),
+            };
+            let results = ResultsPage {
+                source: "taste",
+                first_position: offset + 1,
+                heading,
+                detail: Some(summary(&response)),
+                hits: response.hits,
+                previous,
+                next,
+                links: CardLinks::Taste {
+                    like: like.clone(),
+                    dislike: dislike.clone(),
+                    refinement: Box::new(refinement.clone()),
+                },
+            };
+            let empty = info(
+                "Nothing like your picks",
+                "Try fewer filters or other picks.",
+            );
+            (results, empty)
+        })
+        .map_err(|trouble| trouble_notice(trouble, state.timeout, "product"));
+    list_page("taste", "Your picks", &view_state, facets.as_ref(), shown)
 }
 
 /// `GET /product/{id}`: one product and similar items.

@@ -114,6 +114,75 @@ pub struct ResultsPage {
     pub hits: Vec<SearchHit>,
     pub previous: Option<String>,
     pub next: Option<String>,
+    /// What each card's "more like this" / "less like this" links lead to.
+    pub links: CardLinks,
+}
+
+/// Most items a like or dislike list in a URL keeps (the backend's bound); adding one more
+/// drops the oldest.
+pub const MAX_TASTE: usize = 16;
+
+/// A card's "more like this" and "less like this" links.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum CardLinks {
+    /// "More like this": the item's own similar page; no "less like this".
+    #[default]
+    Similar,
+    /// A like / dislike list, kept in the URL (`/taste?like=..&dislike=..`): "more like this"
+    /// adds the item to the likes, "less like this" to the dislikes. Filters are kept.
+    Taste {
+        like: Vec<uuid::Uuid>,
+        dislike: Vec<uuid::Uuid>,
+        refinement: Box<Refinement>,
+    },
+}
+
+/// `list` with `id` added last (and no longer elsewhere), at most [`MAX_TASTE`] long.
+fn with_id(list: &[uuid::Uuid], id: uuid::Uuid) -> Vec<uuid::Uuid> {
+    let mut out: Vec<uuid::Uuid> = list.iter().copied().filter(|x| *x != id).collect();
+    out.push(id);
+    let extra = out.len().saturating_sub(MAX_TASTE);
+    out.split_off(extra)
+}
+
+/// The `/taste` page of a like / dislike list.
+pub fn taste_url(like: &[uuid::Uuid], dislike: &[uuid::Uuid], refinement: &Refinement) -> String {
+    let join = |ids: &[uuid::Uuid]| {
+        ids.iter()
+            .map(uuid::Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut pairs = vec![("like", join(like))];
+    if !dislike.is_empty() {
+        pairs.push(("dislike", join(dislike)));
+    }
+    pairs.extend(refinement.pairs());
+    url_with("/taste", &pairs)
+}
+
+impl CardLinks {
+    /// `(more like this, less like this)` for the item `id`.
+    fn for_item(&self, id: uuid::Uuid) -> (String, Option<String>) {
+        match self {
+            Self::Similar => (format!("/similar/{id}"), None),
+            Self::Taste {
+                like,
+                dislike,
+                refinement,
+            } => {
+                let not_disliked: Vec<uuid::Uuid> =
+                    dislike.iter().copied().filter(|x| *x != id).collect();
+                let not_liked: Vec<uuid::Uuid> =
+                    like.iter().copied().filter(|x| *x != id).collect();
+                let more = taste_url(&with_id(like, id), &not_disliked, refinement);
+                // A list must keep one like: disliking the only liked item is not offered.
+                let less = (!not_liked.is_empty())
+                    .then(|| taste_url(&not_liked, &with_id(dislike, id), refinement));
+                (more, less)
+            }
+        }
+    }
 }
 
 /// The whole HTML document around `main`.
@@ -188,6 +257,16 @@ fn SiteHeader(state: SearchState, facets: Option<FacetsResponse>) -> impl IntoVi
                 <label class="field file">
                     <span>"Search with a photo"</span>
                     <input type="file" name="image" accept="image/jpeg,image/png,image/webp,image/gif" required=true />
+                </label>
+                <label class="field refine">
+                    <span class="sr-only">"Words to refine the photo search"</span>
+                    <input
+                        type="text"
+                        name="q"
+                        placeholder="and… “in red”, “-floral”"
+                        maxlength="300"
+                        autocomplete="off"
+                    />
                 </label>
                 {state.refinement.pairs().into_iter().map(|(name, value)| view! { <input type="hidden" name=name value=value /> }).collect_view()}
                 <button type="submit">"Find similar"</button>
@@ -353,13 +432,15 @@ pub fn results(page: ResultsPage, empty: Notice) -> AnyView {
         return notice(empty);
     }
     let (source, first) = (page.source, page.first_position.max(1));
+    let links = page.links;
     let cards = page
         .hits
         .into_iter()
         .enumerate()
         .map(|(i, hit)| {
             let open = click_link(hit.item.id, source, first + i);
-            view! { <Card hit=hit open=open /> }
+            let (more, less) = links.for_item(hit.item.id);
+            view! { <Card hit=hit open=open more=more less=less /> }
         })
         .collect_view();
     view! {
@@ -407,7 +488,7 @@ fn click_link(id: uuid::Uuid, source: &str, position: usize) -> String {
 }
 
 #[component]
-fn Card(hit: SearchHit, open: String) -> impl IntoView {
+fn Card(hit: SearchHit, open: String, more: String, less: Option<String>) -> impl IntoView {
     let item = hit.item;
     let id = item.id;
     let caption = caption_of(&item);
@@ -432,7 +513,10 @@ fn Card(hit: SearchHit, open: String) -> impl IntoView {
                 <a class="title" href=open>{caption}</a>
                 <p class="meta">{meta}</p>
                 <p class="score" title="similarity to your query">{format!("match {:.2}", hit.score)}</p>
-                <a class="more" href=format!("/similar/{id}")>"More like this"</a>
+                <p class="taste">
+                    <a class="more" href=more>"More like this"</a>
+                    {less.map(|href| view! { " · " <a class="less" href=href>"Less like this"</a> })}
+                </p>
             </div>
         </li>
     }
@@ -456,13 +540,19 @@ pub fn product(item: ImageItem, similar: Result<Vec<SearchHit>, Notice>) -> AnyV
     .collect_view();
     let similar = match similar {
         Ok(hits) => {
+            let links = CardLinks::Taste {
+                like: vec![id],
+                dislike: Vec::new(),
+                refinement: Box::default(),
+            };
             let cards = hits
                 .into_iter()
                 .filter(|h| h.item.id != id)
                 .enumerate()
                 .map(|(i, hit)| {
                     let open = click_link(hit.item.id, "product", i + 1);
-                    view! { <Card hit=hit open=open /> }
+                    let (more, less) = links.for_item(hit.item.id);
+                    view! { <Card hit=hit open=open more=more less=less /> }
                 })
                 .collect_view();
             view! {

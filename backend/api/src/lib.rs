@@ -595,16 +595,51 @@ impl BackendClient {
         image: Vec<u8>,
         params: &SearchParams,
     ) -> Result<SearchResponse, ClientError> {
+        self.search_image_refined(image, None, params).await
+    }
+
+    /// A photo search refined by words ("in red"; `-word` leaves one out).
+    pub async fn search_image_refined(
+        &self,
+        image: Vec<u8>,
+        refine: Option<&str>,
+        params: &SearchParams,
+    ) -> Result<SearchResponse, ClientError> {
         let form = reqwest::multipart::Form::new().part(
             "file",
             reqwest::multipart::Part::bytes(image).file_name("query"),
         );
-        let request = self
+        let mut request = self
             .http
             .post(format!("{}/v1/search/image", self.base))
-            .query(params)
-            .multipart(form);
-        self.send(request).await
+            .query(params);
+        if let Some(words) = refine.map(str::trim).filter(|w| !w.is_empty()) {
+            request = request.query(&[("q", words)]);
+        }
+        self.send(request.multipart(form)).await
+    }
+
+    /// More like the `like` items, less like the `dislike` ones.
+    pub async fn recommend(
+        &self,
+        like: &[Uuid],
+        dislike: &[Uuid],
+        params: &SearchParams,
+    ) -> Result<SearchResponse, ClientError> {
+        let join = |ids: &[Uuid]| {
+            ids.iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut request = self
+            .http
+            .get(format!("{}/v1/search/recommend", self.base))
+            .query(&[("like", join(like))]);
+        if !dislike.is_empty() {
+            request = request.query(&[("dislike", join(dislike))]);
+        }
+        self.send(request.query(params)).await
     }
 
     pub async fn similar(

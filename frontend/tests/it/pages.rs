@@ -141,6 +141,7 @@ async fn pages_against_a_running_catalogue() {
     let page1 = text_results_and_paging(&app, &stack).await;
     filters_and_bad_input(&app).await;
     similar_and_product(&app, &page1[0]).await;
+    likes_and_dislikes(&app, &page1[0]).await;
     photo_search(&app).await;
     clicks(&app, &page1).await;
     page_metrics(&app).await;
@@ -433,6 +434,77 @@ async fn similar_and_product(app: &axum::Router, card: &HashMap<String, String>)
     );
 }
 
+/// The `href` of every link with class `class`, in page order.
+fn links(html: &str, class: &str) -> Vec<String> {
+    html.match_indices("<a ")
+        .filter_map(|(start, _)| {
+            let end = start + html[start..].find('>')?;
+            let attrs = attributes(&html[start..end]);
+            (attrs.get("class").map(String::as_str) == Some(class))
+                .then(|| attrs.get("href").cloned())
+                .flatten()
+        })
+        .collect()
+}
+
+/// "More like this" / "Less like this" on each card build a like / dislike list in the URL;
+/// the list's page recommends by it, leaves its items out, keeps filters, and refuses a list
+/// that is not one.
+async fn likes_and_dislikes(app: &axum::Router, card: &HashMap<String, String>) {
+    let id = card["data-id"].clone();
+    let similar = get(app, &format!("/similar/{id}")).await;
+    let more = links(&similar.html, "more");
+    let less = links(&similar.html, "less");
+    let shown = cards(&similar.html);
+    assert_eq!((more.len(), less.len()), (shown.len(), shown.len()));
+    let other = shown[0]["data-id"].clone();
+    assert_eq!(more[0], format!("/taste?like={id}%2C{other}"));
+    assert_eq!(less[0], format!("/taste?like={id}&dislike={other}"));
+
+    let liked = get(app, &more[0]).await;
+    assert_eq!(liked.status, StatusCode::OK, "{}", liked.html);
+    assert!(liked.html.contains("More like your 2 picks"));
+    let picks = cards(&liked.html);
+    assert!(!picks.is_empty());
+    assert!(
+        picks
+            .iter()
+            .all(|c| c["data-id"] != id && c["data-id"] != other)
+    );
+    let disliked = get(app, &less[0]).await;
+    assert_eq!(disliked.status, StatusCode::OK);
+    assert!(disliked.html.contains("less like 1 others"));
+    assert!(cards(&disliked.html).iter().all(|c| c["data-id"] != other));
+    // Each card there extends the lists; the only liked item cannot be disliked away.
+    let next_more = links(&disliked.html, "more");
+    assert!(
+        next_more[0].starts_with(&format!("/taste?like={id}%2C")),
+        "{}",
+        next_more[0]
+    );
+    assert!(next_more[0].contains(&format!("dislike={other}")));
+    let women = get(app, &format!("/taste?like={id}&gender=Women")).await;
+    assert!(
+        cards(&women.html)
+            .iter()
+            .all(|c| c["data-gender"] == "Women")
+    );
+    for bad in [
+        "/taste",
+        "/taste?like=nope",
+        &format!("/taste?dislike={id}"),
+    ] {
+        let page = get(app, bad).await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(
+            page.html.contains("That list of items does not work"),
+            "{bad}"
+        );
+    }
+    let unknown = get(app, &format!("/taste?like={}", uuid::Uuid::new_v4())).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+}
+
 /// Search by photo, and each upload problem's page.
 async fn photo_search(app: &axum::Router) {
     // Search by photo: the indexed photo itself comes back first, at similarity ~1.
@@ -457,6 +529,24 @@ async fn photo_search(app: &axum::Router) {
         .html,
     );
     assert!(!filtered.is_empty() && filtered.iter().all(|c| c["data-gender"] == "Men"));
+    // Words beside the photo refine it, and say so.
+    let refined = upload(
+        app,
+        Some(("skirt.jpg", bytes.clone())),
+        &[("q", "in red -floral")],
+    )
+    .await;
+    assert_eq!(refined.status, StatusCode::OK, "{}", refined.html);
+    assert!(
+        refined.html.contains("searched as “a photo of in red”"),
+        "{}",
+        refined.html
+    );
+    assert!(refined.html.contains("without “floral”"));
+    assert!(
+        refined.html.contains("name=\"q\""),
+        "the photo form has the refine field"
+    );
 
     // Upload problems: each a clear message with its own status.
     let missing = upload(app, None, &[]).await;
