@@ -112,6 +112,19 @@ async fn ingest_search_presign_filter_delete() {
     assert_eq!(similar.hits.len(), 5);
     assert!(similar.hits.iter().all(|h| h.item.id != point_id(first)));
     assert_eq!(similar.hits[0].item.id, by_image.hits[1].item.id);
+    // A like list of one is "more like this" by the same vector (normalised again, so near
+    // ties may swap): the same five.
+    let liked = backend
+        .client
+        .recommend(&[point_id(first)], &[], &top(5))
+        .await
+        .expect("recommend");
+    let sorted = |r: &backend_api::SearchResponse| {
+        let mut ids: Vec<_> = r.hits.iter().map(|h| h.item.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(sorted(&liked), sorted(&similar));
 
     // Filters restrict results to matching payloads.
     let facets = backend.client.facets().await.expect("facets");
