@@ -144,6 +144,13 @@ pub struct Report {
     /// best similarity each made-up query reached: what a floor is calibrated on.
     pub own_product_scores: Vec<f32>,
     pub gibberish_scores: Vec<f32>,
+    /// Vector mode: the best similarity of each shopper-like query ("<brand> <type>",
+    /// "<type>", "<colour> <type>"): what vector mode's floor is calibrated on.
+    pub shopper_scores: Vec<f32>,
+    /// The model's floor for vector mode, as the backend applied it.
+    pub vector_floor: Option<f32>,
+    /// Share of made-up queries answered with no hit in vector mode.
+    pub gibberish_unanswered_vector: Option<f64>,
     /// Questions per family: captions, brand+type, type, colour+type, similar.
     pub questions: [usize; 5],
 }
@@ -168,6 +175,21 @@ pub fn gibberish(n: usize) -> Vec<String> {
             format!("{} {}", word(), word())
         })
         .collect()
+}
+
+/// Vector mode's floor: the highest multiple of 0.01 that keeps at least 98% of shopper-like
+/// queries answered (their best similarity at or above it), and the share of made-up queries it
+/// turns away; `None` without scores.
+pub fn suggest_vector_floor(shopper: &[f32], gibberish: &[f32]) -> Option<(f32, f64)> {
+    if shopper.is_empty() || gibberish.is_empty() {
+        return None;
+    }
+    let mut sorted = shopper.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let p2 = sorted[(sorted.len() as f64 * 0.02).floor() as usize];
+    let floor = (p2 * 100.0).floor() / 100.0;
+    let away = gibberish.iter().filter(|s| **s < floor).count() as f64 / gibberish.len() as f64;
+    Some((floor, away))
 }
 
 /// The lowest floor (a multiple of 0.01) that leaves at most 5% of made-up queries with a hit,
@@ -320,7 +342,7 @@ pub async fn evaluate(
         scores.caption_r10 = share(|x| x.1);
         let mut precision = Vec::new();
         for family in &families {
-            let values: Vec<f64> = futures::stream::iter(family)
+            let answers: Vec<(f64, Option<f32>)> = futures::stream::iter(family)
                 .map(|question| async move {
                     let response = search(client, &question.query, mode, question.depth).await?;
                     let relevant = response
@@ -329,13 +351,20 @@ pub async fn evaluate(
                         .take(question.depth)
                         .filter(|h| (question.relevant)(&h.item))
                         .count();
-                    Ok::<_, anyhow::Error>(relevant as f64 / question.depth as f64)
+                    let best = response.hits.first().map(|h| h.score);
+                    Ok::<_, anyhow::Error>((relevant as f64 / question.depth as f64, best))
                 })
                 .buffered(CONCURRENCY)
                 .collect::<Vec<_>>()
                 .await
                 .into_iter()
                 .collect::<anyhow::Result<_>>()?;
+            if mode == SearchMode::Vector {
+                report
+                    .shopper_scores
+                    .extend(answers.iter().filter_map(|a| a.1));
+            }
+            let values: Vec<f64> = answers.iter().map(|a| a.0).collect();
             precision.push(mean(&values));
         }
         scores.brand_type = precision[0];
@@ -347,17 +376,21 @@ pub async fn evaluate(
     let probe = search(client, "dress", SearchMode::Hybrid, 1).await?;
     report.model = probe.model;
     report.relevance_floor = probe.relevance_floor;
+    let probe = search(client, "dress", SearchMode::Vector, 1).await?;
+    report.vector_floor = probe.relevance_floor;
     let made_up = gibberish(GIBBERISH);
-    let mut unanswered = Vec::new();
+    let (mut unanswered, mut unanswered_vector) = (Vec::new(), Vec::new());
     for q in &made_up {
         let hybrid = search(client, q, SearchMode::Hybrid, 10).await?;
         unanswered.push(f64::from(u8::from(hybrid.hits.is_empty())));
         let vector = search(client, q, SearchMode::Vector, 1).await?;
+        unanswered_vector.push(f64::from(u8::from(vector.hits.is_empty())));
         report
             .gibberish_scores
             .extend(vector.hits.first().map(|h| h.score));
     }
     report.gibberish_unanswered = mean(&unanswered);
+    report.gibberish_unanswered_vector = mean(&unanswered_vector);
     let params = SearchParams {
         k: Some(10),
         ..SearchParams::default()
@@ -439,6 +472,23 @@ impl Report {
             self.relevance_floor
                 .map_or_else(|| "none".to_owned(), |f| format!("{f:.2}"))
         );
+        let _ = writeln!(
+            out,
+            "made-up queries answered with no match (vector): {} (relevance floor {})",
+            cell(self.gibberish_unanswered_vector),
+            self.vector_floor
+                .map_or_else(|| "none".to_owned(), |f| format!("{f:.2}"))
+        );
+        if self.vector_floor.is_none()
+            && let Some((floor, away)) =
+                suggest_vector_floor(&self.shopper_scores, &self.gibberish_scores)
+        {
+            let _ = writeln!(
+                out,
+                "calibration (vector): a floor of {floor:.2} keeps 98% of {} shopper-like queries (brand+type, type, colour+type) answered by meaning and turns away {away:.3} of made-up ones",
+                self.shopper_scores.len()
+            );
+        }
         if self.relevance_floor.is_none()
             && let Some((floor, kept)) =
                 suggest_floor(&self.own_product_scores, &self.gibberish_scores)
@@ -545,6 +595,19 @@ mod tests {
         assert!((floor - 0.20).abs() < 1e-6, "{floor}");
         assert!((kept - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(suggest_floor(&[0.5], &[]), None);
+    }
+
+    #[test]
+    fn the_vector_floor_keeps_98_percent_of_shopper_queries() {
+        // 100 shopper-like queries from 0.40 to 0.89: the 2nd lowest is 0.41.
+        let shopper: Vec<f32> = (0..100).map(|i| 0.40 + i as f32 * 0.005).collect();
+        let made_up = [0.30, 0.35, 0.405, 0.50];
+        let (floor, away) = suggest_vector_floor(&shopper, &made_up).expect("floor");
+        assert!((floor - 0.41).abs() < 1e-6, "{floor}");
+        assert!((away - 0.75).abs() < 1e-9, "{away}");
+        let kept = shopper.iter().filter(|s| **s >= floor).count();
+        assert!(kept >= 98, "{kept}");
+        assert_eq!(suggest_vector_floor(&[], &made_up), None);
     }
 
     #[test]

@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A copy of the model folder whose `model.json` has no relevance floor.
+/// A copy of the model folder whose `model.json` has no relevance floors.
 fn without_floor(model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(model)? {
         let entry = entry?;
@@ -52,6 +52,7 @@ fn without_floor(model: &std::path::Path, out: &std::path::Path) -> anyhow::Resu
     let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     if let Some(fields) = spec.as_object_mut() {
         fields.remove("relevance_floor");
+        fields.remove("relevance_floor_vector");
     }
     std::fs::write(&path, serde_json::to_string_pretty(&spec)?)?;
     Ok(())

@@ -307,6 +307,8 @@ pub trait Embedder: Send + Sync {
     /// The model's relevance floor (a cosine similarity) for text queries, as last reported;
     /// `None` when it has none (or before model-serving was first reached).
     fn relevance_floor(&self) -> Option<f32>;
+    /// The floor of searches by meaning alone, as last reported; `None` when it has none.
+    fn vector_floor(&self) -> Option<f32>;
     /// Whether calls are being turned away (model-serving failing).
     fn breaker_open(&self) -> bool;
 }
@@ -567,6 +569,10 @@ impl Embedder for QueryEncoder {
 
     fn relevance_floor(&self) -> Option<f32> {
         self.known().and_then(|info| info.relevance_floor)
+    }
+
+    fn vector_floor(&self) -> Option<f32> {
+        self.known().and_then(|info| info.relevance_floor_vector)
     }
 
     fn breaker_open(&self) -> bool {

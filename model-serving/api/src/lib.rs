@@ -56,6 +56,9 @@ pub struct ModelInfo {
     /// the model folder's `model.json`); `None`: the model has no measured floor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relevance_floor: Option<f32>,
+    /// The floor for searches by meaning alone (`relevance_floor_vector` in `model.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relevance_floor_vector: Option<f32>,
 }
 
 /// Every error response: `{"error": {"code": "...", "message": "..."}}`.

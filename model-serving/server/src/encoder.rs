@@ -304,6 +304,7 @@ impl ClipEncoder {
             max_batch: self.config.batch.max_batch,
             max_items_per_request: self.config.max_items_per_request,
             relevance_floor: self.spec.relevance_floor,
+            relevance_floor_vector: self.spec.relevance_floor_vector,
         }
     }
 

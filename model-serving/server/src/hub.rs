@@ -270,6 +270,7 @@ pub fn spec_from_hub_config(name: &str, dir: &Path) -> Result<ModelSpec, Downloa
         prompt_template: "a photo of {}".to_owned(),
         // A downloaded model has not been measured here.
         relevance_floor: None,
+        relevance_floor_vector: None,
     };
     spec.validate().map_err(DownloadError::Config)?;
     Ok(spec)

@@ -31,6 +31,10 @@ pub struct ModelSpec {
     /// this model (measured by `make eval-search` on the development split); absent: no floor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relevance_floor: Option<f32>,
+    /// The same for searches by meaning alone (no words to rescue a query), calibrated apart
+    /// (`make eval-search`); absent: vector searches are not gated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relevance_floor_vector: Option<f32>,
 }
 
 pub const RESIZE_SHORTEST_EDGE_BICUBIC: &str = "shortest_edge_bicubic";
@@ -112,9 +116,10 @@ impl ModelSpec {
         if !self.prompt_template.contains("{}") {
             return Err("prompt_template must contain {}".into());
         }
-        if self
-            .relevance_floor
-            .is_some_and(|floor| !(-1.0..=1.0).contains(&floor))
+        if [self.relevance_floor, self.relevance_floor_vector]
+            .into_iter()
+            .flatten()
+            .any(|floor| !(-1.0..=1.0).contains(&floor))
         {
             return Err("relevance_floor must be a cosine similarity, between -1 and 1".into());
         }

@@ -114,6 +114,7 @@ impl RouteQuery for SearchParams {
 pub struct TextSearch {
     pub q: String,
     pub mode: SearchMode,
+    /// The `not` parameter as given (the engine splits and bounds it).
     pub not: Vec<String>,
     pub params: SearchParams,
 }
@@ -137,7 +138,7 @@ impl RouteQuery for TextSearch {
         Ok(Self {
             q: q.unwrap_or_default(),
             mode: mode.unwrap_or_default(),
-            not: list(not),
+            not: not.into_iter().collect(),
             params: SearchParams::parse(uri)?,
         })
     }
@@ -157,7 +158,7 @@ impl RouteQuery for ImageSearch {
         let Query(RefineQuery { q, not }) = Query::try_from_uri(uri)?;
         Ok(Self {
             refine: q,
-            not: list(not),
+            not: not.into_iter().collect(),
             params: SearchParams::parse(uri)?,
         })
     }

@@ -27,6 +27,8 @@ pub const NEGATIVE_WEIGHT: f32 = 0.5;
 /// Most words one query leaves out, and their longest.
 pub const MAX_WITHOUT: usize = 8;
 const MAX_WORD_CHARS: usize = 40;
+/// The longest `not` parameter (the words to leave out, with their commas).
+pub const MAX_NOT_CHARS: usize = 400;
 /// Most items in a like or a dislike list.
 pub const MAX_LIKES: usize = 16;
 
@@ -47,6 +49,11 @@ fn clean(word: &str) -> String {
 /// "t-shirt", is part of it), adding the words of `not`. Bounded: at most [`MAX_WITHOUT`] words
 /// left out, each at most 40 characters.
 pub fn negated(q: &str, not: &[String]) -> Result<Negated, SearchError> {
+    if not.iter().map(|w| w.chars().count()).sum::<usize>() > MAX_NOT_CHARS {
+        return Err(SearchError::Invalid(format!(
+            "not is longer than {MAX_NOT_CHARS} characters"
+        )));
+    }
     let mut positive = Vec::new();
     let mut without: Vec<String> = Vec::new();
     for token in q.split_whitespace() {
@@ -257,6 +264,10 @@ mod tests {
         let many: Vec<String> = (0..9).map(|i| format!("w{i}")).collect();
         assert!(negated("dress", &many).is_err());
         assert!(negated(&format!("dress -{}", "x".repeat(41)), &[]).is_err());
+        assert!(
+            negated("dress", &["!".repeat(401)]).is_err(),
+            "over 400 characters"
+        );
     }
 
     #[test]

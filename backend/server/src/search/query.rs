@@ -167,22 +167,24 @@ impl SearchEngine {
         let (caption, vector) = self
             .with_checked_filters(&plan.filter.attributes, embed)
             .await?;
-        // A query is matched by meaning only when something is at least as near as the model's
-        // relevance floor; by words when any product has one of them. A query that reaches
-        // neither (gibberish) answers no hits rather than the least unlike products.
-        // Only hybrid searches are gated: the floor was calibrated there, where words rescue
-        // what meaning alone would miss. A vector-only search with it answered nothing for
-        // "red dress" (`make run`); vector mode needs a floor of its own (not calibrated yet).
-        let floor = self
-            .encoder()
-            .relevance_floor()
-            .filter(|_| mode == SearchMode::Hybrid);
         // A query of stop words and punctuation has no words to match: meaning alone.
         let (mode, query) = match words {
             Some(keywords) if !keywords.is_empty() => {
                 (mode, IndexQuery::Hybrid { vector, keywords })
             }
             _ => (SearchMode::Vector, IndexQuery::Vector(vector)),
+        };
+        // A query is matched by meaning only when something is at least as near as the model's
+        // relevance floor; by words when any product has one of them. A query that reaches
+        // neither (gibberish) answers no hits rather than the least unlike products.
+        // Each mode has its floor, calibrated apart (`make eval-search`): hybrid's, where words
+        // rescue what meaning alone would miss, is higher; vector mode's is lower (hybrid's
+        // answered nothing for "red dress" by meaning alone).
+        let encoder = self.encoder();
+        let floor = match mode {
+            SearchMode::Hybrid => encoder.relevance_floor(),
+            SearchMode::Vector => encoder.vector_floor(),
+            SearchMode::Keyword => None,
         };
         // The probes run beside the search, not before it: a query that matches costs no
         // extra wait; one that does not has its hits dropped.

@@ -211,6 +211,7 @@ struct FakeEmbedder {
     calls: AtomicUsize,
     down: bool,
     floor: Option<f32>,
+    vector_floor: Option<f32>,
     /// The fingerprint it reports (`fake-a` when not set).
     fingerprint: Option<&'static str>,
 }
@@ -258,6 +259,9 @@ impl Embedder for FakeEmbedder {
     }
     fn relevance_floor(&self) -> Option<f32> {
         self.floor
+    }
+    fn vector_floor(&self) -> Option<f32> {
+        self.vector_floor
     }
     fn breaker_open(&self) -> bool {
         false
@@ -598,7 +602,7 @@ async fn a_query_that_reaches_no_match_answers_nothing() {
     assert_eq!(
         by_meaning.hits.len(),
         10,
-        "vector mode has no floor of its own yet"
+        "hybrid's floor is not vector mode's (this model has none for it)"
     );
     assert_eq!(by_meaning.relevance_floor, None);
     let worded = search("summer", SearchMode::Hybrid).await.expect("hybrid");
@@ -629,6 +633,24 @@ async fn a_query_that_reaches_no_match_answers_nothing() {
         .expect("hybrid");
     assert_eq!(near.hits.len(), 10);
     assert!(searches_before > 0);
+
+    // Vector mode's own floor gates vector searches alone; no word can rescue them.
+    let vector_floored = FakeEmbedder {
+        vector_floor: Some(1.01),
+        ..FakeEmbedder::default()
+    };
+    let (engine, _, _) = engine_over(FakeIndex::default(), 10, vector_floored).await;
+    let by_meaning = engine
+        .search_text("summer", SearchMode::Vector, &params(10, 0))
+        .await
+        .expect("vector");
+    assert!(by_meaning.hits.is_empty(), "nothing near enough by meaning");
+    assert_eq!(by_meaning.relevance_floor, Some(1.01));
+    let hybrid = engine
+        .search_text("qwxzv", SearchMode::Hybrid, &params(10, 0))
+        .await
+        .expect("hybrid");
+    assert_eq!(hybrid.hits.len(), 10, "hybrid has no floor in this model");
 }
 
 /// An index records the model that made its vectors; searches and writes with another model's
