@@ -507,7 +507,7 @@ fn Card(hit: SearchHit, open: String, more: String, less: Option<String>) -> imp
             data-score=format!("{:.4}", hit.score)
         >
             <a class="thumb" href=open.clone()>
-                <img src=item.url alt=caption.clone() loading="lazy" />
+                <img src=item.thumbnail_url.unwrap_or(item.url) alt=caption.clone() loading="lazy" />
             </a>
             <div class="body">
                 <a class="title" href=open>{caption}</a>

@@ -50,6 +50,11 @@ pub struct ImageItem {
     pub attributes: ImageAttributes,
     /// Pre-signed GET URL for the image bytes.
     pub url: String,
+    /// Pre-signed GET URL of a card-size JPEG thumbnail (at most 256 px a side), once the backend
+    /// has made it (in the background after the image is indexed); grids show it, a product
+    /// page the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
 }
 
 /// How a text query is matched: by meaning (the model's vectors), by its words (BM25 over the

@@ -88,6 +88,7 @@ fn payload(key: &str, i: usize) -> StoredPayload {
     StoredPayload {
         s3_key: key.to_owned(),
         created_at: "2026-11-21T00:00:00Z".into(),
+        thumbnail: None,
         attributes: ImageAttributes {
             dataset: "bench".into(),
             caption: format!(

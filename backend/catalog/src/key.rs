@@ -12,6 +12,20 @@ pub fn content_key(bytes: &[u8], extension: &str) -> String {
     format!("images/{}/{digest}.{extension}", &digest[..2])
 }
 
+/// The key of the card-size thumbnail of the object at `original`
+/// (`images/ab/<sha256>.png` → `thumbnails/ab/<sha256>.png.jpg`): derived, so a delete of the
+/// original removes it and a check can tell its original.
+pub fn thumbnail_key(original: &str) -> String {
+    let rest = original.strip_prefix("images/").unwrap_or(original);
+    format!("thumbnails/{rest}.jpg")
+}
+
+/// The original of a thumbnail key; `None` for any other key.
+pub fn original_of_thumbnail(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("thumbnails/")?.strip_suffix(".jpg")?;
+    Some(format!("images/{rest}"))
+}
+
 /// Where and how an image is stored: its key and content type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageObject {
@@ -51,6 +65,18 @@ mod tests {
             content_key(b"", "png"),
             "images/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.png"
         );
+    }
+
+    #[test]
+    fn thumbnails_are_named_after_their_original() {
+        let original = content_key(b"photo", "png");
+        let thumb = thumbnail_key(&original);
+        assert!(
+            thumb.starts_with("thumbnails/") && thumb.ends_with(".png.jpg"),
+            "{thumb}"
+        );
+        assert_eq!(original_of_thumbnail(&thumb), Some(original.clone()));
+        assert_eq!(original_of_thumbnail(&original), None);
     }
 
     #[test]

@@ -49,11 +49,17 @@ async fn hybrid_search_finds_what_shoppers_name() {
     );
     // Vector mode's own, lower floor turns away some made-up queries (0.525 on the whole split)
     // without costing shoppers' type queries (0.839 with and without it).
-    assert!(report.vector_floor.is_some(), "the trained model has a vector floor");
+    assert!(
+        report.vector_floor.is_some(),
+        "the trained model has a vector floor"
+    );
     assert!(
         figure(report.gibberish_unanswered_vector) >= 0.3,
         "made-up queries answered with no match by meaning alone: {:?}",
         report.gibberish_unanswered_vector
     );
-    assert!(figure(vector.type_p10) >= 0.6, "types by meaning alone: {vector:?}");
+    assert!(
+        figure(vector.type_p10) >= 0.6,
+        "types by meaning alone: {vector:?}"
+    );
 }

@@ -158,7 +158,9 @@ impl CatalogueCheck {
                 continue;
             }
             report.objects_checked += 1;
-            if index.count(&Filter::s3_key(key)).await? == 0 {
+            // A thumbnail belongs to its original's points.
+            let original = ::catalog::original_of_thumbnail(&key).unwrap_or(key);
+            if index.count(&Filter::s3_key(original)).await? == 0 {
                 report.orphan_objects += 1;
             }
         }

@@ -17,6 +17,7 @@ pub mod index;
 pub mod metrics;
 pub mod queries;
 pub mod search;
+pub mod thumbnails;
 /// Object storage is the catalog's, shared with the ETL.
 pub use catalog::store as storage;
 
@@ -40,6 +41,9 @@ use crate::index::server::{ClusterLayout, QdrantServerIndex};
 use crate::index::{SearchTuning, VectorIndex};
 use crate::search::SearchEngine;
 use crate::storage::{ObjectStore, PresignSettings, StorageSettings};
+
+/// How often the thumbnail task looks for points without one when no write woke it.
+const THUMBNAIL_SWEEP: Duration = Duration::from_secs(300);
 
 /// A built backend: its router, its engine and what it started.
 pub struct Backend {
@@ -236,6 +240,7 @@ pub async fn build(
             }
         });
     }
+    engine.start_thumbnails(THUMBNAIL_SWEEP);
     canary::Canary::spawn(
         &engine,
         canary::CanarySettings {

@@ -21,6 +21,7 @@ pub const MODEL_MISMATCH_TOTAL: &str = "backend_model_mismatch_total";
 pub const REINDEX_ITEMS_TOTAL: &str = "backend_reindex_items_total";
 pub const REINDEX_RUNNING: &str = "backend_reindex_running";
 pub const REINDEX_PROGRESS: &str = "backend_reindex_progress_ratio";
+pub const THUMBNAILS_TOTAL: &str = "backend_thumbnails_total";
 pub const SEARCH_QUALITY_SCORE: &str = "search_quality_score";
 pub const SEARCH_QUALITY_QUESTIONS: &str = "search_quality_questions";
 pub const SEARCH_QUALITY_LAST_RUN: &str = "search_quality_last_run_timestamp_seconds";
@@ -59,6 +60,9 @@ pub const QUALITY: &[&str] = &[
 /// What a re-index did with each item (`outcome` label of [`REINDEX_ITEMS_TOTAL`]).
 pub const REINDEX_OUTCOMES: [&str; 4] = ["embedded", "kept", "dropped", "removed"];
 
+/// What became of a point's thumbnail (`outcome` label of [`THUMBNAILS_TOTAL`]).
+pub const THUMBNAIL_OUTCOMES: [&str; 4] = ["made", "reused", "original", "impossible"];
+
 /// The `kind` label's values.
 pub const SEARCH_KINDS: [&str; 4] = ["text", "image", "similar", "recommend"];
 /// The `outcome` label's values.
@@ -81,6 +85,7 @@ pub const ALL: &[&str] = &[
     REINDEX_ITEMS_TOTAL,
     REINDEX_RUNNING,
     REINDEX_PROGRESS,
+    THUMBNAILS_TOTAL,
 ];
 
 pub fn describe() {
@@ -178,6 +183,14 @@ pub fn describe() {
         Unit::Count,
         "Share of the live index's items the running (or last) re-index has handled, 0 to 1."
     );
+    describe_counter!(
+        THUMBNAILS_TOTAL,
+        Unit::Count,
+        "Card-size thumbnails, by outcome: made (decoded, scaled, stored), reused (another point's object already had one), original (the original is already card-sized and smaller: it serves as its own), impossible (the original is gone or unreadable)."
+    );
+    for outcome in THUMBNAIL_OUTCOMES {
+        metrics::counter!(THUMBNAILS_TOTAL, "outcome" => outcome).increment(0);
+    }
     breaker_state(false);
     metrics::counter!(MODEL_MISMATCH_TOTAL).increment(0);
     metrics::gauge!(REINDEX_RUNNING).set(0.0);
@@ -269,6 +282,10 @@ pub fn reindexed(outcome: &'static str, items: usize) {
 pub fn reindex_state(running: bool, progress: f64) {
     metrics::gauge!(REINDEX_RUNNING).set(if running { 1.0 } else { 0.0 });
     metrics::gauge!(REINDEX_PROGRESS).set(progress.clamp(0.0, 1.0));
+}
+
+pub fn thumbnail(outcome: &'static str) {
+    metrics::counter!(THUMBNAILS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 pub fn ingested(items: usize) {

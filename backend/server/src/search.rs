@@ -116,6 +116,8 @@ pub struct SearchEngine {
     writes: tokio::sync::RwLock<()>,
     /// The re-index under way or last run (`POST /v1/admin/reindex`).
     reindex: reindex::Jobs,
+    /// The thumbnail task, woken after writes (set once the engine is built).
+    thumbnails: std::sync::OnceLock<Arc<crate::thumbnails::Thumbnails>>,
     optimize: Arc<OptimizeScheduler>,
     /// Known values of each filter field: what filters are checked against.
     facets: FacetSnapshot,
@@ -161,6 +163,7 @@ impl SearchEngine {
             encoder: std::sync::RwLock::new(encoder),
             writes: tokio::sync::RwLock::new(()),
             reindex: reindex::Jobs::default(),
+            thumbnails: std::sync::OnceLock::new(),
             optimize: optimize.clone(),
             facets: FacetSnapshot::new(facets::SNAPSHOT_TTL),
             object_locks: (0..OBJECT_LOCK_STRIPES)
@@ -260,7 +263,16 @@ impl SearchEngine {
         self.optimize.notify.notify_one();
     }
 
+    /// Starts making thumbnails in the background for what is written (and what is there).
+    pub fn start_thumbnails(self: &Arc<Self>, sweep: Duration) {
+        let task = crate::thumbnails::Thumbnails::spawn(self, sweep);
+        let _ = self.thumbnails.set(task);
+    }
+
     async fn after_write(&self) {
+        if let Some(thumbnails) = self.thumbnails.get() {
+            thumbnails.wake();
+        }
         self.facets.invalidate().await;
         if let Ok(points) = self.index.count(&Filter::default()).await {
             metrics::index_points(points);

@@ -14,11 +14,11 @@ use qdrant_edge::{
     EdgeConfig, EdgeShard, EdgeSparseVectorParams, EdgeVectorParams, FacetRequestBuilder,
     FacetValue, FieldCondition, FieldIndexOperations, Filter as EdgeFilter, Fusion,
     HasVectorCondition, JsonPath, Match, MatchText, Modifier, NamedQuery, OperationError, Payload,
-    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStructPersisted, PointVectorsPersisted, PrefetchBuilder, QueryEnum, QueryRequestBuilder,
-    RetrieveRequestBuilder, ScoringQuery, SearchParams, UpdateOperation, UpdateVectorsOp,
-    VectorInternal, VectorNameOperations, VectorOperations, VectorPersisted, VectorStructInternal,
-    VectorStructPersisted, WithPayloadInterface, WithVector,
+    PayloadFieldSchema, PayloadOps, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStructPersisted, PointVectorsPersisted, PrefetchBuilder, QueryEnum,
+    QueryRequestBuilder, RetrieveRequestBuilder, ScoringQuery, SearchParams, SetPayloadOp,
+    UpdateOperation, UpdateVectorsOp, VectorInternal, VectorNameOperations, VectorOperations,
+    VectorPersisted, VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::keywords::{self, KEYWORDS, SparseVector};
 use super::{
     CAPTION, Filter, IndexError, IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest,
-    SearchTuning, StoredPayload, VectorIndex,
+    SearchTuning, StoredPayload, THUMBNAIL, VectorIndex,
 };
 
 pub struct EdgeIndex {
@@ -845,6 +845,46 @@ impl VectorIndex for EdgeIndex {
                         update_filter: None,
                     }),
                 ))
+                .map_err(internal)
+        })
+        .await
+    }
+
+    async fn missing_thumbnails(&self, limit: usize) -> Result<Vec<Record>, IndexError> {
+        let without: Condition = serde_json::from_value(serde_json::json!({
+            "is_empty": {"key": THUMBNAIL}
+        }))
+        .map_err(|e| IndexError::Internal(format!("thumbnail condition: {e}")))?;
+        self.blocking(move |shard| {
+            let Some(shard) = shard else {
+                return Ok(Vec::new());
+            };
+            let filter = EdgeFilter {
+                must: Some(vec![without]),
+                ..Default::default()
+            };
+            scroll(&shard, 0, limit, Some(filter))
+        })
+        .await
+    }
+
+    async fn set_thumbnail(&self, id: Uuid, thumbnail: &str) -> Result<(), IndexError> {
+        let payload = Payload(
+            [(THUMBNAIL.to_owned(), Value::String(thumbnail.to_owned()))]
+                .into_iter()
+                .collect(),
+        );
+        self.blocking(move |shard| {
+            let Some(shard) = shard else { return Ok(()) };
+            shard
+                .update(UpdateOperation::PayloadOperation(PayloadOps::SetPayload(
+                    SetPayloadOp {
+                        payload,
+                        points: Some(vec![PointId::Uuid(id)]),
+                        filter: None,
+                        key: None,
+                    },
+                )))
                 .map_err(internal)
         })
         .await

@@ -20,6 +20,10 @@ use uuid::Uuid;
 pub struct StoredPayload {
     pub s3_key: String,
     pub created_at: String,
+    /// The card-size thumbnail's object key, once made ([`crate::thumbnails`]); empty when none
+    /// can be made (the original is gone or unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
     #[serde(flatten)]
     pub attributes: ImageAttributes,
 }
@@ -97,6 +101,8 @@ pub struct Filter {
 
 /// The payload field with a full-text index, for word exclusions.
 pub const CAPTION: &str = "caption";
+/// The payload field holding a point's thumbnail key.
+pub const THUMBNAIL: &str = "thumbnail";
 
 impl Filter {
     pub fn attributes(attributes: Filters) -> Self {
@@ -258,6 +264,10 @@ pub trait VectorIndex: Send + Sync {
     async fn missing_keywords(&self, limit: usize) -> Result<Vec<Record>, IndexError>;
     /// Writes each record's keyword vector, made from its payload.
     async fn set_keywords(&self, records: &[Record]) -> Result<(), IndexError>;
+    /// Up to `limit` points that have no thumbnail field yet (with their payloads).
+    async fn missing_thumbnails(&self, limit: usize) -> Result<Vec<Record>, IndexError>;
+    /// Records the thumbnail key of point `id` (empty: none can be made).
+    async fn set_thumbnail(&self, id: Uuid, key: &str) -> Result<(), IndexError>;
     /// Makes every acknowledged write durable.
     async fn flush(&self) -> Result<(), IndexError>;
     /// Builds the HNSW graph over what was written (off the request path).

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::keywords::{self, KEYWORDS, SparseVector};
 use super::{
     CAPTION, Filter, IndexError, IndexModel, IndexQuery, Point, Record, ScoredPoint, SearchRequest,
-    SearchTuning, StoredPayload, VectorIndex,
+    SearchTuning, StoredPayload, THUMBNAIL, VectorIndex,
 };
 
 /// How a new collection is laid out over a Qdrant cluster; `None`: Qdrant's default.
@@ -755,6 +755,37 @@ impl VectorIndex for QdrantServerIndex {
         let update = UpdatePointVectorsBuilder::new(&self.collection, points).wait(true);
         call("qdrant set keywords", || {
             self.client.update_vectors(update.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn missing_thumbnails(&self, limit: usize) -> Result<Vec<Record>, IndexError> {
+        if self.dim().is_none() {
+            return Ok(Vec::new());
+        }
+        let builder = QueryPointsBuilder::new(&self.collection)
+            .filter(QdrantFilter::must([Condition::is_empty(THUMBNAIL)]))
+            .limit(limit as u64)
+            .with_payload(true);
+        self.query(builder, |id, _, payload| Record {
+            id,
+            payload,
+            vector: None,
+        })
+        .await
+    }
+
+    async fn set_thumbnail(&self, id: Uuid, thumbnail: &str) -> Result<(), IndexError> {
+        let payload = qdrant_client::Payload::try_from(serde_json::json!({ THUMBNAIL: thumbnail }))
+            .map_err(|e| IndexError::Internal(e.to_string()))?;
+        let update = qdrant_client::qdrant::SetPayloadPointsBuilder::new(&self.collection, payload)
+            .points_selector(PointsIdsList {
+                ids: Self::ids(&[id]),
+            })
+            .wait(true);
+        call("qdrant set payload", || {
+            self.client.set_payload(update.clone())
         })
         .await?;
         Ok(())

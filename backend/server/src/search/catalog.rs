@@ -13,8 +13,13 @@ impl SearchEngine {
     /// An item with its pre-signed URL (local signing: no call to storage).
     pub(super) fn item(&self, id: Uuid, payload: StoredPayload) -> Result<ImageItem, SearchError> {
         let url = self.store.presign_get(&payload.s3_key)?;
+        let thumbnail_url = match payload.thumbnail.as_deref() {
+            Some(key) if !key.is_empty() => Some(self.store.presign_get(key)?),
+            _ => None,
+        };
         Ok(ImageItem {
             id,
+            thumbnail_url,
             s3_key: payload.s3_key,
             created_at: payload.created_at,
             attributes: payload.attributes,
@@ -62,6 +67,8 @@ impl SearchEngine {
         if shared == 0 {
             self.store.delete(&key).await?;
             self.remember_deleted(&key);
+            // Its thumbnail goes with it (none made yet is fine: deletes are idempotent).
+            self.store.delete(&::catalog::thumbnail_key(&key)).await?;
         }
         drop(guard);
         self.after_write().await;

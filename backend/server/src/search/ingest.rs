@@ -146,6 +146,7 @@ impl SearchEngine {
                 payload: StoredPayload {
                     s3_key: item.s3_key,
                     created_at: created_at.clone(),
+                    thumbnail: None,
                     attributes: item.attributes,
                 },
             });

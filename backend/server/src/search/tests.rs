@@ -198,6 +198,14 @@ impl VectorIndex for FakeIndex {
     async fn set_keywords(&self, _records: &[Record]) -> Result<(), IndexError> {
         Ok(())
     }
+    /// Thumbnails run over the real engines (`tests/it/thumbnails.rs`); the fake has none to
+    /// make (the engine's tests start no thumbnail task).
+    async fn missing_thumbnails(&self, _limit: usize) -> Result<Vec<Record>, IndexError> {
+        Ok(Vec::new())
+    }
+    async fn set_thumbnail(&self, _id: Uuid, _key: &str) -> Result<(), IndexError> {
+        Ok(())
+    }
     async fn flush(&self) -> Result<(), IndexError> {
         Ok(())
     }
@@ -307,6 +315,7 @@ async fn engine_over(
                 payload: StoredPayload {
                     s3_key: format!("images/{i}.jpg"),
                     created_at: now_rfc3339(),
+                    thumbnail: None,
                     attributes: ImageAttributes {
                         dataset: "test".into(),
                         gender: Some(if i % 2 == 0 { "Women" } else { "Men" }.into()),

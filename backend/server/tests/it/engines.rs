@@ -42,6 +42,7 @@ fn point(i: u128) -> Point {
         payload: StoredPayload {
             s3_key: format!("images/{i}.jpg"),
             created_at: "2026-12-02T00:00:00Z".into(),
+            thumbnail: None,
             attributes: ImageAttributes {
                 dataset: "engines".into(),
                 caption: if i.is_multiple_of(4) {

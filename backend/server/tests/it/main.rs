@@ -19,3 +19,4 @@ mod reindex;
 mod replicas;
 mod resilience;
 mod search;
+mod thumbnails;
