@@ -7,6 +7,7 @@
 //! what is indexed, without re-encoding, and never duplicates; a photo the API added is not loaded
 //! twice.
 
+pub mod backup;
 mod batch;
 pub mod datasets;
 pub mod download;

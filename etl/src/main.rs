@@ -149,6 +149,16 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Dump the catalogue (points with their vectors, and the objects) into a new folder.
+    Dump {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a dump into this deployment (the same model must be served); resumable.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Download a dataset's public files (resumable, checksummed). Only fashion-mnist has them.
     Download {
         #[arg(value_enum)]
@@ -211,6 +221,29 @@ fn usage_error(error: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The bucket the backend uses, for writing (and reading back) objects: no pre-signing.
+fn object_store(s: &Services) -> anyhow::Result<ObjectStore> {
+    let required = |v: &Option<SecretString>, name: &str, file: &str| {
+        v.clone().with_context(|| {
+            format!(
+                "{name} is required to store images: set it, or start the stack with \
+                 `make run`, which writes it to var/run/{file}"
+            )
+        })
+    };
+    Ok(ObjectStore::new(&StorageSettings {
+        endpoint: s.s3_endpoint.clone(),
+        region: s.s3_region.clone(),
+        bucket: s.s3_bucket.clone(),
+        // The access key is not secret (it is in every pre-signed URL).
+        access_key: required(&s.s3_access_key, "S3_ACCESS_KEY", RunSecrets::S3_ACCESS_KEY)?
+            .expose_secret()
+            .to_owned(),
+        secret_key: required(&s.s3_secret_key, "S3_SECRET_KEY", RunSecrets::S3_SECRET_KEY)?,
+        presign: None,
+    })?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut s = cli.services;
     s.fill_from_run_dir()?;
@@ -234,6 +267,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             etl::download::download_files(&base_url, &etl::download::FASHION_MNIST_FILES, &dest)
                 .await?;
             println!("fashion-mnist ready in {}", dest.display());
+            Ok(())
+        }
+        Command::Dump { out } => {
+            let store = object_store(&s)?;
+            let rates =
+                etl::backup::dump(&backend, &store, &out, std::io::stderr().is_terminal()).await?;
+            println!("{}", rates.line(&format!("dumped into {}", out.display())));
+            Ok(())
+        }
+        Command::Restore { from } => {
+            let store = object_store(&s)?;
+            let model =
+                ModelServingClient::new(s.model_serving_url.clone(), Duration::from_secs(60))?;
+            let rates = etl::backup::restore(
+                &backend,
+                &model,
+                &store,
+                &from,
+                std::io::stderr().is_terminal(),
+            )
+            .await?;
+            println!(
+                "{}",
+                rates.line(&format!("restored from {}", from.display()))
+            );
             Ok(())
         }
         Command::Reindex { next, detach } => {
@@ -264,26 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_request_pixels,
             dry_run,
         } => {
-            let required = |v: &Option<SecretString>, name: &str, file: &str| {
-                v.clone().with_context(|| {
-                    format!(
-                        "{name} is required to store images: set it, or start the stack with \
-                         `make run`, which writes it to var/run/{file}"
-                    )
-                })
-            };
-            // The job only writes: no pre-signing, so no URL lifetime to make up.
-            let store = ObjectStore::new(&StorageSettings {
-                endpoint: s.s3_endpoint.clone(),
-                region: s.s3_region.clone(),
-                bucket: s.s3_bucket.clone(),
-                // The access key is not secret (it is in every pre-signed URL).
-                access_key: required(&s.s3_access_key, "S3_ACCESS_KEY", RunSecrets::S3_ACCESS_KEY)?
-                    .expose_secret()
-                    .to_owned(),
-                secret_key: required(&s.s3_secret_key, "S3_SECRET_KEY", RunSecrets::S3_SECRET_KEY)?,
-                presign: None,
-            })?;
+            let store = object_store(&s)?;
             let clients = Clients {
                 backend,
                 model: ModelServingClient::new(

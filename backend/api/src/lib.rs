@@ -335,6 +335,32 @@ pub struct IngestBatchRequest {
     pub model: Option<String>,
 }
 
+/// One point as a backup holds it: id, vector, object key and attributes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct StoredPoint {
+    pub id: Uuid,
+    pub vector: Vec<f32>,
+    pub s3_key: String,
+    pub created_at: String,
+    #[serde(flatten)]
+    pub attributes: ImageAttributes,
+}
+
+/// `GET /v1/admin/points?offset=&limit=`: points with their vectors in id order, for backups.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PointsPage {
+    pub points: Vec<StoredPoint>,
+    pub offset: usize,
+    pub limit: usize,
+    /// Points in the index.
+    pub total: u64,
+    /// The fingerprint of the model that made the vectors (`None`: not recorded).
+    pub fingerprint: Option<String>,
+}
+
+/// Most points per `GET /v1/admin/points` page.
+pub const MAX_POINTS_PAGE: usize = 1000;
+
 /// `GET /v1/compare`, `POST /v1/compare`: how alike two images are.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct CompareResponse {
@@ -700,6 +726,18 @@ impl BackendClient {
         let request = self
             .write(self.http.post(format!("{}/v1/images:batch", self.base)))
             .json(&IngestBatchRequest { items, model });
+        self.send(request).await
+    }
+
+    /// A page of points with their vectors (a backup's reads; needs the write key).
+    pub async fn points_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<PointsPage, ClientError> {
+        let request = self
+            .write(self.http.get(format!("{}/v1/admin/points", self.base)))
+            .query(&[("offset", offset), ("limit", limit)]);
         self.send(request).await
     }
 

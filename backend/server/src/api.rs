@@ -123,6 +123,12 @@ pub fn router(
                 .route_layer(write.clone()),
         )
         .route(
+            "/v1/admin/points",
+            get(search::points_page)
+                .route_layer(writer.clone())
+                .route_layer(write.clone()),
+        )
+        .route(
             "/v1/admin/reindex",
             get(search::reindex_status)
                 .post(search::start_reindex)

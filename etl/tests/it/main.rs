@@ -893,3 +893,97 @@ async fn reindex_follows_the_run_and_a_load_with_another_model_is_refused() {
     other.stop().await.expect("stop");
     stack.stop().await;
 }
+
+/// `etl dump` then `etl restore` into a fresh deployment: the same searches give the same
+/// results, the objects come back whole, a second restore finds everything there, and a dump
+/// folder is never overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_then_restore_into_a_fresh_deployment_gives_the_same_searches() {
+    let first = start_stack().await;
+    let clients = first.clients();
+    let opts = options(DatasetKind::FashionProductImages, dataset_dir(), Some(40));
+    let summary = etl::load(&opts, &clients).await.expect("load");
+    let params = SearchParams {
+        k: Some(20),
+        ..SearchParams::default()
+    };
+    let before = clients
+        .backend
+        .search_text("shirt", &params)
+        .await
+        .expect("search");
+    let folder = tempfile::tempdir().expect("tempdir");
+    let dump_dir = folder.path().join("catalogue");
+    let etl = |stack: &Stack, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etl"));
+        cmd.args(args)
+            .envs(stack.env())
+            .env_remove("RUST_BACKTRACE");
+        cmd.output().expect("etl runs")
+    };
+    let dump_arg = dump_dir.to_str().expect("utf-8 path");
+    let dumped = etl(&first, &["dump", "--out", dump_arg]);
+    let out = String::from_utf8_lossy(&dumped.stdout).into_owned();
+    assert!(
+        dumped.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    println!("{}", out.trim());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dump_dir.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(manifest["points"], summary.loaded);
+    let served = clients.model.model_info().await.expect("model");
+    assert_eq!(manifest["fingerprint"], served.fingerprint.as_str());
+    let lines = std::fs::read_to_string(dump_dir.join("points.jsonl")).expect("points");
+    assert_eq!(lines.lines().count(), summary.loaded);
+    let again = etl(&first, &["dump", "--out", dump_arg]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a dump"));
+    first.stop().await;
+
+    // A fresh deployment: restored, the same searches, the same photos.
+    let second = start_stack().await;
+    let restored = etl(&second, &["restore", "--from", dump_arg]);
+    let out = String::from_utf8_lossy(&restored.stdout).into_owned();
+    assert!(
+        restored.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    println!("{}", out.trim());
+    let clients = second.clients();
+    assert_eq!(
+        clients.backend.stats().await.expect("stats").total as usize,
+        summary.loaded
+    );
+    let after = clients
+        .backend
+        .search_text("shirt", &params)
+        .await
+        .expect("search");
+    let ranked = |r: &backend_api::SearchResponse| {
+        r.hits
+            .iter()
+            .map(|h| (h.item.id, (h.score * 1e4).round() as i64))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ranked(&after), ranked(&before));
+    let item = &after.hits[0].item;
+    let bytes = reqwest::get(&item.url)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(catalog::content_key(&bytes, "jpg"), item.s3_key);
+    let twice = etl(&second, &["restore", "--from", dump_arg]);
+    let out = String::from_utf8_lossy(&twice.stdout).into_owned();
+    assert!(twice.status.success());
+    assert!(
+        out.contains(&format!("{} already there", summary.loaded)),
+        "{out}"
+    );
+    second.stop().await;
+}

@@ -17,7 +17,7 @@ use super::{images, search};
         images::get_image, images::delete_image, images::list_images, search::stats,
         search::facets, images::ingest_batch, images::exists, images::add_image,
         search::query_summary, search::start_reindex, search::reindex_status, search::recommend,
-        search::compare_items, search::compare_photos
+        search::compare_items, search::compare_photos, search::points_page
     ),
     components(schemas(
         SearchResponse, backend_api::SearchHit, ImageItem, ImageAttributes, ListResponse,
@@ -26,7 +26,8 @@ use super::{images, search};
         ErrorDetail, TextSearchRequest, images::AddImageUrl, DeleteResponse, backend_api::SearchMode,
         backend_api::QuerySummaryResponse, backend_api::QueryCount, backend_api::ReindexRequest,
         backend_api::ReindexModel, backend_api::ReindexStatus, backend_api::ReindexState,
-        backend_api::CompareResponse, search::CompareUpload
+        backend_api::CompareResponse, search::CompareUpload, backend_api::PointsPage,
+        backend_api::StoredPoint
     )),
     modifiers(&ApiKeyScheme)
 )]

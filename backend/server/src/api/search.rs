@@ -4,9 +4,9 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Multipart, Path, Request, State};
 use backend_api::{
-    CompareQuery, CompareResponse, ErrorKind, FacetsResponse, Filters, QuerySummaryResponse,
-    RecommendQuery, RefineQuery, ReindexRequest, ReindexStatus, SearchMode, SearchParams,
-    SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
+    CompareQuery, CompareResponse, ErrorKind, FacetsResponse, Filters, PointsPage,
+    QuerySummaryResponse, RecommendQuery, RefineQuery, ReindexRequest, ReindexStatus, SearchMode,
+    SearchParams, SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
 };
 use uuid::Uuid;
 
@@ -140,6 +140,43 @@ pub(super) async fn reindex_status(
             "no re-index has run since the backend started: POST /v1/admin/reindex starts one",
         )
     })
+}
+
+/// Points with their vectors, in id order, for backups (`etl dump`). Needs the write key.
+#[utoipa::path(get, path = "/v1/admin/points", params(PointsQuery), security(("api_key" = [])),
+    responses(
+        (status = 200, body = PointsPage),
+        InvalidInput,
+        WriteRefused,
+        RateLimited,
+        Faults,
+    )
+)]
+pub(super) async fn points_page(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<PointsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PointsPage>, ApiError> {
+    let axum::extract::Query(PointsQuery { offset, limit }) =
+        query.map_err(|e| ApiError::from(http_edge::reject::query(e)))?;
+    Ok(Json(
+        state
+            .engine
+            .points_page(offset.unwrap_or(0), limit.unwrap_or(500))
+            .await?,
+    ))
+}
+
+/// `GET /v1/admin/points?offset=&limit=`.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PointsQuery {
+    /// Points to skip (default 0).
+    #[param(minimum = 0)]
+    offset: Option<usize>,
+    /// Points in the page (1..=1000, default 500).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
 }
 
 /// `GET /v1/admin/queries?limit=`.

@@ -76,6 +76,46 @@ impl SearchEngine {
         Ok(())
     }
 
+    /// Points with their vectors, in id order (a backup's reads).
+    pub async fn points_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<backend_api::PointsPage, SearchError> {
+        if !(1..=backend_api::MAX_POINTS_PAGE).contains(&limit) {
+            return Err(SearchError::Invalid(format!(
+                "limit must be between 1 and {}",
+                backend_api::MAX_POINTS_PAGE
+            )));
+        }
+        let all = Filter::default();
+        let (listed, total) =
+            tokio::try_join!(self.index.list(offset, limit, &all), self.index.count(&all))?;
+        let ids: Vec<Uuid> = listed.iter().map(|r| r.id).collect();
+        let mut records = self.index.retrieve(&ids, true).await?;
+        records.sort_by_key(|r| r.id);
+        let points = records
+            .into_iter()
+            .filter_map(|r| {
+                let vector = r.vector?;
+                Some(backend_api::StoredPoint {
+                    id: r.id,
+                    vector,
+                    s3_key: r.payload.s3_key,
+                    created_at: r.payload.created_at,
+                    attributes: r.payload.attributes,
+                })
+            })
+            .collect();
+        Ok(backend_api::PointsPage {
+            points,
+            offset,
+            limit,
+            total,
+            fingerprint: self.index.model().map(|m| m.fingerprint),
+        })
+    }
+
     pub async fn list(
         &self,
         offset: usize,
