@@ -280,8 +280,12 @@ impl SearchEngine {
         self.written();
     }
 
-    /// Makes every acknowledged write durable (graceful shutdown).
+    /// Makes every acknowledged write durable (graceful shutdown); the thumbnail task stops
+    /// first, so it holds the engine no longer.
     pub async fn shutdown(&self) -> Result<(), SearchError> {
+        if let Some(thumbnails) = self.thumbnails.get() {
+            thumbnails.stop().await;
+        }
         let started = Instant::now();
         self.index.flush().await?;
         metrics::index_operation("flush", started.elapsed());

@@ -52,17 +52,24 @@ pub fn make(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The background task; woken by [`Thumbnails::wake`] after writes.
+/// The background task; woken by [`Thumbnails::wake`] after writes, stopped by
+/// [`Thumbnails::stop`] (the engine's shutdown).
 pub struct Thumbnails {
     wake: Notify,
+    stopped: std::sync::atomic::AtomicBool,
+    /// Held while a step runs (and the engine with it): a stop waits for the step, so the
+    /// engine, and an embedded index's lock, are released when the backend stops.
+    busy: tokio::sync::Mutex<()>,
 }
 
 impl Thumbnails {
-    /// Starts the task for `engine`; it ends when the engine is dropped. `sweep`: how often it
-    /// looks without being woken (a catalogue made before thumbnails, a failed step).
+    /// Starts the task for `engine`; it ends when the engine stops. `sweep`: how often it looks
+    /// without being woken (a catalogue made before thumbnails, a failed step).
     pub fn spawn(engine: &Arc<SearchEngine>, sweep: Duration) -> Arc<Self> {
         let this = Arc::new(Self {
             wake: Notify::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            busy: tokio::sync::Mutex::new(()),
         });
         let (task, weak) = (this.clone(), Arc::downgrade(engine));
         tokio::spawn(async move { task.run(weak, sweep).await });
@@ -73,17 +80,34 @@ impl Thumbnails {
         self.wake.notify_one();
     }
 
+    /// Stops the task, after the step under way.
+    pub async fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+        let _step = self.busy.lock().await;
+    }
+
     async fn run(&self, engine: Weak<SearchEngine>, sweep: Duration) {
         loop {
-            let Some(strong) = engine.upgrade() else {
-                return;
+            let mut made = 0;
+            let mut previous = Vec::new();
+            let outcome = loop {
+                let step = self.step(&engine, &mut previous).await;
+                match step {
+                    Ok(Some(n)) => made += n,
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
+                }
             };
-            match Self::catch_up(&strong).await {
-                Ok(0) => {}
-                Ok(made) => tracing::info!(made, "thumbnails made"),
+            match outcome {
+                Ok(()) if made > 0 => tracing::info!(made, "thumbnails made"),
+                Ok(()) => {}
                 Err(error) => tracing::warn!(%error, "thumbnails stopped; they resume later"),
             }
-            drop(strong);
+            if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(sweep) => {}
@@ -91,21 +115,31 @@ impl Thumbnails {
         }
     }
 
-    /// Every point without a thumbnail gets one (or an empty key); returns how many were made.
-    pub async fn catch_up(engine: &SearchEngine) -> anyhow::Result<usize> {
-        let mut made = 0;
-        let mut previous = Vec::new();
-        loop {
-            let batch = engine.index().missing_thumbnails(PAGE).await?;
-            let ids: Vec<_> = batch.iter().map(|r| r.id).collect();
-            if batch.is_empty() || ids == previous {
-                return Ok(made);
-            }
-            for record in batch {
-                made += usize::from(Self::one(engine, &record).await?);
-            }
-            previous = ids;
+    /// One page of points without a thumbnail; `None` when there is none left (or the engine
+    /// stopped), else how many were made.
+    async fn step(
+        &self,
+        engine: &Weak<SearchEngine>,
+        previous: &mut Vec<uuid::Uuid>,
+    ) -> anyhow::Result<Option<usize>> {
+        let _step = self.busy.lock().await;
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(None);
         }
+        let Some(engine) = engine.upgrade() else {
+            return Ok(None);
+        };
+        let batch = engine.index().missing_thumbnails(PAGE).await?;
+        let ids: Vec<_> = batch.iter().map(|r| r.id).collect();
+        if batch.is_empty() || ids == *previous {
+            return Ok(None);
+        }
+        let mut made = 0;
+        for record in batch {
+            made += usize::from(Self::one(&engine, &record).await?);
+        }
+        *previous = ids;
+        Ok(Some(made))
     }
 
     /// One point: its thumbnail made (or found, when another point shares the object) and
