@@ -147,7 +147,7 @@ test-live: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json $(S3_VENV_STAMP) ## s
 	$(MAKE) --no-print-directory build-tested
 	TEST_MODEL_DIR=$(TINY_MODEL) QDRANT_BIN=$(QDRANT_BIN) S3_SERVER_BIN=$(S3_VENV)/bin/moto_server \
 	  $(LINTED) $(CARGO) nextest run -p backend --locked --no-fail-fast --no-capture \
-	  -E 'test(/engines|qdrant_live|qdrant_cluster|replicas/)'
+	  -E 'test(/engines|qdrant_live|qdrant_cluster|replicas|reindex|thumbnails/)'
 
 # The server path's rates (backend/server/tests/it/bench_cluster.rs, an ignored test that only
 # prints): 16 clients through nginx with 1 vs 2 backends over 1 Qdrant node vs a 3-node cluster,

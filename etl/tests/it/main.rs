@@ -802,6 +802,16 @@ async fn batches_are_split_to_fit_model_servings_pixel_budget() {
     stack.stop().await;
 }
 
+/// The `etl` binary run against `stack` (one-line errors: no backtrace asked for).
+fn run_etl(stack: &Stack, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_etl"))
+        .args(args)
+        .envs(stack.env())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("etl runs")
+}
+
 /// `etl reindex` re-embeds a loaded catalogue and reports it; `etl status` names the index's
 /// model; a load through a model-serving that serves another model stops before any work,
 /// naming both models.
@@ -811,11 +821,7 @@ async fn reindex_follows_the_run_and_a_load_with_another_model_is_refused() {
     let clients = stack.clients();
     let opts = options(DatasetKind::FashionProductImages, dataset_dir(), Some(40));
     let summary = etl::load(&opts, &clients).await.expect("load");
-    let etl = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etl"));
-        cmd.args(args).envs(stack.env());
-        cmd.output().expect("etl runs")
-    };
+    let etl = |args: &[&str]| run_etl(&stack, args);
     let status = etl(&["status"]);
     let out = String::from_utf8_lossy(&status.stdout).into_owned();
     let served = clients.model.model_info().await.expect("model info");
@@ -914,13 +920,7 @@ async fn dump_then_restore_into_a_fresh_deployment_gives_the_same_searches() {
         .expect("search");
     let folder = tempfile::tempdir().expect("tempdir");
     let dump_dir = folder.path().join("catalogue");
-    let etl = |stack: &Stack, args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_etl"));
-        cmd.args(args)
-            .envs(stack.env())
-            .env_remove("RUST_BACKTRACE");
-        cmd.output().expect("etl runs")
-    };
+    let etl = run_etl;
     let dump_arg = dump_dir.to_str().expect("utf-8 path");
     let dumped = etl(&first, &["dump", "--out", dump_arg]);
     let out = String::from_utf8_lossy(&dumped.stdout).into_owned();

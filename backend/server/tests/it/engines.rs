@@ -17,7 +17,7 @@ use backend_api::{Filters, ImageAttributes, SearchMode, SearchParams};
 use uuid::Uuid;
 
 use crate::helpers;
-use crate::qdrant_live::QdrantProcess;
+use crate::qdrant_live::qdrant_server;
 
 const DIM: usize = 8;
 const TUNING: SearchTuning = SearchTuning {
@@ -436,18 +436,6 @@ async fn a_qdrant_collection_made_before_keyword_vectors_is_migrated() {
         ..helpers::config(data.path(), nobody())
     })
     .await;
-}
-
-/// The Qdrant server to test against: `QDRANT_URL`, or one started from `QDRANT_BIN` (kept
-/// running while the returned process lives); `None` after one "skipped" line.
-async fn qdrant_server(dir: &std::path::Path) -> Option<(String, Option<QdrantProcess>)> {
-    match std::env::var("QDRANT_URL") {
-        Ok(url) => Some((url, None)),
-        Err(_) => {
-            let process = QdrantProcess::start(dir.to_owned()).await?;
-            Some((process.url(), Some(process)))
-        }
-    }
 }
 
 fn api_key() -> Option<String> {

@@ -12,6 +12,18 @@ use backend::config::EdgeConfig;
 use crate::helpers::{self, free_addr};
 
 /// A Qdrant server on loopback, stopped (SIGKILL) when dropped.
+/// The Qdrant server to test against: `QDRANT_URL`, or one started from `QDRANT_BIN` (kept
+/// running while the returned process lives); `None` after one "skipped" line.
+pub async fn qdrant_server(dir: &std::path::Path) -> Option<(String, Option<QdrantProcess>)> {
+    match std::env::var("QDRANT_URL") {
+        Ok(url) => Some((url, None)),
+        Err(_) => {
+            let process = QdrantProcess::start(dir.to_owned()).await?;
+            Some((process.url(), Some(process)))
+        }
+    }
+}
+
 pub struct QdrantProcess {
     child: Child,
     pub grpc: SocketAddr,

@@ -17,7 +17,7 @@ use model_serving_api::ModelServingClient;
 use uuid::Uuid;
 
 use crate::helpers::*;
-use crate::qdrant_live::QdrantProcess;
+use crate::qdrant_live::qdrant_server;
 
 /// Enough that the re-index outlasts the writes made while it runs (about 1 s here).
 const PRODUCTS: usize = 150;
@@ -315,12 +315,8 @@ async fn a_model_change_is_refused_then_reindexed_without_downtime_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_change_is_refused_then_reindexed_without_downtime_on_a_qdrant_server() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (url, _process) = match std::env::var("QDRANT_URL") {
-        Ok(url) => (url, None),
-        Err(_) => match QdrantProcess::start(dir.path().to_owned()).await {
-            Some(process) => (process.url(), Some(process)),
-            None => return,
-        },
+    let Some((url, _process)) = qdrant_server(dir.path()).await else {
+        return;
     };
     let collection = format!("fashion_search_it_{}", Uuid::new_v4().simple());
     model_change(|data, model, upcoming| BackendConfig {

@@ -9,7 +9,7 @@ use backend_api::SearchParams;
 use uuid::Uuid;
 
 use crate::helpers::*;
-use crate::qdrant_live::QdrantProcess;
+use crate::qdrant_live::qdrant_server;
 
 async fn bytes_of(http: &reqwest::Client, url: &str) -> (reqwest::StatusCode, usize) {
     let response = http.get(url).send().await.expect("GET");
@@ -132,12 +132,8 @@ async fn thumbnails_are_made_presigned_and_deleted_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thumbnails_are_made_presigned_and_deleted_on_a_qdrant_server() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (url, _process) = match std::env::var("QDRANT_URL") {
-        Ok(url) => (url, None),
-        Err(_) => match QdrantProcess::start(dir.path().to_owned()).await {
-            Some(process) => (process.url(), Some(process)),
-            None => return,
-        },
+    let Some((url, _process)) = qdrant_server(dir.path()).await else {
+        return;
     };
     let collection = format!("fashion_search_it_{}", Uuid::new_v4().simple());
     thumbnails_on(|data, model| BackendConfig {
