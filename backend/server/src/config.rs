@@ -33,7 +33,9 @@ pub struct BackendConfig {
     #[arg(long, env = "MODEL_SERVING_NEXT_URL")]
     pub model_serving_next_url: Option<String>,
 
-    /// Qdrant server (gRPC, e.g. http://127.0.0.1:6334). Unset: the embedded engine under DATA_DIR.
+    /// Qdrant server (gRPC, e.g. http://127.0.0.1:6334), or several nodes of a cluster separated
+    /// by commas (a node that stops answering hands calls to the next). Unset: the embedded
+    /// engine under DATA_DIR.
     #[arg(long, env = "QDRANT_URL")]
     pub qdrant_url: Option<String>,
     #[arg(long, env = "QDRANT_API_KEY", hide_env_values = true)]

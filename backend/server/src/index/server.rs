@@ -34,8 +34,76 @@ pub struct ClusterLayout {
     pub write_consistency: Option<u32>,
 }
 
+/// The Qdrant nodes this backend may talk to (`QDRANT_URL`, comma-separated): calls go to the
+/// current one; a call that fails transiently moves to the next, so losing the node the backend
+/// talks to costs one retry, not the catalogue. Any node of a cluster serves every collection.
+pub struct Nodes {
+    nodes: Vec<Qdrant>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Nodes {
+    fn connect(urls: &str, api_key: Option<String>) -> Result<Self, IndexError> {
+        let nodes = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| {
+                Qdrant::from_url(url)
+                    .api_key(api_key.clone())
+                    .skip_compatibility_check()
+                    .build()
+                    .map_err(unavailable)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(IndexError::Unavailable("QDRANT_URL names no node".into()));
+        }
+        Ok(Self {
+            nodes,
+            current: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn current(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Acquire) % self.nodes.len()
+    }
+
+    /// The node `failed` did not answer: the next one is current (unless another call moved
+    /// on already).
+    fn next(&self, failed: usize) {
+        if self.nodes.len() > 1 {
+            let next = (failed + 1) % self.nodes.len();
+            if self
+                .current
+                .compare_exchange(
+                    failed,
+                    next,
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                tracing::warn!(
+                    failed,
+                    next,
+                    "qdrant node not answering; using the next one"
+                );
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Nodes {
+    type Target = Qdrant;
+
+    fn deref(&self) -> &Qdrant {
+        &self.nodes[self.current()]
+    }
+}
+
 pub struct QdrantServerIndex {
-    client: std::sync::Arc<Qdrant>,
+    client: std::sync::Arc<Nodes>,
     /// What points are read and written through: the alias of the live collection (or, for a
     /// collection made before re-indexing existed, its own name); a re-index target's name.
     collection: String,
@@ -62,7 +130,11 @@ fn unavailable(e: qdrant_client::QdrantError) -> IndexError {
 /// retried is idempotent: reads, and upserts and deletes by id.
 const SERVER_RETRY: Backoff = Backoff::new(3, Duration::from_millis(100));
 
-/// gRPC status codes (grpc/doc/statuscodes.md) that say "try again": ABORTED, UNAVAILABLE.
+/// gRPC status codes (grpc/doc/statuscodes.md) that say "try again": ABORTED, UNAVAILABLE;
+/// and CANCELLED, UNKNOWN, which a connection that broke mid-call (a node killed) surfaces as.
+/// Every call retried is idempotent, so trying one of those again costs at most a repeat.
+const CANCELLED: i32 = 1;
+const UNKNOWN: i32 = 2;
 const ABORTED: i32 = 10;
 const UNAVAILABLE: i32 = 14;
 
@@ -72,7 +144,10 @@ impl Transient for ServerError {
     fn is_transient(&self) -> bool {
         match &self.0 {
             qdrant_client::QdrantError::ResponseError { status } => {
-                matches!(i32::from(status.code()), ABORTED | UNAVAILABLE)
+                matches!(
+                    i32::from(status.code()),
+                    CANCELLED | UNKNOWN | ABORTED | UNAVAILABLE
+                )
             }
             qdrant_client::QdrantError::ResourceExhaustedError { .. } => true,
             _ => false,
@@ -96,14 +171,28 @@ impl std::fmt::Display for ServerError {
     }
 }
 
-/// One data call to the server, retried while it fails transiently ([`SERVER_RETRY`]).
-async fn call<T, Fut>(what: &'static str, mut attempt: impl FnMut() -> Fut) -> Result<T, IndexError>
+/// One data call to the server, retried while it fails transiently ([`SERVER_RETRY`]); a
+/// transient failure moves the next attempt to the next node.
+async fn call<T, Fut>(
+    nodes: &Nodes,
+    what: &'static str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, IndexError>
 where
     Fut: Future<Output = Result<T, qdrant_client::QdrantError>>,
 {
     retry(&SERVER_RETRY, what, || {
+        let node = nodes.current();
         let pending = attempt();
-        async move { pending.await.map_err(ServerError) }
+        async move {
+            pending.await.map_err(|e| {
+                let error = ServerError(e);
+                if error.is_transient() {
+                    nodes.next(node);
+                }
+                error
+            })
+        }
     })
     .await
     .map_err(|ServerError(e)| unavailable(e))
@@ -176,7 +265,10 @@ impl QdrantServerIndex {
         builder: QueryPointsBuilder,
         build: impl Fn(Uuid, f32, StoredPayload) -> T,
     ) -> Result<Vec<T>, IndexError> {
-        let response = call("qdrant query", || self.client.query(builder.clone())).await?;
+        let response = call(&self.client, "qdrant query", || {
+            self.client.query(builder.clone())
+        })
+        .await?;
         response
             .result
             .into_iter()
@@ -191,17 +283,13 @@ impl QdrantServerIndex {
         collection: &str,
         tuning: SearchTuning,
     ) -> Result<Self, IndexError> {
-        let client = Qdrant::from_url(url)
-            .api_key(api_key)
-            .skip_compatibility_check()
-            .build()
-            .map_err(unavailable)?;
-        let index = Self::named(std::sync::Arc::new(client), collection, tuning);
+        let nodes = Nodes::connect(url, api_key)?;
+        let index = Self::named(std::sync::Arc::new(nodes), collection, tuning);
         index.read_dim().await?;
         Ok(index)
     }
 
-    fn named(client: std::sync::Arc<Qdrant>, collection: &str, tuning: SearchTuning) -> Self {
+    fn named(client: std::sync::Arc<Nodes>, collection: &str, tuning: SearchTuning) -> Self {
         Self {
             client,
             collection: collection.to_owned(),
@@ -216,7 +304,10 @@ impl QdrantServerIndex {
 
     /// The collection behind our name: the alias's target, or the collection of that name.
     async fn resolve(&self) -> Result<Option<String>, IndexError> {
-        let aliases = call("qdrant list aliases", || self.client.list_aliases()).await?;
+        let aliases = call(&self.client, "qdrant list aliases", || {
+            self.client.list_aliases()
+        })
+        .await?;
         if let Some(alias) = aliases
             .aliases
             .into_iter()
@@ -224,7 +315,7 @@ impl QdrantServerIndex {
         {
             return Ok(Some(alias.collection_name));
         }
-        let exists = call("qdrant collection exists", || {
+        let exists = call(&self.client, "qdrant collection exists", || {
             self.client.collection_exists(&self.collection)
         })
         .await?;
@@ -376,11 +467,24 @@ impl VectorIndex for QdrantServerIndex {
     /// not reach the server then), then the collection's model and size read again: another
     /// replica may have re-indexed and switched the alias.
     async fn probe(&self) -> Result<(), IndexError> {
-        self.client
-            .health_check()
-            .await
-            .map(drop)
-            .map_err(unavailable)?;
+        // Ready while any node answers: each that does not passes the turn to the next.
+        let mut last = None;
+        for _ in 0..self.client.nodes.len() {
+            let node = self.client.current();
+            match self.client.health_check().await {
+                Ok(_) => {
+                    last = None;
+                    break;
+                }
+                Err(error) => {
+                    self.client.next(node);
+                    last = Some(error);
+                }
+            }
+        }
+        if let Some(error) = last {
+            return Err(unavailable(error));
+        }
         self.read_dim().await.map(drop)
     }
 
@@ -399,7 +503,7 @@ impl VectorIndex for QdrantServerIndex {
                 }
                 let update = qdrant_client::qdrant::UpdateCollectionBuilder::new(&physical)
                     .metadata(model_metadata(model)?);
-                call("qdrant update collection", || {
+                call(&self.client, "qdrant update collection", || {
                     self.client.update_collection(update.clone())
                 })
                 .await?;
@@ -412,7 +516,7 @@ impl VectorIndex for QdrantServerIndex {
                     .await?;
                 let alias =
                     qdrant_client::qdrant::CreateAliasBuilder::new(&physical, &self.collection);
-                call("qdrant create alias", || {
+                call(&self.client, "qdrant create alias", || {
                     self.client.create_alias(alias.clone())
                 })
                 .await?;
@@ -456,18 +560,18 @@ impl VectorIndex for QdrantServerIndex {
         if live.as_deref() == Some(self.collection.as_str()) {
             // A collection made before re-indexing carries our name itself: it must go before
             // the name can become an alias (searches fail for that moment; once only).
-            call("qdrant delete collection", || {
+            call(&self.client, "qdrant delete collection", || {
                 self.client.delete_collection(&self.collection)
             })
             .await?;
         }
         // Creating an alias that exists moves it, atomically for every reader.
-        call("qdrant switch alias", || {
+        call(&self.client, "qdrant switch alias", || {
             self.client.create_alias(alias.clone())
         })
         .await?;
         if let Some(old) = live.filter(|old| *old != self.collection && *old != name) {
-            call("qdrant delete collection", || {
+            call(&self.client, "qdrant delete collection", || {
                 self.client.delete_collection(&old)
             })
             .await?;
@@ -511,7 +615,7 @@ impl VectorIndex for QdrantServerIndex {
             })
             .collect::<Result<Vec<_>, IndexError>>()?;
         let upsert = UpsertPointsBuilder::new(&self.collection, points).wait(true);
-        call("qdrant upsert", || {
+        call(&self.client, "qdrant upsert", || {
             self.client.upsert_points(upsert.clone())
         })
         .await?;
@@ -528,7 +632,7 @@ impl VectorIndex for QdrantServerIndex {
                 ids: Self::ids(ids),
             })
             .wait(true);
-        call("qdrant delete", || {
+        call(&self.client, "qdrant delete", || {
             self.client.delete_points(delete.clone())
         })
         .await?;
@@ -542,7 +646,10 @@ impl VectorIndex for QdrantServerIndex {
         let get = GetPointsBuilder::new(&self.collection, Self::ids(ids))
             .with_payload(true)
             .with_vectors(with_vector);
-        let response = call("qdrant retrieve", || self.client.get_points(get.clone())).await?;
+        let response = call(&self.client, "qdrant retrieve", || {
+            self.client.get_points(get.clone())
+        })
+        .await?;
         response
             .result
             .into_iter()
@@ -663,7 +770,10 @@ impl VectorIndex for QdrantServerIndex {
         if let Some(filter) = qdrant_filter(filter) {
             builder = builder.filter(filter);
         }
-        let response = call("qdrant count", || self.client.count(builder.clone())).await?;
+        let response = call(&self.client, "qdrant count", || {
+            self.client.count(builder.clone())
+        })
+        .await?;
         Ok(response.result.map_or(0, |r| r.count))
     }
 
@@ -678,7 +788,10 @@ impl VectorIndex for QdrantServerIndex {
         let facet = FacetCountsBuilder::new(&self.collection, field)
             .limit(limit as u64)
             .exact(true);
-        let response = call("qdrant facet", || self.client.facet(facet.clone())).await?;
+        let response = call(&self.client, "qdrant facet", || {
+            self.client.facet(facet.clone())
+        })
+        .await?;
         Ok(response
             .hits
             .into_iter()
@@ -753,7 +866,7 @@ impl VectorIndex for QdrantServerIndex {
             })
             .collect::<Result<Vec<_>, IndexError>>()?;
         let update = UpdatePointVectorsBuilder::new(&self.collection, points).wait(true);
-        call("qdrant set keywords", || {
+        call(&self.client, "qdrant set keywords", || {
             self.client.update_vectors(update.clone())
         })
         .await?;
@@ -784,7 +897,7 @@ impl VectorIndex for QdrantServerIndex {
                 ids: Self::ids(&[id]),
             })
             .wait(true);
-        call("qdrant set payload", || {
+        call(&self.client, "qdrant set payload", || {
             self.client.set_payload(update.clone())
         })
         .await?;
@@ -812,7 +925,12 @@ mod tests {
         let status = |code| QdrantError::ResponseError {
             status: tonic::Status::new(code, "x"),
         };
-        for code in [tonic::Code::Unavailable, tonic::Code::Aborted] {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Aborted,
+            tonic::Code::Cancelled,
+            tonic::Code::Unknown,
+        ] {
             assert!(ServerError(status(code)).is_transient(), "{code:?}");
         }
         for code in [

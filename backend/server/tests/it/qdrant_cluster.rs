@@ -195,7 +195,14 @@ async fn a_cluster_survives_a_killed_node() {
     let model = helpers::start_model_serving("127.0.0.1:0".parse().expect("addr")).await;
     let data = tempfile::tempdir().expect("tempdir");
     let config = backend::config::BackendConfig {
-        qdrant_url: Some(format!("http://{}", nodes[0].grpc)),
+        // Every node: the one the backend talks to is the one killed below.
+        qdrant_url: Some(
+            nodes
+                .iter()
+                .map(|n| format!("http://{}", n.grpc))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         qdrant_collection: COLLECTION.into(),
         qdrant_shards: Some(3),
         qdrant_replication_factor: Some(2),
@@ -217,8 +224,8 @@ async fn a_cluster_survives_a_killed_node() {
     })
     .await;
 
-    // Load: 8 searching clients and one writer, bounded to 12 s; node 2 (not the one the
-    // backend talks to) killed 3 s in.
+    // Load: 8 searching clients and one writer, bounded to 12 s; node 0, the one the backend
+    // talks to, killed 3 s in (it moves to the next node it was given).
     let started = Instant::now();
     let kill_at = Duration::from_secs(3);
     let load_for = Duration::from_secs(12);
@@ -294,7 +301,7 @@ async fn a_cluster_survives_a_killed_node() {
         })
     };
     tokio::time::sleep(kill_at).await;
-    nodes[2].kill();
+    nodes[0].kill();
     let killed = started.elapsed();
 
     let mut errors = Vec::new();
@@ -350,8 +357,11 @@ async fn a_cluster_survives_a_killed_node() {
 
     // The node comes back on its ports and storage, its copies catch up, the counts agree.
     let rejoin = Instant::now();
-    nodes[2].start();
+    nodes[0].start();
     let expected = (loaded + written.load(Ordering::Relaxed)) as u64;
+    // A batch that failed to answer may still have been written (by the node before it died):
+    // up to its 10 points more.
+    let maybe = 10 * write_errors.len() as u64;
     // Rejoined: every node sees all 6 copies active (the restarted one's own view is its state
     // from before the crash, so the others' count too) and every node counts every point
     // (a count on a node reads its local copies first: stale ones show here).
@@ -365,11 +375,17 @@ async fn a_cluster_survives_a_killed_node() {
                 if states.len() != 6 || states.iter().any(|s| s != "Active") {
                     return false;
                 }
-                if node.count().await != Some(expected) {
-                    return false;
+                match node.count().await {
+                    Some(count) if (expected..=expected + maybe).contains(&count) => {}
+                    _ => return false,
                 }
             }
-            true
+            // And the nodes agree with each other.
+            let mut counts = Vec::new();
+            for node in nodes {
+                counts.push(node.count().await);
+            }
+            counts.windows(2).all(|w| w[0] == w[1])
         },
     )
     .await;
@@ -378,7 +394,7 @@ async fn a_cluster_survives_a_killed_node() {
         counts.push(node.count().await);
     }
     println!(
-        "cluster: node rejoined: all copies active and counts equal {:.1} s after its restart; counts {counts:?}, expected {expected}",
+        "cluster: node rejoined: all copies active and counts equal {:.1} s after its restart; counts {counts:?}, expected {expected} (+ up to {maybe} from failed batches)",
         took.as_secs_f64().max(rejoin.elapsed().as_secs_f64())
     );
 
