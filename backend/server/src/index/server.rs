@@ -134,6 +134,9 @@ const SERVER_RETRY: Backoff = Backoff::new(3, Duration::from_millis(100));
 /// and CANCELLED, UNKNOWN, which a connection that broke mid-call (a node killed) surfaces as.
 /// Every call retried is idempotent, so trying one of those again costs at most a repeat.
 const CANCELLED: i32 = 1;
+/// INTERNAL is a server fault, not retried, except the one qdrant-client makes of a refused
+/// connection ("Failed to connect to ...": the node is down).
+const INTERNAL: i32 = 13;
 const UNKNOWN: i32 = 2;
 const ABORTED: i32 = 10;
 const UNAVAILABLE: i32 = 14;
@@ -147,7 +150,8 @@ impl Transient for ServerError {
                 matches!(
                     i32::from(status.code()),
                     CANCELLED | UNKNOWN | ABORTED | UNAVAILABLE
-                )
+                ) || (i32::from(status.code()) == INTERNAL
+                    && status.message().starts_with("Failed to connect"))
             }
             qdrant_client::QdrantError::ResourceExhaustedError { .. } => true,
             _ => false,
@@ -933,6 +937,13 @@ mod tests {
         ] {
             assert!(ServerError(status(code)).is_transient(), "{code:?}");
         }
+        let refused = QdrantError::ResponseError {
+            status: tonic::Status::new(
+                tonic::Code::Internal,
+                "Failed to connect to http://127.0.0.1:6334/: tonic::transport::Error(Transport, ConnectError)",
+            ),
+        };
+        assert!(ServerError(refused).is_transient(), "a node down");
         for code in [
             tonic::Code::InvalidArgument,
             tonic::Code::NotFound,
