@@ -30,8 +30,7 @@ pub struct QuerySummary {
 /// Trimmed, lower case, runs of whitespace as one space, at most [`MAX_SUMMARY_QUERY_CHARS`]
 /// characters (an ellipsis marks a cut).
 pub fn normalise(query: &str) -> String {
-    let words = query.split_whitespace().collect::<Vec<_>>().join(" ");
-    let lower = words.to_lowercase();
+    let lower = crate::encoder::normalise_query(query);
     if lower.chars().count() <= MAX_SUMMARY_QUERY_CHARS {
         return lower;
     }
