@@ -18,10 +18,8 @@ fn number(var: &str, default: usize) -> anyhow::Result<usize> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let model = std::env::var_os("MODEL_DIR").map_or_else(
-        || local_stack::workspace().join("model-serving/models/fashion-clip-mini"),
-        PathBuf::from,
-    );
+    let model =
+        std::env::var_os("MODEL_DIR").map_or_else(local_stack::trained_model_dir, PathBuf::from);
     let products = number("EVAL_PRODUCTS", 1000)?;
     let captions = number("EVAL_CAPTIONS", 400)?;
     let dataset = local_stack::dataset_dir();
@@ -29,8 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let calibrate = std::env::var_os("EVAL_CALIBRATE").is_some_and(|v| v == "1");
     let unfloored = tempfile::tempdir()?;
     let model = if calibrate {
-        without_floor(&model, unfloored.path())?;
-        unfloored.path().to_owned()
+        local_stack::model_without_floors(&model, unfloored.path())?
     } else {
         model
     };
@@ -39,21 +36,5 @@ async fn main() -> anyhow::Result<()> {
     catalogue.stop().await?;
     print!("{}", report?.table());
     println!("({:.0} s)", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// A copy of the model folder whose `model.json` has no relevance floors.
-fn without_floor(model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(model)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), out.join(entry.file_name()))?;
-    }
-    let path = out.join("model.json");
-    let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    if let Some(fields) = spec.as_object_mut() {
-        fields.remove("relevance_floor");
-        fields.remove("relevance_floor_vector");
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&spec)?)?;
     Ok(())
 }

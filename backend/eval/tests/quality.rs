@@ -7,7 +7,7 @@ use backend_api::SearchMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hybrid_search_finds_what_shoppers_name() {
-    let model = local_stack::workspace().join("model-serving/models/fashion-clip-mini");
+    let model = local_stack::trained_model_dir();
     let catalogue = local_stack::Catalogue::start(model)
         .await
         .expect("catalogue");

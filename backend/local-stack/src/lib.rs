@@ -84,6 +84,28 @@ fn env_path(var: &str, default: PathBuf) -> PathBuf {
     std::env::var_os(var).map_or(default, PathBuf::from)
 }
 
+/// The project's trained model (committed).
+pub fn trained_model_dir() -> PathBuf {
+    workspace().join("model-serving/models/fashion-clip-mini")
+}
+
+/// A copy of the model folder `model` in `into`, its `model.json` without relevance floors
+/// (calibrating them; checking what a floor would hide).
+pub fn model_without_floors(model: &Path, into: &Path) -> anyhow::Result<PathBuf> {
+    for entry in std::fs::read_dir(model)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), into.join(entry.file_name()))?;
+    }
+    let path = into.join("model.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    if let Some(fields) = spec.as_object_mut() {
+        fields.remove("relevance_floor");
+        fields.remove("relevance_floor_vector");
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(into.to_owned())
+}
+
 /// `TEST_MODEL_DIR`, else the tiny model `make models` generates.
 pub fn test_model_dir() -> PathBuf {
     env_path("TEST_MODEL_DIR", workspace().join("var/models/tiny"))

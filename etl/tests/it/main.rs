@@ -856,10 +856,7 @@ async fn reindex_follows_the_run_and_a_load_with_another_model_is_refused() {
     // Another model's model-serving: the load stops at once, naming both fingerprints.
     let other = local_stack::start_model_serving(
         local_stack::loopback().await.expect("bind"),
-        local_stack::encoder_config(
-            local_stack::workspace().join("model-serving/models/fashion-clip-mini"),
-            local_stack::ort_library(),
-        ),
+        local_stack::encoder_config(local_stack::trained_model_dir(), local_stack::ort_library()),
         local_stack::http_limits(),
     )
     .await

@@ -9,10 +9,6 @@ use backend::canary::{Canary, CanaryReport, CanarySettings};
 
 use crate::helpers::*;
 
-fn trained_model_dir() -> PathBuf {
-    local_stack::workspace().join("model-serving/models/fashion-clip-mini")
-}
-
 /// Indexes the products under `model_dir` and runs the canary twice (the second run asks the
 /// same set, from the query cache); returns the second report and the backend's `/metrics`.
 async fn canary_under(model_dir: PathBuf, products: &[Product]) -> (CanaryReport, String) {
@@ -56,7 +52,7 @@ async fn canary_under(model_dir: PathBuf, products: &[Product]) -> (CanaryReport
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_canary_tells_a_trained_model_from_a_random_one() {
     let products = products(200);
-    let (trained, metrics) = canary_under(trained_model_dir(), &products).await;
+    let (trained, metrics) = canary_under(local_stack::trained_model_dir(), &products).await;
     for name in backend::metrics::QUALITY {
         assert!(
             metrics.contains(&format!("# HELP {name} ")),

@@ -2,31 +2,9 @@
 //! words left out (`-blue`, `not=`), a photo refined by words ("in red"), like / dislike lists,
 //! and two images compared (by id and by upload).
 
-use std::path::PathBuf;
-
 use backend_api::{SearchMode, SearchParams, SearchResponse};
 
 use crate::helpers::*;
-
-/// The trained model without its relevance floors (copied into `into`): what is checked here is
-/// composition, not which queries reach a floor (on 300 products "blue shirt" by meaning alone
-/// may not).
-fn trained_model_without_floors(into: &std::path::Path) -> PathBuf {
-    let model = local_stack::workspace().join("model-serving/models/fashion-clip-mini");
-    for entry in std::fs::read_dir(&model).expect("model folder") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), into.join(entry.file_name())).expect("copy");
-    }
-    let path = into.join("model.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("model.json")).expect("json");
-    if let Some(fields) = spec.as_object_mut() {
-        fields.remove("relevance_floor");
-        fields.remove("relevance_floor_vector");
-    }
-    std::fs::write(&path, serde_json::to_vec(&spec).expect("json")).expect("write");
-    into.to_owned()
-}
 
 /// Whether a caption has `word` as a whole word, any case (what the caption's text index
 /// matches).
@@ -43,8 +21,12 @@ fn count(response: &SearchResponse, keep: impl Fn(&backend_api::ImageItem) -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn composed_queries_leave_out_refine_recommend_and_compare() {
     let folder = tempfile::tempdir().expect("tempdir");
-    let model =
-        start_model_serving_with(free_addr(), trained_model_without_floors(folder.path())).await;
+    // Without its relevance floors: what is checked here is composition, not which queries
+    // reach a floor (on 300 products "blue shirt" by meaning alone may not).
+    let unfloored =
+        local_stack::model_without_floors(&local_stack::trained_model_dir(), folder.path())
+            .expect("model copy");
+    let model = start_model_serving_with(free_addr(), unfloored).await;
     let data = tempfile::tempdir().expect("tempdir");
     let backend = start_backend(&config(data.path(), model.addr))
         .await

@@ -5,7 +5,7 @@
 //! re-index resumed.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use backend::config::BackendConfig;
@@ -21,10 +21,6 @@ use crate::qdrant_live::qdrant_server;
 
 /// Enough that the re-index outlasts the writes made while it runs (about 1 s here).
 const PRODUCTS: usize = 150;
-
-fn trained_model_dir() -> PathBuf {
-    local_stack::workspace().join("model-serving/models/fashion-clip-mini")
-}
 
 async fn served(addr: SocketAddr) -> IndexModel {
     let info = ModelServingClient::new(format!("http://{addr}"), Duration::from_secs(10))
@@ -62,7 +58,7 @@ fn metric(metrics: &str, series: &str) -> f64 {
 /// backend's configuration (the same collection each time, for the server).
 async fn model_change(engine: impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> BackendConfig) {
     let tiny = start_model_serving(free_addr()).await;
-    let trained = start_model_serving_with(free_addr(), trained_model_dir()).await;
+    let trained = start_model_serving_with(free_addr(), local_stack::trained_model_dir()).await;
     let (old, new) = (served(tiny.addr).await, served(trained.addr).await);
     assert_ne!(old.fingerprint, new.fingerprint);
     let data = tempfile::tempdir().expect("tempdir");
