@@ -12,6 +12,24 @@ pub fn content_key(bytes: &[u8], extension: &str) -> String {
     format!("images/{}/{digest}.{extension}", &digest[..2])
 }
 
+/// Whether `key` has the shape [`content_key`] gives: `images/<2 hex>/<64 hex>.<1-5
+/// alphanumerics>` (so it names no path outside a folder of objects: no `..`, no `/` at the
+/// start).
+pub fn is_content_key(key: &str) -> bool {
+    key.strip_prefix("images/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(prefix, name)| {
+            let (hash, ext) = name.split_once('.').unwrap_or((name, ""));
+            prefix.len() == 2
+                && prefix.bytes().all(|b| b.is_ascii_hexdigit())
+                && hash.len() == 64
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                && hash.starts_with(prefix)
+                && (1..=5).contains(&ext.len())
+                && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
 /// The key of the card-size thumbnail of the object at `original`
 /// (`images/ab/<sha256>.png` → `thumbnails/ab/<sha256>.png.jpg`): derived, so a delete of the
 /// original removes it and a check can tell its original.
@@ -65,6 +83,22 @@ mod tests {
             content_key(b"", "png"),
             "images/e3/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.png"
         );
+    }
+
+    #[test]
+    fn content_keys_are_recognised_and_paths_are_not() {
+        assert!(is_content_key(&content_key(b"photo", "jpg")));
+        for bad in [
+            "../../etc/passwd",
+            "/etc/passwd",
+            "images/ab/../../x.jpg",
+            "images/zz/0000000000000000000000000000000000000000000000000000000000000000.jpg",
+            "images/ab/0000000000000000000000000000000000000000000000000000000000000000.jpg",
+            "thumbnails/ab/x.jpg",
+            &format!("{}/../x", content_key(b"photo", "jpg")),
+        ] {
+            assert!(!is_content_key(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -44,5 +44,5 @@ mod sniff;
 pub mod store;
 
 pub use id::point_id;
-pub use key::{ImageObject, content_key, original_of_thumbnail, thumbnail_key};
+pub use key::{ImageObject, content_key, is_content_key, original_of_thumbnail, thumbnail_key};
 pub use sniff::{ImageFormat, sniff_image};
