@@ -393,9 +393,14 @@ pub async fn taste(
             base.extend(refinement.pairs());
             let (previous, next) =
                 pager(path, &base, page_no, state.page_size, response.hits.len());
+            let picks = match like.len() {
+                1 => "More like your pick".to_owned(),
+                n => format!("More like your {n} picks"),
+            };
             let heading = match dislike.len() {
-                0 => format!("More like your {} picks", like.len()),
-                n => format!("More like your {} picks, less like {n} others", like.len()),
+                0 => picks,
+                1 => format!("{picks}, less like 1 other"),
+                n => format!("{picks}, less like {n} others"),
             };
             let results = ResultsPage {
                 source: "taste",

@@ -473,7 +473,11 @@ async fn likes_and_dislikes(app: &axum::Router, card: &HashMap<String, String>) 
     );
     let disliked = get(app, &less[0]).await;
     assert_eq!(disliked.status, StatusCode::OK);
-    assert!(disliked.html.contains("less like 1 others"));
+    assert!(
+        disliked
+            .html
+            .contains("More like your pick, less like 1 other<")
+    );
     assert!(cards(&disliked.html).iter().all(|c| c["data-id"] != other));
     // Each card there extends the lists; the only liked item cannot be disliked away.
     let next_more = links(&disliked.html, "more");
