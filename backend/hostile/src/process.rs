@@ -234,31 +234,60 @@ pub async fn closed_loop<F>(
 where
     F: Fn(u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
 {
+    closed_loop_steady(clients, Duration::ZERO, requests, budget, request).await
+}
+
+/// [`closed_loop`] measured in its steady state: the clients first run for `warmup` under the
+/// same load, and only the requests sent after it are counted (in `requests`, the latencies and
+/// the rate). A burst of clients arriving at an idle server is not what "at 16 clients" means:
+/// with a few hundred requests in all, the first ones' queueing alone would be the p99.
+pub async fn closed_loop_steady<F>(
+    clients: usize,
+    warmup: Duration,
+    requests: u64,
+    budget: Duration,
+    request: F,
+) -> LoadStats
+where
+    F: Fn(u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
     let request = Arc::new(request);
     let left = Arc::new(AtomicU64::new(requests.max(clients as u64)));
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let measured_from = started + warmup;
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (request, left, counter) = (request.clone(), left.clone(), counter.clone());
             tokio::spawn(async move {
                 let (mut times, mut failed) = (Vec::new(), 0usize);
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    let i = counter.fetch_add(1, Ordering::Relaxed);
+                loop {
                     let sent = Instant::now();
+                    let measured = sent >= measured_from;
+                    if measured
+                        && left
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_err()
+                    {
+                        break;
+                    }
+                    let i = counter.fetch_add(1, Ordering::Relaxed);
                     let ok = match request(i).send().await {
                         Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
                         _ => false,
                     };
+                    if !measured {
+                        failed += usize::from(!ok);
+                        continue;
+                    }
                     if ok {
                         times.push(sent.elapsed().as_secs_f64());
                     } else {
                         failed += 1;
                     }
-                    if started.elapsed() > budget && !times.is_empty() {
+                    if measured_from.elapsed() > budget && !times.is_empty() {
                         break;
                     }
                 }
@@ -281,7 +310,7 @@ where
             Err(_) => stats.failed += 1,
         }
     }
-    stats.seconds = started.elapsed().as_secs_f64();
+    stats.seconds = measured_from.elapsed().as_secs_f64();
     stats.ok = stats.latencies.len();
     stats.latencies.sort_by(f64::total_cmp);
     stats

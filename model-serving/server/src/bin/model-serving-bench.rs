@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use hostile::process::{self, closed_loop};
+use hostile::process::{self, closed_loop, closed_loop_steady};
 use model_serving::api::HttpLimits;
 use model_serving::batcher::BatchConfig;
 use model_serving::encoder::{ClipEncoder, EncoderConfig};
@@ -712,9 +712,17 @@ async fn beside_reference(
         })
         .await
         .with_context(|| format!("reference server: see {}/reference.log", logs.display()))?;
+    // Each load is measured in its steady state, after the clients have run this long.
+    let warmup = Duration::from_secs(
+        std::env::var("BENCH_WARMUP_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3),
+    );
     println!(
         "\n(6) beside the reference stack (FastAPI + gunicorn, {workers} workers x 1 ONNX Runtime \
-         thread), same model, same load, one run; logs in {}",
+         thread), same model, same load, one run, each load measured after {}s of it; logs in {}",
+        warmup.as_secs(),
         logs.display()
     );
     println!(
@@ -755,7 +763,10 @@ async fn beside_reference(
             }
             let (http, base) = (http.clone(), base.clone());
             stats.push(
-                closed_loop(clients, requests, s.budget, move |i| make(&http, &base, i)).await,
+                closed_loop_steady(clients, warmup, requests, s.budget, move |i| {
+                    make(&http, &base, i)
+                })
+                .await,
             );
         }
         let (a, b) = (&stats[0], &stats[1]);
