@@ -145,6 +145,10 @@ enum Command {
         /// at the switch); without, with the model model-serving serves now.
         #[arg(long)]
         next: bool,
+        /// Keep the new index beside the live one instead of switching to it: searches that
+        /// name its model (`model=`) try it on live traffic. Run again without it to switch.
+        #[arg(long)]
+        stage: bool,
         /// Start it and return at once, without following its progress.
         #[arg(long)]
         detach: bool,
@@ -294,13 +298,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Reindex { next, detach } => {
+        Command::Reindex {
+            next,
+            stage,
+            detach,
+        } => {
             let model = if next {
                 backend_api::ReindexModel::Next
             } else {
                 backend_api::ReindexModel::Current
             };
-            etl::reindex::run(&backend, model, detach).await
+            etl::reindex::run(&backend, model, stage, detach).await
         }
         Command::Status => {
             let stats = backend.stats().await.context("backend stats")?;

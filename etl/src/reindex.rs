@@ -14,9 +14,14 @@ const POLL: Duration = Duration::from_millis(500);
 /// following; the run itself goes on in the backend.
 const MAX_POLL_FAILURES: u32 = 20;
 
-pub async fn run(backend: &BackendClient, model: ReindexModel, detach: bool) -> anyhow::Result<()> {
+pub async fn run(
+    backend: &BackendClient,
+    model: ReindexModel,
+    stage: bool,
+    detach: bool,
+) -> anyhow::Result<()> {
     let started = backend
-        .start_reindex(model)
+        .start_reindex(model, stage)
         .await
         .context("starting the re-index")?;
     println!(
@@ -82,6 +87,13 @@ fn report(status: &ReindexStatus) -> anyhow::Result<()> {
         status.embedded_per_second
     );
     match status.state {
+        ReindexState::Done if status.stage => {
+            println!(
+                "re-index done, the new index is staged beside the live one (search it with model={}): {line}",
+                status.model
+            );
+            Ok(())
+        }
         ReindexState::Done => {
             println!("re-index done, the new index is live: {line}");
             Ok(())

@@ -70,6 +70,7 @@ pub(crate) fn params(refinement: &Refinement, k: usize, offset: usize) -> Search
         k: Some(k),
         offset: Some(offset),
         min_score: refinement.min_score,
+        model: None,
         filters: refinement.filters.clone(),
     }
 }

@@ -238,6 +238,12 @@ pub struct SearchParams {
     #[schema(minimum = -1.0, maximum = 1.0)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_score: Option<f32>,
+    /// Search with this model, by name or fingerprint: the live one (the default) or the one
+    /// staged beside it (`GET /v1/models`), to try a new model on live traffic.
+    #[param(max_length = 200)]
+    #[schema(max_length = 200)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     #[serde(flatten)]
     #[param(ignore)]
     pub filters: Filters,
@@ -245,7 +251,7 @@ pub struct SearchParams {
 
 impl SearchParams {
     /// Query keys besides [`Filters::FIELDS`].
-    pub const KEYS: &'static [&'static str] = &["k", "offset", "min_score"];
+    pub const KEYS: &'static [&'static str] = &["k", "offset", "min_score", "model"];
 }
 
 /// `GET /v1/search?q=...` = a text query plus [`SearchParams`].
@@ -388,6 +394,11 @@ pub enum ReindexModel {
 pub struct ReindexRequest {
     #[serde(default)]
     pub model: ReindexModel,
+    /// Keep the new index beside the live one instead of switching to it: searches that name
+    /// its model (`model=`) use it, the others stay on the live one. A later re-index of the
+    /// same model without `stage` resumes it (only what changed is embedded) and switches.
+    #[serde(default)]
+    pub stage: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
@@ -402,6 +413,9 @@ pub enum ReindexState {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ReindexStatus {
     pub state: ReindexState,
+    /// Whether the new index is staged beside the live one rather than switched to.
+    #[serde(default)]
+    pub stage: bool,
     /// The model the new index is made with, and its fingerprint.
     pub model: String,
     pub fingerprint: String,
@@ -425,6 +439,38 @@ pub struct ReindexStatus {
     pub embedded_per_second: f64,
     /// Why it failed; run it again to resume.
     pub error: Option<String>,
+}
+
+/// What a model's index is to searches.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelRole {
+    /// Searched by default, written by every write.
+    Live,
+    /// Searched only when a request names it (`model=`): a copy of the catalogue as it was
+    /// when staged, made by another model.
+    Staged,
+}
+
+/// A model whose index the backend can search.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ServedModel {
+    pub role: ModelRole,
+    pub name: String,
+    pub fingerprint: String,
+    pub dim: usize,
+    /// Items in its index.
+    pub points: u64,
+    /// Whether a model-serving of this model is connected (`MODEL_SERVING_URL`, or
+    /// `MODEL_SERVING_NEXT_URL` for a staged one): without it, only searches that embed
+    /// nothing ("more like this") can use the index.
+    pub encoder: bool,
+}
+
+/// `GET /v1/models`: the live model and the staged one, if any.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ModelsResponse {
+    pub models: Vec<ServedModel>,
 }
 
 /// `DELETE /v1/images/{id}`: the id that was removed.
@@ -742,11 +788,22 @@ impl BackendClient {
     }
 
     /// Starts a re-index (or answers the one under way).
-    pub async fn start_reindex(&self, model: ReindexModel) -> Result<ReindexStatus, ClientError> {
+    /// With `stage`, the new index is kept beside the live one ([`ReindexRequest::stage`]).
+    pub async fn start_reindex(
+        &self,
+        model: ReindexModel,
+        stage: bool,
+    ) -> Result<ReindexStatus, ClientError> {
         let request = self
             .write(self.http.post(format!("{}/v1/admin/reindex", self.base)))
-            .json(&ReindexRequest { model });
+            .json(&ReindexRequest { model, stage });
         self.send(request).await
+    }
+
+    /// The live model and the staged one (`GET /v1/models`).
+    pub async fn models(&self) -> Result<ModelsResponse, ClientError> {
+        self.send(self.http.get(format!("{}/v1/models", self.base)))
+            .await
     }
 
     /// The re-index under way or last run.

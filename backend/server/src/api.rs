@@ -136,6 +136,7 @@ pub fn router(
                 .route_layer(write),
         )
         .route("/v1/stats", get(stats))
+        .route("/v1/models", get(search::models))
         .route("/v1/facets", get(facets))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .with_state(state)

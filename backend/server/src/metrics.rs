@@ -11,6 +11,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 pub const SEARCH_STAGE_SECONDS: &str = "backend_search_stage_seconds";
 pub const SEARCHES_TOTAL: &str = "backend_searches_total";
 pub const SEARCH_OUTCOMES_TOTAL: &str = "backend_search_outcomes_total";
+pub const STAGED_SEARCHES_TOTAL: &str = "backend_staged_searches_total";
 pub const QUERY_CACHE_TOTAL: &str = "backend_query_cache_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "backend_upstream_errors_total";
 pub const BREAKER_OPEN: &str = "backend_model_breaker_open";
@@ -75,6 +76,7 @@ pub const ALL: &[&str] = &[
     SEARCH_STAGE_SECONDS,
     SEARCHES_TOTAL,
     SEARCH_OUTCOMES_TOTAL,
+    STAGED_SEARCHES_TOTAL,
     QUERY_CACHE_TOTAL,
     UPSTREAM_ERRORS_TOTAL,
     BREAKER_OPEN,
@@ -103,6 +105,11 @@ pub fn describe() {
         SEARCH_OUTCOMES_TOTAL,
         Unit::Count,
         "Searches answered, by kind and outcome: hits; empty (nothing in the index or the filters); below_floor (a text search nothing matched at the model's relevance floor, shown as no good matches)."
+    );
+    describe_counter!(
+        STAGED_SEARCHES_TOTAL,
+        Unit::Count,
+        "Searches that named the staged model (model=, beside the live one), by kind and outcome as in backend_search_outcomes_total, which counts them too: the two models' outcome shares side by side."
     );
     describe_counter!(
         QUERY_CACHE_TOTAL,
@@ -208,6 +215,8 @@ pub fn describe() {
         for outcome in SEARCH_OUTCOMES {
             metrics::counter!(SEARCH_OUTCOMES_TOTAL, "kind" => kind, "outcome" => outcome)
                 .increment(0);
+            metrics::counter!(STAGED_SEARCHES_TOTAL, "kind" => kind, "outcome" => outcome)
+                .increment(0);
         }
     }
 }
@@ -244,14 +253,18 @@ pub fn search(kind: &'static str) {
     metrics::counter!(SEARCHES_TOTAL, "kind" => kind).increment(1);
 }
 
-/// What a search answered: `below_floor` when its hits were dropped by the relevance floor.
-pub fn search_outcome(kind: &'static str, hits: usize, below_floor: bool) {
+/// What a search answered: `below_floor` when its hits were dropped by the relevance floor;
+/// `staged` when it ran on the staged model.
+pub fn search_outcome(kind: &'static str, hits: usize, below_floor: bool, staged: bool) {
     let outcome = match (below_floor, hits) {
         (true, _) => "below_floor",
         (false, 0) => "empty",
         (false, _) => "hits",
     };
     metrics::counter!(SEARCH_OUTCOMES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
+    if staged {
+        metrics::counter!(STAGED_SEARCHES_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
+    }
 }
 
 pub fn cache(hit: bool) {

@@ -11,6 +11,7 @@ mod catalog;
 pub mod compose;
 mod facets;
 mod ingest;
+mod models;
 mod query;
 pub mod reindex;
 #[cfg(test)]
@@ -116,6 +117,8 @@ pub struct SearchEngine {
     writes: tokio::sync::RwLock<()>,
     /// The re-index under way or last run (`POST /v1/admin/reindex`).
     reindex: reindex::Jobs,
+    /// The index staged beside the live one, as last looked up ([`models`]).
+    staged: tokio::sync::Mutex<models::StagedCache>,
     /// The thumbnail task, woken after writes (set once the engine is built).
     thumbnails: std::sync::OnceLock<Arc<crate::thumbnails::Thumbnails>>,
     optimize: Arc<OptimizeScheduler>,
@@ -163,6 +166,7 @@ impl SearchEngine {
             encoder: std::sync::RwLock::new(encoder),
             writes: tokio::sync::RwLock::new(()),
             reindex: reindex::Jobs::default(),
+            staged: tokio::sync::Mutex::default(),
             thumbnails: std::sync::OnceLock::new(),
             optimize: optimize.clone(),
             facets: FacetSnapshot::new(facets::SNAPSHOT_TTL),
@@ -211,29 +215,10 @@ impl SearchEngine {
             .clone()
     }
 
-    /// Refuses a search whose query vector `model` made when the index holds another model's
-    /// vectors. An index with no recorded model (empty, or made before models were recorded)
-    /// takes any of the right size.
+    /// Refuses vectors `model` made when the live index holds another model's
+    /// ([`models::Serving::check_model`]).
     fn check_model(&self, model: &IndexModel) -> Result<(), SearchError> {
-        match self.index.model() {
-            Some(index) if index.fingerprint != model.fingerprint => {
-                metrics::model_mismatch();
-                Err(SearchError::ModelMismatch {
-                    index,
-                    other: model.to_string(),
-                    other_source: "model-serving's model",
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether model-serving (as last reported) serves another model than the index's.
-    fn serving_another_model(&self) -> bool {
-        match (self.index.model(), self.encoder().model()) {
-            (Some(index), Some(serving)) => index.fingerprint != serving.fingerprint,
-            _ => false,
-        }
+        self.live().check_model(model)
     }
 
     /// Before a write of `model`'s vectors: the index must be that model's, or take it (a new

@@ -131,7 +131,8 @@ fn list(value: Option<String>) -> Vec<String> {
 }
 
 impl RouteQuery for TextSearch {
-    const KEYS: &'static [&'static str] = &["q", "mode", "not", "k", "offset", "min_score"];
+    const KEYS: &'static [&'static str] =
+        &["q", "mode", "not", "k", "offset", "min_score", "model"];
 
     fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
         let Query(TextQuery { q, mode, not }) = Query::try_from_uri(uri)?;
@@ -152,7 +153,7 @@ pub struct ImageSearch {
 }
 
 impl RouteQuery for ImageSearch {
-    const KEYS: &'static [&'static str] = &["q", "not", "k", "offset", "min_score"];
+    const KEYS: &'static [&'static str] = &["q", "not", "k", "offset", "min_score", "model"];
 
     fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
         let Query(RefineQuery { q, not }) = Query::try_from_uri(uri)?;
@@ -173,7 +174,7 @@ pub struct Recommend {
 }
 
 impl RouteQuery for Recommend {
-    const KEYS: &'static [&'static str] = &["like", "dislike", "k", "offset", "min_score"];
+    const KEYS: &'static [&'static str] = &["like", "dislike", "k", "offset", "min_score", "model"];
 
     fn parse(uri: &Uri) -> Result<Self, QueryRejection> {
         let Query(RecommendQuery { like, dislike }) = Query::try_from_uri(uri)?;

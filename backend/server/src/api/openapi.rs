@@ -17,7 +17,7 @@ use super::{images, search};
         images::get_image, images::delete_image, images::list_images, search::stats,
         search::facets, images::ingest_batch, images::exists, images::add_image,
         search::query_summary, search::start_reindex, search::reindex_status, search::recommend,
-        search::compare_items, search::compare_photos, search::points_page
+        search::compare_items, search::compare_photos, search::points_page, search::models
     ),
     components(schemas(
         SearchResponse, backend_api::SearchHit, ImageItem, ImageAttributes, ListResponse,
@@ -27,7 +27,8 @@ use super::{images, search};
         backend_api::QuerySummaryResponse, backend_api::QueryCount, backend_api::ReindexRequest,
         backend_api::ReindexModel, backend_api::ReindexStatus, backend_api::ReindexState,
         backend_api::CompareResponse, search::CompareUpload, backend_api::PointsPage,
-        backend_api::StoredPoint
+        backend_api::StoredPoint, backend_api::ModelsResponse, backend_api::ServedModel,
+        backend_api::ModelRole
     )),
     modifiers(&ApiKeyScheme)
 )]

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Multipart, Path, Request, State};
 use backend_api::{
-    CompareQuery, CompareResponse, ErrorKind, FacetsResponse, Filters, PointsPage,
+    CompareQuery, CompareResponse, ErrorKind, FacetsResponse, Filters, ModelsResponse, PointsPage,
     QuerySummaryResponse, RecommendQuery, RefineQuery, ReindexRequest, ReindexStatus, SearchMode,
     SearchParams, SearchResponse, StatsResponse, TextQuery, TextSearchRequest,
 };
@@ -91,8 +91,11 @@ pub(super) async fn query_summary(
 /// Re-index: every stored image embedded again into a new index beside the live one (which
 /// keeps serving), then one switch. `model: current` re-embeds with the model model-serving
 /// serves; `model: next` with `MODEL_SERVING_NEXT_URL`'s, and searches move to it at the
-/// switch. Answers at once (202) with the run's status; a run under way is answered, not
-/// started twice. Running it again after a failure resumes. Needs the write key.
+/// switch. With `stage: true` there is no switch: the new index stays beside the live one and
+/// searches that name its model (`model=`, `GET /v1/models`) use it, to try a model on live
+/// traffic; running it again without `stage` brings it up to date and switches. Answers at once
+/// (202) with the run's status; a run under way is answered, not started twice. Running it
+/// again after a failure resumes. Needs the write key.
 #[utoipa::path(post, path = "/v1/admin/reindex", request_body = ReindexRequest, security(("api_key" = [])),
     responses(
         (status = 202, body = ReindexStatus),
@@ -117,7 +120,7 @@ pub(super) async fn start_reindex(
     }
     let body: ReindexRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::new(ErrorKind::InvalidJson, e.to_string()))?;
-    let status = state.engine.start_reindex(body.model).await?;
+    let status = state.engine.start_reindex(body.model, body.stage).await?;
     Ok((axum::http::StatusCode::ACCEPTED, Json(status)))
 }
 
@@ -418,6 +421,20 @@ pub(super) async fn similar(
 ) -> Result<Json<SearchResponse>, ApiError> {
     let id = path_id(id)?;
     Ok(Json(state.engine.similar(id, &params).await?))
+}
+
+/// The models whose indexes can be searched: the live one, and the one a re-index staged
+/// beside it (`POST /v1/admin/reindex` with `stage`), which searches name with `model=`.
+#[utoipa::path(get, path = "/v1/models",
+    responses(
+        (status = 200, body = ModelsResponse),
+        Faults,
+    )
+)]
+pub(super) async fn models(
+    State(state): State<AppState>,
+) -> Result<Json<ModelsResponse>, ApiError> {
+    Ok(Json(state.engine.models().await?))
 }
 
 #[utoipa::path(get, path = "/v1/stats",

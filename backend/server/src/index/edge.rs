@@ -38,6 +38,8 @@ pub struct EdgeIndex {
     _owner: Option<File>,
     /// The re-index target made by [`VectorIndex::rebuild_target`], until promoted.
     target: std::sync::Mutex<Option<Arc<EdgeIndex>>>,
+    /// The staged store ([`VectorIndex::stage`]), once staged or opened.
+    staged: std::sync::Mutex<Option<Arc<EdgeIndex>>>,
 }
 
 /// The live store: its folder under the root, its engine (created on the first write when the
@@ -52,6 +54,20 @@ struct Live {
 const FIRST_STORE: &str = "shard";
 /// The file naming the live store; replaced whole (written beside, then renamed) on promotion.
 const POINTER: &str = "current";
+/// The file naming the staged store, searched beside the live one when a request names its model.
+const STAGED: &str = "staged";
+
+/// The store a pointer file names, checked to be a plain name under the root.
+fn pointed_store(pointer: &Path, name: &str) -> Result<String, IndexError> {
+    let name = name.trim();
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(IndexError::Internal(format!(
+            "{} names no store: {name:?}",
+            pointer.display()
+        )));
+    }
+    Ok(name.to_owned())
+}
 
 fn unavailable_at(path: &Path, e: impl std::fmt::Display) -> IndexError {
     IndexError::Unavailable(format!("{}: {e}", path.display()))
@@ -215,16 +231,10 @@ impl EdgeIndex {
         }
         let pointer = dir.join(POINTER);
         let name = match std::fs::read_to_string(&pointer) {
-            Ok(name) => name.trim().to_owned(),
+            Ok(name) => pointed_store(&pointer, &name)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FIRST_STORE.to_owned(),
             Err(e) => return Err(unavailable_at(&pointer, e)),
         };
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(IndexError::Internal(format!(
-                "{} names no store: {name:?}",
-                pointer.display()
-            )));
-        }
         let index = Self::store(dir, &name, tuning, Some(owner))?;
         index.remove_leftovers();
         Ok(index)
@@ -260,6 +270,7 @@ impl EdgeIndex {
             }),
             _owner: owner,
             target: std::sync::Mutex::new(None),
+            staged: std::sync::Mutex::new(None),
         })
     }
 
@@ -361,12 +372,15 @@ impl EdgeIndex {
         Ok(shard)
     }
 
+    /// The store `name` as a re-index target or the staged store, when this process holds it.
     fn target_for(&self, name: &str) -> Option<Arc<EdgeIndex>> {
-        self.target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .filter(|target| target.live_name() == name)
+        let held = |slot: &std::sync::Mutex<Option<Arc<EdgeIndex>>>| {
+            slot.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .filter(|target| target.live_name() == name)
+        };
+        held(&self.target).or_else(|| held(&self.staged))
     }
 
     /// Runs blocking engine work off the async runtime.
@@ -524,6 +538,25 @@ impl VectorIndex for EdgeIndex {
             (old_name, std::mem::replace(&mut live.shard, shard))
         };
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let was_staged = {
+            let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+            let was = staged.as_ref().is_some_and(|s| s.live_name() == name);
+            if was {
+                *staged = None;
+            }
+            was
+        };
+        let staged_pointer = self.root.join(STAGED);
+        let points_here = tokio::fs::read_to_string(&staged_pointer)
+            .await
+            .is_ok_and(|staged| staged.trim() == name);
+        if was_staged || points_here {
+            match tokio::fs::remove_file(&staged_pointer).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(unavailable_at(&staged_pointer, e)),
+            }
+        }
         tracing::info!(store = %name, replaced = %old.0, "embedded index promoted");
         // The old store goes once the searches still holding it are done (or at the next start).
         let root = self.root.clone();
@@ -554,6 +587,52 @@ impl VectorIndex for EdgeIndex {
             }
         });
         Ok(())
+    }
+
+    async fn stage(&self, model: &IndexModel) -> Result<(), IndexError> {
+        let name = model.target_name("shard", &self.live_name());
+        let target = self.target_for(&name).ok_or_else(|| {
+            IndexError::Internal(format!("no re-index into {name} is under way to stage"))
+        })?;
+        target.flush().await?;
+        let root = self.root.clone();
+        let pointer_to = name.clone();
+        tokio::task::spawn_blocking(move || {
+            replace_file(&root.join(STAGED), pointer_to.as_bytes())
+        })
+        .await
+        .map_err(|e| IndexError::Internal(format!("index task failed: {e}")))??;
+        *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Some(target);
+        tracing::info!(store = %name, live = %self.live_name(), "embedded index staged beside the live one");
+        Ok(())
+    }
+
+    async fn staged(&self) -> Result<Option<Arc<dyn VectorIndex>>, IndexError> {
+        let pointer = self.root.join(STAGED);
+        let name = match tokio::fs::read_to_string(&pointer).await {
+            Ok(name) => pointed_store(&pointer, &name)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unavailable_at(&pointer, e)),
+        };
+        if name == self.live_name() {
+            return Ok(None);
+        }
+        if let Some(held) = self.target_for(&name) {
+            return Ok(Some(held));
+        }
+        // Staged before this process started: opened beside the live store.
+        let (root, tuning, opening) = (self.root.clone(), self.tuning, name.clone());
+        let opened =
+            tokio::task::spawn_blocking(move || Self::store(&root, &opening, tuning, None))
+                .await
+                .map_err(|e| IndexError::Internal(format!("index task failed: {e}")))??;
+        if opened.current().is_none() {
+            tracing::warn!(store = %name, "the staged index named by {} is gone", pointer.display());
+            return Ok(None);
+        }
+        let opened = Arc::new(opened);
+        *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Some(opened.clone());
+        Ok(Some(opened))
     }
 
     async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {

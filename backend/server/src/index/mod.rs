@@ -231,6 +231,14 @@ pub trait VectorIndex: Send + Sync {
     /// step that every reader sees at once (a Qdrant alias; the embedded engine's pointer file),
     /// and removes the old one.
     async fn promote(&self, model: &IndexModel) -> Result<(), IndexError>;
+    /// Keeps the filled target of [`VectorIndex::rebuild_target`] for `model` beside the live
+    /// index as the staged one, searched when a request names its model (a second Qdrant alias,
+    /// `<collection>-staged`; the embedded engine's `staged` pointer file). Promoting it later
+    /// unstages it.
+    async fn stage(&self, model: &IndexModel) -> Result<(), IndexError>;
+    /// The staged index ([`VectorIndex::stage`]), if there is one (as another replica, or
+    /// this process before a restart, left it).
+    async fn staged(&self) -> Result<Option<Arc<dyn VectorIndex>>, IndexError>;
     /// Whether points carry keyword vectors (an index made before them does not).
     fn has_keywords(&self) -> bool;
     /// Inserts or replaces points by id.

@@ -306,6 +306,25 @@ impl QdrantServerIndex {
         }
     }
 
+    /// The alias of the staged collection ([`VectorIndex::stage`]).
+    fn staged_alias(&self) -> String {
+        format!("{}-staged", self.collection)
+    }
+
+    /// The collection the staged alias names, if any.
+    async fn staged_collection(&self) -> Result<Option<String>, IndexError> {
+        let staged = self.staged_alias();
+        let aliases = call(&self.client, "qdrant list aliases", || {
+            self.client.list_aliases()
+        })
+        .await?;
+        Ok(aliases
+            .aliases
+            .into_iter()
+            .find(|a| a.alias_name == staged)
+            .map(|a| a.collection_name))
+    }
+
     /// The collection behind our name: the alias's target, or the collection of that name.
     async fn resolve(&self) -> Result<Option<String>, IndexError> {
         let aliases = call(&self.client, "qdrant list aliases", || {
@@ -580,9 +599,40 @@ impl VectorIndex for QdrantServerIndex {
             })
             .await?;
         }
+        if self.staged_collection().await?.as_deref() == Some(name.as_str()) {
+            let staged = self.staged_alias();
+            call(&self.client, "qdrant delete alias", || {
+                self.client.delete_alias(staged.as_str())
+            })
+            .await?;
+        }
         tracing::info!(collection = %name, alias = %self.collection, "qdrant collection promoted");
         self.read_dim().await?;
         Ok(())
+    }
+
+    async fn stage(&self, model: &IndexModel) -> Result<(), IndexError> {
+        let live = self.resolve().await?.unwrap_or_default();
+        let name = model.target_name(&self.collection, &live);
+        let alias = qdrant_client::qdrant::CreateAliasBuilder::new(&name, self.staged_alias());
+        call(&self.client, "qdrant stage alias", || {
+            self.client.create_alias(alias.clone())
+        })
+        .await?;
+        tracing::info!(collection = %name, alias = %self.staged_alias(), live = %live, "qdrant collection staged beside the live one");
+        Ok(())
+    }
+
+    async fn staged(&self) -> Result<Option<std::sync::Arc<dyn VectorIndex>>, IndexError> {
+        let Some(name) = self.staged_collection().await? else {
+            return Ok(None);
+        };
+        let mut staged = Self::named(self.client.clone(), &name, self.tuning);
+        staged.layout = self.layout;
+        Ok(match staged.read_dim().await? {
+            Some(_) => Some(std::sync::Arc::new(staged)),
+            None => None,
+        })
     }
 
     async fn upsert(&self, points: Vec<Point>) -> Result<(), IndexError> {

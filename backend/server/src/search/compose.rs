@@ -15,6 +15,7 @@ use std::time::Instant;
 use backend_api::{CompareResponse, SearchMode, SearchParams, SearchResponse};
 use uuid::Uuid;
 
+use super::models::Serving;
 use super::query::{Query, SearchPlan};
 use super::{SearchEngine, SearchError};
 use crate::index::{IndexQuery, MAX_EXCLUDED};
@@ -133,21 +134,22 @@ impl SearchEngine {
     /// `vector` moved away from the meaning of `without` (one embedding of the words together).
     pub(super) async fn moved_away(
         &self,
+        serving: &Serving,
         vector: Vec<f32>,
         without: &[String],
     ) -> Result<Vec<f32>, SearchError> {
         if without.is_empty() {
             return Ok(vector);
         }
-        let words = self.encoder().embed_query(&without.join(" ")).await?;
-        self.check_model(&words.model)?;
+        let words = serving.encoder.embed_query(&without.join(" ")).await?;
+        serving.check_model(&words.model)?;
         let (_, away) = words.value;
         combine(&[(&vector, 1.0), (&away, -NEGATIVE_WEIGHT)])
     }
 
     /// Stored vectors of `ids`, in order; the first id not indexed is a not-found.
-    async fn stored(&self, ids: &[Uuid]) -> Result<Vec<Vec<f32>>, SearchError> {
-        let records = self.index.retrieve(ids, true).await?;
+    async fn stored(&self, serving: &Serving, ids: &[Uuid]) -> Result<Vec<Vec<f32>>, SearchError> {
+        let records = serving.index.retrieve(ids, true).await?;
         ids.iter()
             .map(|id| {
                 records
@@ -184,12 +186,13 @@ impl SearchEngine {
         exclude.dedup();
         debug_assert!(exclude.len() <= MAX_EXCLUDED);
         let plan = SearchPlan::new(params)?.excluding(exclude);
+        let serving = self.serving(params.model.as_deref(), false).await?;
         let vectors = async {
-            let liked = mean(&self.stored(like).await?);
+            let liked = mean(&self.stored(&serving, like).await?);
             let query = if dislike.is_empty() {
                 combine(&[(&liked, 1.0)])?
             } else {
-                let disliked = mean(&self.stored(dislike).await?);
+                let disliked = mean(&self.stored(&serving, dislike).await?);
                 combine(&[(&liked, 2.0), (&disliked, -1.0)])?
             };
             Ok::<_, SearchError>(query)
@@ -203,8 +206,8 @@ impl SearchEngine {
             query: IndexQuery::Vector(vector),
             embedded_text: None,
         };
-        let response = self.run(query, &plan, started).await?;
-        metrics::search_outcome("recommend", response.hits.len(), false);
+        let response = self.run(&serving, query, &plan, started).await?;
+        metrics::search_outcome("recommend", response.hits.len(), false, serving.staged);
         Ok(response)
     }
 
@@ -227,16 +230,17 @@ impl SearchEngine {
     }
 
     async fn vector_of(&self, side: Side) -> Result<Vec<f32>, SearchError> {
+        let live = self.live();
         match side {
-            Side::Item(id) => Ok(self.stored(&[id]).await?.remove(0)),
+            Side::Item(id) => Ok(self.stored(&live, &[id]).await?.remove(0)),
             Side::Photo(bytes) => {
                 if bytes.is_empty() {
                     return Err(SearchError::NotAnImage(
                         "an uploaded file is empty: not an image".into(),
                     ));
                 }
-                let embedded = self.encoder().embed_images(vec![bytes]).await?;
-                self.check_model(&embedded.model)?;
+                let embedded = live.encoder.embed_images(vec![bytes]).await?;
+                live.check_model(&embedded.model)?;
                 let vector = embedded
                     .value
                     .into_iter()

@@ -10,8 +10,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::compose::{Negated, REFINE_WEIGHT, combine, negated};
+use super::models::Serving;
 use super::{DEFAULT_K, MAX_DEPTH, MAX_K, MAX_QUERY_CHARS, SearchEngine, SearchError};
-use crate::index::{Filter, IndexQuery, SearchRequest, keywords};
+use crate::index::{Filter, IndexQuery, SearchRequest, VectorIndex, keywords};
 use crate::metrics;
 
 /// A checked search: what to fetch from the index, made once per request.
@@ -124,10 +125,13 @@ impl SearchEngine {
         let q = positive.as_str();
         let mut plan = SearchPlan::new(params)?;
         plan.filter.without_words = without.clone();
-        let mode = self.mode_for(mode)?;
+        let serving = self
+            .serving(params.model.as_deref(), mode != SearchMode::Keyword)
+            .await?;
+        let mode = mode_for(&serving, mode)?;
         // With another model's index, meanings cannot be compared: a hybrid search matches by
         // words alone, and says so in its `mode` (vector and image searches are refused).
-        let mode = if mode == SearchMode::Hybrid && self.serving_another_model() {
+        let mode = if mode == SearchMode::Hybrid && serving.serving_another_model() {
             metrics::model_mismatch();
             SearchMode::Keyword
         } else {
@@ -146,22 +150,22 @@ impl SearchEngine {
             };
             self.with_checked_filters(&plan.filter.attributes, async { Ok(()) })
                 .await?;
-            let mut response = self.run(query, &plan, started).await?;
-            metrics::search_outcome("text", response.hits.len(), false);
+            let mut response = self.run(&serving, query, &plan, started).await?;
+            metrics::search_outcome("text", response.hits.len(), false, serving.staged);
             response.without = without;
             return Ok(response);
         }
         let embed = async {
             let encode = Instant::now();
-            let embedded = self
-                .encoder()
+            let embedded = serving
+                .encoder
                 .embed_query(q)
                 .instrument(tracing::info_span!("encode"))
                 .await?;
             metrics::stage("encode", encode.elapsed());
-            self.check_model(&embedded.model)?;
+            serving.check_model(&embedded.model)?;
             let (caption, vector) = embedded.value;
-            let vector = self.moved_away(vector, &without).await?;
+            let vector = self.moved_away(&serving, vector, &without).await?;
             Ok::<_, SearchError>((caption, vector))
         };
         let (caption, vector) = self
@@ -180,7 +184,7 @@ impl SearchEngine {
         // Each mode has its floor, calibrated apart (`make eval-search`): hybrid's, where words
         // rescue what meaning alone would miss, is higher; vector mode's is lower (hybrid's
         // answered nothing for "red dress" by meaning alone).
-        let encoder = self.encoder();
+        let encoder = &serving.encoder;
         let floor = match mode {
             SearchMode::Hybrid => encoder.relevance_floor(),
             SearchMode::Vector => encoder.vector_floor(),
@@ -191,7 +195,9 @@ impl SearchEngine {
         let probed = floor.map(|floor| (query.clone(), floor));
         let reach = async {
             match &probed {
-                Some((query, floor)) => self.reaches(query, *floor, &plan.filter).await,
+                Some((query, floor)) => {
+                    reaches(serving.index.as_ref(), query, *floor, &plan.filter).await
+                }
                 None => Ok(true),
             }
         };
@@ -201,67 +207,16 @@ impl SearchEngine {
             query,
             embedded_text: Some(caption),
         };
-        let (matched, mut response) = tokio::try_join!(reach, self.run(query, &plan, started))?;
+        let (matched, mut response) =
+            tokio::try_join!(reach, self.run(&serving, query, &plan, started))?;
         let below_floor = !matched && !response.hits.is_empty();
         if !matched {
             response.hits.clear();
         }
-        metrics::search_outcome("text", response.hits.len(), below_floor);
+        metrics::search_outcome("text", response.hits.len(), below_floor, serving.staged);
         response.relevance_floor = floor;
         response.without = without;
         Ok(response)
-    }
-
-    /// Whether a text query matches anything: a product at least `floor` near in meaning, or
-    /// (hybrid) one with a word of it. Two one-result index searches, at once.
-    async fn reaches(
-        &self,
-        query: &IndexQuery,
-        floor: f32,
-        filter: &Filter,
-    ) -> Result<bool, SearchError> {
-        let probe = |query: IndexQuery, min_score: Option<f32>| SearchRequest {
-            query,
-            limit: 1,
-            offset: 0,
-            filter: filter.clone(),
-            min_score,
-            exclude: Vec::new(),
-        };
-        let (vector, words) = match query {
-            IndexQuery::Hybrid { vector, keywords } => (vector, Some(keywords)),
-            IndexQuery::Vector(vector) => (vector, None),
-            IndexQuery::Keywords(_) => return Ok(true),
-        };
-        let near = self
-            .index
-            .search(probe(IndexQuery::Vector(vector.clone()), Some(floor)));
-        let worded = async {
-            match words {
-                Some(words) => {
-                    self.index
-                        .search(probe(IndexQuery::Keywords(words.clone()), None))
-                        .await
-                }
-                None => Ok(Vec::new()),
-            }
-        };
-        let (near, worded) = tokio::try_join!(near, worded)?;
-        Ok(!near.is_empty() || !worded.is_empty())
-    }
-
-    /// The mode a text search can run in here: an index made before keyword vectors matches
-    /// by meaning alone (a hybrid search says so in its `mode`; a keyword search is refused).
-    fn mode_for(&self, asked: SearchMode) -> Result<SearchMode, SearchError> {
-        if asked == SearchMode::Vector || self.index.has_keywords() {
-            return Ok(asked);
-        }
-        match asked {
-            SearchMode::Keyword => Err(SearchError::Invalid(
-                "this catalogue has no keyword index yet; search with mode=vector".into(),
-            )),
-            _ => Ok(SearchMode::Vector),
-        }
     }
 
     pub async fn search_image(
@@ -293,15 +248,16 @@ impl SearchEngine {
         let Negated { positive, without } = negated(refine.unwrap_or_default(), not)?;
         let mut plan = SearchPlan::new(params)?;
         plan.filter.without_words = without.clone();
+        let serving = self.serving(params.model.as_deref(), true).await?;
         let embed = async {
             let encode = Instant::now();
-            let embedded = self
-                .encoder()
+            let embedded = serving
+                .encoder
                 .embed_images(vec![image])
                 .instrument(tracing::info_span!("encode"))
                 .await?;
             metrics::stage("encode", encode.elapsed());
-            self.check_model(&embedded.model)?;
+            serving.check_model(&embedded.model)?;
             let mut vector = embedded
                 .value
                 .into_iter()
@@ -309,13 +265,13 @@ impl SearchEngine {
                 .ok_or_else(|| SearchError::Invalid("no embedding for the image".into()))?;
             let mut caption = None;
             if !positive.is_empty() {
-                let words = self.encoder().embed_query(&positive).await?;
-                self.check_model(&words.model)?;
+                let words = serving.encoder.embed_query(&positive).await?;
+                serving.check_model(&words.model)?;
                 let (embedded_as, words) = words.value;
                 vector = combine(&[(&vector, 1.0), (&words, REFINE_WEIGHT)])?;
                 caption = Some(embedded_as);
             }
-            let vector = self.moved_away(vector, &without).await?;
+            let vector = self.moved_away(&serving, vector, &without).await?;
             Ok::<_, SearchError>((vector, caption))
         };
         let (vector, caption) = self
@@ -327,8 +283,8 @@ impl SearchEngine {
             query: IndexQuery::Vector(vector),
             embedded_text: caption,
         };
-        let mut response = self.run(query, &plan, started).await?;
-        metrics::search_outcome("image", response.hits.len(), false);
+        let mut response = self.run(&serving, query, &plan, started).await?;
+        metrics::search_outcome("image", response.hits.len(), false, serving.staged);
         response.without = without;
         Ok(response)
     }
@@ -343,8 +299,14 @@ impl SearchEngine {
     ) -> Result<SearchResponse, SearchError> {
         let started = Instant::now();
         let plan = SearchPlan::new(params)?.excluding([id]);
+        let serving = self.serving(params.model.as_deref(), false).await?;
         let stored = async {
-            let record = self.index.retrieve(&[id], true).await?.into_iter().next();
+            let record = serving
+                .index
+                .retrieve(&[id], true)
+                .await?
+                .into_iter()
+                .next();
             record
                 .and_then(|r| r.vector)
                 .ok_or(SearchError::NotFound(id))
@@ -358,19 +320,20 @@ impl SearchEngine {
             query: IndexQuery::Vector(vector),
             embedded_text: None,
         };
-        let response = self.run(query, &plan, started).await?;
-        metrics::search_outcome("similar", response.hits.len(), false);
+        let response = self.run(&serving, query, &plan, started).await?;
+        metrics::search_outcome("similar", response.hits.len(), false, serving.staged);
         Ok(response)
     }
 
     pub(super) async fn run(
         &self,
+        serving: &Serving,
         query: Query,
         plan: &SearchPlan,
         started: Instant,
     ) -> Result<SearchResponse, SearchError> {
         let search = Instant::now();
-        let hits = self
+        let hits = serving
             .index
             .search(plan.request(query.query.clone()))
             .instrument(tracing::info_span!(
@@ -380,6 +343,7 @@ impl SearchEngine {
                 offset = plan.offset
             ))
             .await?;
+        let hits = self.as_live(serving, hits).await?;
         metrics::stage("index_search", search.elapsed());
         let presign = Instant::now();
         let (scores, records): (Vec<f32>, Vec<_>) = hits
@@ -392,32 +356,79 @@ impl SearchEngine {
             .map(|(score, item)| SearchHit { score, item })
             .collect();
         metrics::stage("presign", presign.elapsed());
-        Ok(self.answer(hits, query, plan, started))
+        Ok(answer(serving, hits, query, plan, started))
     }
+}
 
-    fn answer(
-        &self,
-        hits: Vec<SearchHit>,
-        query: Query,
-        plan: &SearchPlan,
-        started: Instant,
-    ) -> SearchResponse {
-        metrics::stage("total", started.elapsed());
-        metrics::search(query.kind);
-        SearchResponse {
-            hits,
-            k: plan.k,
-            offset: plan.offset,
-            embedded_text: query.embedded_text,
-            mode: query.mode,
-            relevance_floor: None,
-            without: Vec::new(),
-            // The identity model-serving last reported: no call per search.
-            model: self
-                .encoder()
-                .model()
-                .map_or_else(|| "unknown".to_owned(), |model| model.name),
-            took_ms: started.elapsed().as_secs_f64() * 1e3,
+/// Whether a text query matches anything: a product at least `floor` near in meaning, or
+/// (hybrid) one with a word of it. Two one-result index searches, at once.
+async fn reaches(
+    index: &dyn VectorIndex,
+    query: &IndexQuery,
+    floor: f32,
+    filter: &Filter,
+) -> Result<bool, SearchError> {
+    let probe = |query: IndexQuery, min_score: Option<f32>| SearchRequest {
+        query,
+        limit: 1,
+        offset: 0,
+        filter: filter.clone(),
+        min_score,
+        exclude: Vec::new(),
+    };
+    let (vector, words) = match query {
+        IndexQuery::Hybrid { vector, keywords } => (vector, Some(keywords)),
+        IndexQuery::Vector(vector) => (vector, None),
+        IndexQuery::Keywords(_) => return Ok(true),
+    };
+    let near = index.search(probe(IndexQuery::Vector(vector.clone()), Some(floor)));
+    let worded = async {
+        match words {
+            Some(words) => {
+                index
+                    .search(probe(IndexQuery::Keywords(words.clone()), None))
+                    .await
+            }
+            None => Ok(Vec::new()),
         }
+    };
+    let (near, worded) = tokio::try_join!(near, worded)?;
+    Ok(!near.is_empty() || !worded.is_empty())
+}
+
+/// The mode a text search can run in here: an index made before keyword vectors matches
+/// by meaning alone (a hybrid search says so in its `mode`; a keyword search is refused).
+fn mode_for(serving: &Serving, asked: SearchMode) -> Result<SearchMode, SearchError> {
+    if asked == SearchMode::Vector || serving.index.has_keywords() {
+        return Ok(asked);
+    }
+    match asked {
+        SearchMode::Keyword => Err(SearchError::Invalid(
+            "this catalogue has no keyword index yet; search with mode=vector".into(),
+        )),
+        _ => Ok(SearchMode::Vector),
+    }
+}
+
+fn answer(
+    serving: &Serving,
+    hits: Vec<SearchHit>,
+    query: Query,
+    plan: &SearchPlan,
+    started: Instant,
+) -> SearchResponse {
+    metrics::stage("total", started.elapsed());
+    metrics::search(query.kind);
+    SearchResponse {
+        hits,
+        k: plan.k,
+        offset: plan.offset,
+        embedded_text: query.embedded_text,
+        mode: query.mode,
+        relevance_floor: None,
+        without: Vec::new(),
+        // The identity model-serving last reported: no call per search.
+        model: serving.model_name(),
+        took_ms: started.elapsed().as_secs_f64() * 1e3,
     }
 }

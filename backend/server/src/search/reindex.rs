@@ -13,6 +13,8 @@
 //!   switch is lost; writes waiting for it land in the new index.
 //! - With `model: next`, the new index is made by `MODEL_SERVING_NEXT_URL`'s model, and the
 //!   backend's searches move to that model-serving at the switch.
+//! - With `stage`, there is no switch: the new index is staged beside the live one and searched
+//!   by the requests that name its model ([`super::models`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -95,34 +97,37 @@ impl SearchEngine {
         *self.reindex.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(encoder);
     }
 
+    /// The model-serving of `MODEL_SERVING_NEXT_URL`, if configured.
+    pub(super) fn next_model(&self) -> Option<Arc<dyn Embedder>> {
+        self.reindex
+            .next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The re-index under way or last run.
     pub fn reindex_status(&self) -> Option<ReindexStatus> {
         self.reindex.status().clone()
     }
 
-    /// Starts a re-index in the background, or answers the one under way.
+    /// Starts a re-index in the background, or answers the one under way. With `stage`, the
+    /// new index is kept beside the live one ([`super::models`]) instead of replacing it.
     pub async fn start_reindex(
         self: &Arc<Self>,
         model: ReindexModel,
+        stage: bool,
     ) -> Result<ReindexStatus, SearchError> {
         let (encoder, switch_encoder) = match model {
             ReindexModel::Current => (self.encoder(), false),
-            ReindexModel::Next => {
-                let next = self
-                    .reindex
-                    .next
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                match next {
-                    Some(next) => (next, true),
-                    None => {
-                        return Err(SearchError::Invalid(
+            ReindexModel::Next => match self.next_model() {
+                Some(next) => (next, true),
+                None => {
+                    return Err(SearchError::Invalid(
                             "model \"next\" needs MODEL_SERVING_NEXT_URL: the model-serving of the new model".into(),
                         ));
-                    }
                 }
-            }
+            },
         };
         if self
             .reindex
@@ -135,6 +140,16 @@ impl SearchEngine {
         }
         let begun = async {
             let target_model = encoder.describe().await?;
+            if stage
+                && self
+                    .index
+                    .model()
+                    .is_some_and(|live| live.fingerprint == target_model.fingerprint)
+            {
+                return Err(SearchError::Invalid(format!(
+                    "the live index is {target_model}'s already: stage another model ({{\"model\": \"next\", \"stage\": true}}), or re-index without stage"
+                )));
+            }
             let total = self.index.count(&Filter::default()).await?;
             Ok::<_, SearchError>((target_model, total))
         }
@@ -155,6 +170,7 @@ impl SearchEngine {
             .unwrap_or_else(|e| e.into_inner()) = Some(HashSet::new());
         let status = ReindexStatus {
             state: ReindexState::Running,
+            stage,
             model: target_model.name.clone(),
             fingerprint: target_model.fingerprint.clone(),
             from_fingerprint: self.index.model().map(|m| m.fingerprint),
@@ -175,13 +191,20 @@ impl SearchEngine {
             model = %target_model,
             from = ?status.from_fingerprint,
             total,
+            stage,
             "re-index started"
         );
         let engine = self.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let result = engine
-                .reindex(&encoder, &target_model, switch_encoder, started)
+                .reindex(
+                    &encoder,
+                    &target_model,
+                    switch_encoder && !stage,
+                    stage,
+                    started,
+                )
                 .await;
             let seconds = started.elapsed().as_secs_f64();
             engine.reindex.update(|status| {
@@ -195,6 +218,9 @@ impl SearchEngine {
                 }
             });
             match &result {
+                Ok(()) if stage => {
+                    tracing::info!(model = %target_model, seconds, "re-index done; the new index is staged beside the live one (search it with model=)")
+                }
                 Ok(()) => {
                     tracing::info!(model = %target_model, seconds, "re-index done; the new index is live")
                 }
@@ -220,6 +246,7 @@ impl SearchEngine {
         encoder: &Arc<dyn Embedder>,
         model: &IndexModel,
         switch_encoder: bool,
+        stage: bool,
         started: Instant,
     ) -> Result<(), SearchError> {
         let target = self.index.rebuild_target(model).await?;
@@ -266,11 +293,16 @@ impl SearchEngine {
             self.progress(&counts, started);
         }
         target.flush().await?;
-        self.index.promote(model).await?;
+        if stage {
+            self.index.stage(model).await?;
+        } else {
+            self.index.promote(model).await?;
+        }
         if switch_encoder {
             *self.encoder.write().unwrap_or_else(|e| e.into_inner()) = encoder.clone();
         }
         drop(_writes_held);
+        self.staged_changed().await;
         self.after_write().await;
         Ok(())
     }

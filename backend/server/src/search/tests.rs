@@ -106,6 +106,14 @@ impl VectorIndex for FakeIndex {
             "the fake index does not re-index".into(),
         ))
     }
+    async fn stage(&self, _model: &IndexModel) -> Result<(), IndexError> {
+        Err(IndexError::Internal(
+            "the fake index does not re-index".into(),
+        ))
+    }
+    async fn staged(&self) -> Result<Option<Arc<dyn VectorIndex>>, IndexError> {
+        Ok(None)
+    }
     /// Vectors by cosine; words by the number of the query's terms in the document (a stand-in
     /// for BM25); hybrid by the vector alone (fusion is the engines' part, tested over both in
     /// the `engines` integration suite).
@@ -361,6 +369,7 @@ fn a_plan_checks_paging_and_the_score_floor_once() {
         k: None,
         offset: Some(MAX_DEPTH - DEFAULT_K),
         min_score: Some(0.5),
+        model: None,
         filters: Filters {
             season: Some(" Summer ".into()),
             ..Filters::default()

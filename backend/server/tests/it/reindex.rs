@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use backend::config::BackendConfig;
 use backend::index::{IndexModel, Point};
 use backend_api::{
-    ImageAttributes, ReindexModel, ReindexState, ReindexStatus, SearchMode, SearchParams,
+    ImageAttributes, ModelRole, ReindexModel, ReindexState, ReindexStatus, SearchMode, SearchParams,
 };
 use model_serving_api::ModelServingClient;
 use uuid::Uuid;
@@ -116,7 +116,7 @@ async fn model_change(engine: impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> 
     // old model; a product added and one deleted meanwhile are in the new index as they should.
     let started = backend
         .client
-        .start_reindex(ReindexModel::Next)
+        .start_reindex(ReindexModel::Next, false)
         .await
         .expect("start");
     assert_eq!(started.fingerprint, new.fingerprint);
@@ -127,7 +127,7 @@ async fn model_change(engine: impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> 
     assert_eq!(started.total, PRODUCTS as u64);
     let again = backend
         .client
-        .start_reindex(ReindexModel::Next)
+        .start_reindex(ReindexModel::Next, false)
         .await
         .expect("asked twice");
     assert_eq!(again.started_at, started.started_at, "one run, not two");
@@ -271,7 +271,7 @@ async fn model_change(engine: impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> 
     drop(target);
     backend
         .client
-        .start_reindex(ReindexModel::Current)
+        .start_reindex(ReindexModel::Current, false)
         .await
         .expect("resume");
     let done = finished(&backend).await;
@@ -316,6 +316,246 @@ async fn a_model_change_is_refused_then_reindexed_without_downtime_on_a_qdrant_s
     };
     let collection = format!("fashion_search_it_{}", Uuid::new_v4().simple());
     model_change(|data, model, upcoming| BackendConfig {
+        qdrant_url: Some(url.clone()),
+        qdrant_collection: collection.clone(),
+        ..next(config(data, model), upcoming)
+    })
+    .await;
+}
+
+/// Two models side by side: the trained model's index staged beside the tiny model's live one,
+/// searched only by requests that name it, then promoted; on one engine (as [`model_change`]).
+async fn side_by_side(engine: impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> BackendConfig) {
+    const ITEMS: usize = 60;
+    let tiny = start_model_serving(free_addr()).await;
+    let trained = start_model_serving_with(free_addr(), local_stack::trained_model_dir()).await;
+    let (old, new) = (served(tiny.addr).await, served(trained.addr).await);
+    let data = tempfile::tempdir().expect("tempdir");
+    let products = products(ITEMS);
+    let backend = start_backend(&engine(data.path(), tiny.addr, Some(trained.addr)))
+        .await
+        .expect("backend");
+    let stored = ingest(&backend, tiny.addr, &products).await;
+    let models = backend.client.models().await.expect("models");
+    assert_eq!(models.models.len(), 1, "{models:?}");
+    assert_eq!(models.models[0].role, ModelRole::Live);
+    assert_eq!(models.models[0].fingerprint, old.fingerprint);
+    assert_eq!(models.models[0].points, ITEMS as u64);
+    let with_model = |model: &str, k: usize| SearchParams {
+        k: Some(k),
+        model: Some(model.to_owned()),
+        ..SearchParams::default()
+    };
+
+    // Not staged yet: naming the new model is a 400 that names what is served.
+    let response = backend
+        .http
+        .get(backend.url(&format!("/v1/search?q=shirt&model={}", new.name)))
+        .send()
+        .await
+        .expect("search");
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status.as_u16(), code.as_str()), (400, "invalid_request"));
+    let refused = backend
+        .client
+        .search_text_as("shirt", SearchMode::Vector, &with_model(&new.name, 5))
+        .await
+        .expect_err("not served")
+        .to_string();
+    assert!(refused.contains(&old.name), "{refused}");
+
+    // The live model cannot be staged beside itself.
+    let same = backend
+        .client
+        .start_reindex(ReindexModel::Current, true)
+        .await
+        .expect_err("the live model staged")
+        .to_string();
+    assert!(same.contains("already"), "{same}");
+
+    // Staged: the live index and model are untouched; the new one answers when named.
+    let started = backend
+        .client
+        .start_reindex(ReindexModel::Next, true)
+        .await
+        .expect("stage");
+    assert!(started.stage);
+    let done = finished(&backend).await;
+    assert_eq!(
+        (done.state, done.stage),
+        (ReindexState::Done, true),
+        "{done:?}"
+    );
+    assert_eq!(done.embedded, ITEMS as u64, "{done:?}");
+    let stats = backend.client.stats().await.expect("stats");
+    assert_eq!(stats.fingerprint.as_deref(), Some(old.fingerprint.as_str()));
+    let models = backend.client.models().await.expect("models");
+    let roles: Vec<_> = models
+        .models
+        .iter()
+        .map(|m| (m.role, m.fingerprint.clone(), m.points, m.encoder))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            (ModelRole::Live, old.fingerprint.clone(), ITEMS as u64, true),
+            (
+                ModelRole::Staged,
+                new.fingerprint.clone(),
+                ITEMS as u64,
+                true
+            ),
+        ]
+    );
+    let live = backend
+        .client
+        .search_text_as("shirt", SearchMode::Hybrid, &SearchParams::default())
+        .await
+        .expect("default search");
+    assert_eq!(live.model, old.name);
+    let mut found = 0;
+    for product in &products[..10] {
+        let response = backend
+            .client
+            .search_text_as(
+                &product.attributes.caption,
+                SearchMode::Vector,
+                &with_model(&new.name, 10),
+            )
+            .await
+            .expect("search the staged model");
+        assert_eq!(response.model, new.name);
+        found += usize::from(response.hits.iter().any(|h| h.item.id == point_id(product)));
+    }
+    assert!(found >= 7, "the staged model found {found} of 10 captions");
+    // By fingerprint too, a photo, and "more like this" on the staged vectors.
+    let photo = stored[&point_id(&products[4])].clone();
+    let by_photo = backend
+        .client
+        .search_image(photo, &with_model(&new.fingerprint, 3))
+        .await
+        .expect("photo on the staged model");
+    assert_eq!(by_photo.model, new.name);
+    assert_eq!(by_photo.hits[0].item.id, point_id(&products[4]));
+    let more = backend
+        .client
+        .similar(point_id(&products[4]), &with_model(&new.name, 5))
+        .await
+        .expect("more like this on the staged model");
+    assert_eq!(more.hits.len(), 5);
+    let metrics = backend.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "backend_staged_searches_total{kind=\"text\",outcome=\"hits\"}"
+        ) >= 10.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "backend_staged_searches_total{kind=\"similar\",outcome=\"hits\"}"
+        ),
+        1.0
+    );
+
+    // Writes go to the live index only; an item deleted since staging is not shown by the
+    // staged one either.
+    let gone = &products[2];
+    let before = backend
+        .client
+        .search_text_as(
+            &gone.attributes.caption,
+            SearchMode::Vector,
+            &with_model(&new.name, ITEMS),
+        )
+        .await
+        .expect("search");
+    assert!(before.hits.iter().any(|h| h.item.id == point_id(gone)));
+    backend
+        .client
+        .delete_image(point_id(gone))
+        .await
+        .expect("delete");
+    let after = backend
+        .client
+        .search_text_as(
+            &gone.attributes.caption,
+            SearchMode::Vector,
+            &with_model(&new.name, ITEMS),
+        )
+        .await
+        .expect("search");
+    assert!(!after.hits.iter().any(|h| h.item.id == point_id(gone)));
+    assert_eq!(after.hits.len(), before.hits.len() - 1);
+    backend.stop().await;
+
+    // A restart finds the staged index again; promoting it resumes it (nothing embedded again
+    // but what changed) and switches.
+    let backend = start_backend(&engine(data.path(), tiny.addr, Some(trained.addr)))
+        .await
+        .expect("backend restarts");
+    let models = backend.client.models().await.expect("models");
+    assert_eq!(models.models.len(), 2, "{models:?}");
+    let response = backend
+        .client
+        .search_text_as("shirt", SearchMode::Hybrid, &with_model(&new.name, 5))
+        .await
+        .expect("the staged model after a restart");
+    assert_eq!(response.model, new.name);
+    backend
+        .client
+        .start_reindex(ReindexModel::Next, false)
+        .await
+        .expect("promote");
+    let done = finished(&backend).await;
+    assert_eq!(
+        (done.state, done.stage),
+        (ReindexState::Done, false),
+        "{done:?}"
+    );
+    assert_eq!(
+        (done.embedded, done.kept, done.removed),
+        (0, ITEMS as u64 - 1, 1),
+        "{done:?}"
+    );
+    let models = backend.client.models().await.expect("models");
+    assert_eq!(models.models.len(), 1, "{models:?}");
+    assert_eq!(
+        (models.models[0].role, models.models[0].fingerprint.as_str()),
+        (ModelRole::Live, new.fingerprint.as_str())
+    );
+    let live = backend
+        .client
+        .search_text_as("shirt", SearchMode::Hybrid, &SearchParams::default())
+        .await
+        .expect("default search");
+    assert_eq!(live.model, new.name);
+    assert!(
+        backend
+            .client
+            .search_text_as("shirt", SearchMode::Hybrid, &with_model(&old.name, 5))
+            .await
+            .is_err(),
+        "the old model is no longer served"
+    );
+    backend.stop().await;
+    tiny.stop().await.expect("stop");
+    trained.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_model_is_searched_by_name_beside_the_live_one_then_promoted_embedded() {
+    side_by_side(|data, model, upcoming| next(config(data, model), upcoming)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_model_is_searched_by_name_beside_the_live_one_then_promoted_on_a_qdrant_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((url, _process)) = qdrant_server(dir.path()).await else {
+        return;
+    };
+    let collection = format!("fashion_search_it_{}", Uuid::new_v4().simple());
+    side_by_side(|data, model, upcoming| BackendConfig {
         qdrant_url: Some(url.clone()),
         qdrant_collection: collection.clone(),
         ..next(config(data, model), upcoming)
