@@ -276,6 +276,20 @@ def search_quality():
                         "Shoppers' zero-result (empty) and below-relevance (below_floor) rates.", max_=1),
              timeseries("Points in the catalogue", [("max by (instance) (backend_index_points)", "{{instance}}")], "short",
                         "The catalogue the canary draws from; its set is rebuilt when the model or the size changes by a tenth.")],
+            [timeseries("Staged model beside the live one: searches without matches",
+                        [('sum by (kind, outcome) (rate(backend_staged_searches_total{outcome!="hits"}[$__rate_interval]))'
+                          ' / ignoring (outcome) group_left sum by (kind) (rate(backend_staged_searches_total[$__rate_interval]))',
+                          "staged {{kind}} {{outcome}}"),
+                         ('(sum by (kind, outcome) (rate(backend_search_outcomes_total{outcome!="hits"}[$__rate_interval]))'
+                          ' - sum by (kind, outcome) (rate(backend_staged_searches_total{outcome!="hits"}[$__rate_interval])))'
+                          ' / ignoring (outcome) group_left (sum by (kind) (rate(backend_search_outcomes_total[$__rate_interval]))'
+                          ' - sum by (kind) (rate(backend_staged_searches_total[$__rate_interval])))',
+                          "live {{kind}} {{outcome}}")], "percentunit",
+                        "A model staged beside the live one (etl reindex --next --stage) answers the searches that name it (model=): "
+                        "its zero-result and below-floor shares against the live model's, before it is promoted.", max_=1),
+             timeseries("Searches on the staged model",
+                        [("sum by (kind) (rate(backend_staged_searches_total[$__rate_interval]))", "{{kind}}")], "reqps",
+                        "Searches that named the staged model (GET /v1/models lists it); none while nothing is staged.")],
             [timeseries("Click-through rate (text results)",
                         [('sum(rate(frontend_result_clicks_total{from="text"}[$__rate_interval]))'
                           ' / sum(rate(frontend_pages_total{page="results", shown="ok"}[$__rate_interval]))', "clicks per results page")],

@@ -205,7 +205,13 @@ pub struct LoadStats {
     pub seconds: f64,
     /// Latencies of the successful requests, ascending, in seconds.
     pub latencies: Vec<f64>,
+    /// The slowest requests: when each was sent (seconds into the measured part) and its
+    /// latency, slowest first (at most [`SLOWEST_KEPT`]).
+    pub slowest: Vec<(f64, f64)>,
 }
+
+/// How many of the slowest requests a load keeps ([`LoadStats::slowest`]).
+pub const SLOWEST_KEPT: usize = 8;
 
 impl LoadStats {
     pub fn per_second(&self) -> f64 {
@@ -283,7 +289,10 @@ where
                         continue;
                     }
                     if ok {
-                        times.push(sent.elapsed().as_secs_f64());
+                        times.push((
+                            sent.duration_since(measured_from).as_secs_f64(),
+                            sent.elapsed().as_secs_f64(),
+                        ));
                     } else {
                         failed += 1;
                     }
@@ -300,18 +309,22 @@ where
         failed: 0,
         seconds: 0.0,
         latencies: Vec::new(),
+        slowest: Vec::new(),
     };
     for task in tasks {
         match task.await {
             Ok((times, failed)) => {
-                stats.latencies.extend(times);
+                stats.slowest.extend(times);
                 stats.failed += failed;
             }
             Err(_) => stats.failed += 1,
         }
     }
     stats.seconds = measured_from.elapsed().as_secs_f64();
-    stats.ok = stats.latencies.len();
+    stats.slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    stats.latencies = stats.slowest.iter().map(|(_, latency)| *latency).collect();
     stats.latencies.sort_by(f64::total_cmp);
+    stats.ok = stats.latencies.len();
+    stats.slowest.truncate(SLOWEST_KEPT);
     stats
 }
