@@ -282,7 +282,7 @@ def search_quality():
                           "staged {{kind}} {{outcome}}"),
                          ('(sum by (kind, outcome) (rate(backend_search_outcomes_total{outcome!="hits"}[$__rate_interval]))'
                           ' - sum by (kind, outcome) (rate(backend_staged_searches_total{outcome!="hits"}[$__rate_interval])))'
-                          ' / ignoring (outcome) group_left (sum by (kind) (rate(backend_search_outcomes_total[$__rate_interval]))'
+                          ' / ignoring (outcome) group_left() (sum by (kind) (rate(backend_search_outcomes_total[$__rate_interval]))'
                           ' - sum by (kind) (rate(backend_staged_searches_total[$__rate_interval])))',
                           "live {{kind}} {{outcome}}")], "percentunit",
                         "A model staged beside the live one (etl reindex --next --stage) answers the searches that name it (model=): "
