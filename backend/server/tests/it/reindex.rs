@@ -303,9 +303,25 @@ fn next(config: BackendConfig, next: Option<SocketAddr>) -> BackendConfig {
     }
 }
 
+/// A backend on the embedded engine in `data`.
+fn embedded(data: &Path, model: SocketAddr, upcoming: Option<SocketAddr>) -> BackendConfig {
+    next(config(data, model), upcoming)
+}
+
+/// A backend on the Qdrant server at `url`, in a collection of this test's own (the same for
+/// each backend the test starts).
+fn on_server(url: String) -> impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> BackendConfig {
+    let collection = format!("fashion_search_it_{}", Uuid::new_v4().simple());
+    move |data, model, upcoming| BackendConfig {
+        qdrant_url: Some(url.clone()),
+        qdrant_collection: collection.clone(),
+        ..embedded(data, model, upcoming)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_change_is_refused_then_reindexed_without_downtime_embedded() {
-    model_change(|data, model, upcoming| next(config(data, model), upcoming)).await;
+    model_change(embedded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,13 +330,7 @@ async fn a_model_change_is_refused_then_reindexed_without_downtime_on_a_qdrant_s
     let Some((url, _process)) = qdrant_server(dir.path()).await else {
         return;
     };
-    let collection = format!("fashion_search_it_{}", Uuid::new_v4().simple());
-    model_change(|data, model, upcoming| BackendConfig {
-        qdrant_url: Some(url.clone()),
-        qdrant_collection: collection.clone(),
-        ..next(config(data, model), upcoming)
-    })
-    .await;
+    model_change(on_server(url)).await;
 }
 
 /// Two models side by side: the trained model's index staged beside the tiny model's live one,
@@ -545,7 +555,7 @@ async fn side_by_side(engine: impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_model_is_searched_by_name_beside_the_live_one_then_promoted_embedded() {
-    side_by_side(|data, model, upcoming| next(config(data, model), upcoming)).await;
+    side_by_side(embedded).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,11 +564,5 @@ async fn a_staged_model_is_searched_by_name_beside_the_live_one_then_promoted_on
     let Some((url, _process)) = qdrant_server(dir.path()).await else {
         return;
     };
-    let collection = format!("fashion_search_it_{}", Uuid::new_v4().simple());
-    side_by_side(|data, model, upcoming| BackendConfig {
-        qdrant_url: Some(url.clone()),
-        qdrant_collection: collection.clone(),
-        ..next(config(data, model), upcoming)
-    })
-    .await;
+    side_by_side(on_server(url)).await;
 }
