@@ -63,11 +63,13 @@ impl Serving {
         }
     }
 
-    /// The name searches report: the model that made the query vectors.
+    /// The name searches report: the model whose vectors were searched (a search that embeds
+    /// was refused unless its query vector is that model's); model-serving's while the index
+    /// records none.
     pub fn model_name(&self) -> String {
-        self.encoder
+        self.index
             .model()
-            .or_else(|| self.index.model())
+            .or_else(|| self.encoder.model())
             .map_or_else(|| "unknown".to_owned(), |model| model.name)
     }
 }

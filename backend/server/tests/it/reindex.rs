@@ -499,6 +499,30 @@ async fn side_by_side(engine: impl Fn(&Path, SocketAddr, Option<SocketAddr>) -> 
     assert_eq!(after.hits.len(), before.hits.len() - 1);
     backend.stop().await;
 
+    // Without the staged model's model-serving, only searches that embed nothing use it.
+    let backend = start_backend(&engine(data.path(), tiny.addr, None))
+        .await
+        .expect("backend restarts");
+    let models = backend.client.models().await.expect("models");
+    assert_eq!(
+        models.models.iter().map(|m| m.encoder).collect::<Vec<_>>(),
+        [true, false]
+    );
+    let more = backend
+        .client
+        .similar(point_id(&products[4]), &with_model(&new.name, 5))
+        .await
+        .expect("more like this on the staged model without its model-serving");
+    assert_eq!(more.model, new.name);
+    let refused = backend
+        .client
+        .search_text_as("shirt", SearchMode::Vector, &with_model(&new.name, 5))
+        .await
+        .expect_err("nothing embeds the query")
+        .to_string();
+    assert!(refused.contains("MODEL_SERVING_NEXT_URL"), "{refused}");
+    backend.stop().await;
+
     // A restart finds the staged index again; promoting it resumes it (nothing embedded again
     // but what changed) and switches.
     let backend = start_backend(&engine(data.path(), tiny.addr, Some(trained.addr)))
