@@ -158,10 +158,15 @@ impl SearchEngine {
         if let (Some(index), Some(model)) = (staged, staged_model.as_ref())
             && names(model, asked)
         {
-            let encoder = match self.encoder_for(model).await {
+            // A search that embeds nothing ("more like this") needs no model-serving: none is
+            // looked for (a call to one not asked yet, or down, on every such search).
+            let found = if embeds {
+                self.encoder_for(model).await
+            } else {
+                Some(live.encoder)
+            };
+            let encoder = match found {
                 Some(encoder) => encoder,
-                // A search that embeds nothing ("more like this") still runs on it.
-                None if !embeds => live.encoder,
                 None => {
                     return Err(SearchError::Invalid(format!(
                         "the staged model {model} has no model-serving here (MODEL_SERVING_NEXT_URL): only \"more like this\" can search it"
