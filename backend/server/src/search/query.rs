@@ -190,25 +190,24 @@ impl SearchEngine {
             SearchMode::Vector => encoder.vector_floor(),
             SearchMode::Keyword => None,
         };
-        // The probes run beside the search, not before it: a query that matches costs no
-        // extra wait; one that does not has its hits dropped.
         let probed = floor.map(|floor| (query.clone(), floor));
-        let reach = async {
-            match &probed {
-                Some((query, floor)) => {
-                    reaches(serving.index.as_ref(), query, *floor, &plan.filter).await
-                }
-                None => Ok(true),
-            }
-        };
         let query = Query {
             kind: "text",
             mode,
             query,
             embedded_text: Some(caption),
         };
-        let (matched, mut response) =
-            tokio::try_join!(reach, self.run(&serving, query, &plan, started))?;
+        let mut response = self.run(&serving, query, &plan, started).await?;
+        // Most queries show that they match in their own page (a hit near enough, or with one
+        // of the words): no probe. Only the others (gibberish, a far page) pay for two
+        // one-result searches, after the page rather than beside every search.
+        let matched = match &probed {
+            None => true,
+            Some((query, floor)) if shows_a_match(query, *floor, &response.hits)? => true,
+            Some((query, floor)) => {
+                reaches(serving.index.as_ref(), query, *floor, &plan.filter).await?
+            }
+        };
         let below_floor = !matched && !response.hits.is_empty();
         if !matched {
             response.hits.clear();
@@ -216,6 +215,8 @@ impl SearchEngine {
         metrics::search_outcome("text", response.hits.len(), below_floor, serving.staged);
         response.relevance_floor = floor;
         response.without = without;
+        // The probes, when they ran, are part of the answer's time.
+        response.took_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(response)
     }
 
@@ -357,6 +358,27 @@ impl SearchEngine {
             .collect();
         metrics::stage("presign", presign.elapsed());
         Ok(answer(serving, hits, query, plan, started))
+    }
+}
+
+/// Whether a page of a text query's results shows that it matches: a hit at least `floor` near
+/// in meaning (a vector search's scores are similarities), or one with a word of the query (a
+/// hybrid search's scores are fused, so only its words tell).
+fn shows_a_match(query: &IndexQuery, floor: f32, hits: &[SearchHit]) -> Result<bool, SearchError> {
+    match query {
+        IndexQuery::Vector(_) => Ok(hits.iter().any(|hit| hit.score >= floor)),
+        IndexQuery::Hybrid {
+            keywords: words, ..
+        } => {
+            for hit in hits {
+                let document = keywords::document(&hit.item.attributes)?;
+                if words.indices.iter().any(|t| document.indices.contains(t)) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        IndexQuery::Keywords(_) => Ok(true),
     }
 }
 

@@ -671,6 +671,60 @@ async fn a_query_that_reaches_no_match_answers_nothing() {
     assert_eq!(hybrid.hits.len(), 10, "hybrid has no floor in this model");
 }
 
+/// A page that shows its query matches (a hit near enough; a hit with one of the words) is
+/// the only index search; a page that does not (gibberish, a page past the near ones) is
+/// followed by the probes, which still find a match elsewhere.
+#[tokio::test]
+async fn a_page_that_shows_a_match_needs_no_probe() {
+    // Scores fall from 1 (point 0) by a degree per point: only point 0 reaches 0.99999.
+    let floored = FakeEmbedder {
+        floor: Some(0.99999),
+        vector_floor: Some(0.99999),
+        ..FakeEmbedder::default()
+    };
+    let (engine, index, _) = engine(20, floored).await;
+    let searched = |mode, q: &'static str, offset| {
+        let (engine, index) = (engine.clone(), index.clone());
+        async move {
+            index.searches.lock().expect("lock").clear();
+            let response = engine
+                .search_text(q, mode, &params(5, offset))
+                .await
+                .expect("search");
+            let queries = index.searches.lock().expect("lock").clone();
+            let kinds: Vec<&str> = queries
+                .iter()
+                .map(|q| match q {
+                    IndexQuery::Vector(_) => "vector",
+                    IndexQuery::Keywords(_) => "keywords",
+                    IndexQuery::Hybrid { .. } => "hybrid",
+                })
+                .collect();
+            (response.hits.len(), kinds)
+        }
+    };
+    // Point 0 is on the first page: no probe.
+    assert_eq!(
+        searched(SearchMode::Vector, "qwxzv", 0).await,
+        (5, vec!["vector"])
+    );
+    // Every point is a "Summer" one: the word shows in the page.
+    assert_eq!(
+        searched(SearchMode::Hybrid, "summer", 5).await,
+        (5, vec!["hybrid"])
+    );
+    // The second page has nothing near enough: the probe finds point 0, the page is shown.
+    assert_eq!(
+        searched(SearchMode::Vector, "qwxzv", 5).await,
+        (5, vec!["vector", "vector"])
+    );
+    // No word of the page's: both probes; point 0 is near enough.
+    assert_eq!(
+        searched(SearchMode::Hybrid, "qwxzv", 5).await,
+        (5, vec!["hybrid", "vector", "keywords"])
+    );
+}
+
 /// An index records the model that made its vectors; searches and writes with another model's
 /// are refused naming both, a hybrid search falls back to words, and a batch that says which
 /// model made it is checked against model-serving's.
