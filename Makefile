@@ -107,7 +107,9 @@ model: system-deps $(ORT_LIB) ## download a real CLIP export: make model MODEL=c
 # - the binaries are built together with the tests (`--bins --tests`), so dev-dependencies
 #   unify features the same way for both (built apart, syn, hyper-rustls and two more got other
 #   features and most of the tree compiled twice);
-# - the test-* targets below build with the same command, which is then a no-op.
+# - the test-* targets below build with the same command, which is then a no-op, and run
+#   nextest over the workspace with a filter (`-p backend` unifies features otherwise and
+#   rebuilds most of the tree).
 CLIPPY_DRIVER := $(shell rustup which clippy-driver 2>/dev/null)
 LINTED := RUSTC_WORKSPACE_WRAPPER=$(CLIPPY_DRIVER) CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 BUILD_TESTED = $(LINTED) $(CARGO) build --workspace --locked --bins --tests
@@ -146,8 +148,8 @@ test-live: system-deps $(ORT_LIB) $(TINY_MODEL)/model.json $(S3_VENV_STAMP) ## s
 	  { $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(LIVE_PACKAGES) >/dev/null; }
 	$(MAKE) --no-print-directory build-tested
 	TEST_MODEL_DIR=$(TINY_MODEL) QDRANT_BIN=$(QDRANT_BIN) S3_SERVER_BIN=$(S3_VENV)/bin/moto_server \
-	  $(LINTED) $(CARGO) nextest run -p backend --locked --no-fail-fast --no-capture \
-	  -E 'test(/engines|qdrant_live|qdrant_cluster|replicas|reindex|thumbnails/)'
+	  $(LINTED) $(CARGO) nextest run --workspace --locked --no-fail-fast --no-capture \
+	  -E 'package(backend) and test(/engines|qdrant_live|qdrant_cluster|replicas|reindex|thumbnails/)'
 
 # The server path's rates (backend/server/tests/it/bench_cluster.rs, an ignored test that only
 # prints): 16 clients through nginx with 1 vs 2 backends over 1 Qdrant node vs a 3-node cluster,
@@ -158,8 +160,8 @@ bench-cluster: $(ORT_LIB) $(TINY_MODEL)/model.json $(S3_VENV_STAMP) build-releas
 	@dpkg-query -W -f='$${Status}' $(LIVE_PACKAGES) 2>/dev/null | grep -q "install ok installed" || \
 	  { $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(LIVE_PACKAGES) >/dev/null; }
 	TEST_MODEL_DIR=$(TINY_MODEL) QDRANT_BIN=$(QDRANT_BIN) S3_SERVER_BIN=$(S3_VENV)/bin/moto_server \
-	  BENCH_BIN_DIR=$(TARGET_DIR)/release $(CARGO) nextest run -p backend --locked --no-capture \
-	  --run-ignored only -E 'test(bench_cluster)'
+	  BENCH_BIN_DIR=$(TARGET_DIR)/release $(LINTED) $(CARGO) nextest run --workspace --locked --no-capture \
+	  --run-ignored only -E 'package(backend) and test(bench_cluster)'
 
 # Two of each service behind nginx (deploy/nginx.conf), over a Qdrant server and an S3 server:
 # the compose file's topology as processes on this machine (deploy/local-cluster.sh).
