@@ -152,8 +152,10 @@ pub enum IndexQuery {
 ///
 /// Measured on the development split (`make eval-search`, 759 held-out products) against
 /// `backend-bench` (C): 200 gave brand+type precision 0.948 and 0.73 ms of index time per search;
-/// 100 gives 0.913 (caption R@1 0.929 -> 0.924) at 0.44 ms, and hybrid p99 within 1.3x of
-/// vector-only at 16 clients; 50 fell to 0.790, below the 0.8 target.
+/// 100 gives 0.913 (caption R@1 0.929 -> 0.924) at 0.44 ms; 50 fell to 0.790, below the 0.8
+/// target. At 100, hybrid p99 is 1.3-1.5x vector-only's at 16 clients (2026-12-02, after the
+/// bench stopped measuring beside the thumbnailer): the sparse ranking and the fusion add about
+/// 0.26 ms of index time per search, all of the gap in CPU per search.
 pub const HYBRID_DEPTH: usize = 100;
 
 impl IndexQuery {
