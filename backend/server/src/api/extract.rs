@@ -96,6 +96,17 @@ impl<S: Send + Sync, T: RouteQuery> FromRequestParts<S> for Params<T> {
                 ),
             ));
         }
+        // Checked as given: a value just over 1 (1.0000000000000002) is 1.0 once it is an f32.
+        let over = form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "min_score")
+            .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+            .any(|v| !(-1.0..=1.0).contains(&v));
+        if over {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                "min_score must be between -1 and 1",
+            ));
+        }
         T::parse(&parts.uri)
             .map(Params)
             .map_err(|e| reject::query(e).into())

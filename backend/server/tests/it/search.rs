@@ -390,6 +390,12 @@ async fn bad_input_gets_a_clear_4xx() {
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
+        // Over 1 as given, though 1.0 once it is an f32 (schemathesis found it accepted).
+        (
+            "/v1/images/00000000-0000-0000-0000-000000000001/similar?min_score=1.0000000000000002",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
         (
             "/v1/images/not-a-uuid",
             StatusCode::BAD_REQUEST,
