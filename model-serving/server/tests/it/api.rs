@@ -364,6 +364,15 @@ async fn a_full_queue_answers_503_with_retry_after() {
     );
 }
 
+/// The value of the first sample of `text` (Prometheus text format) that starts with `needle`.
+fn sample(text: &str, needle: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{needle} missing in\n{text}"))
+}
+
 #[tokio::test]
 async fn concurrent_requests_are_batched_and_metrics_declared() {
     let mut config = encoder_config();
@@ -390,13 +399,10 @@ async fn concurrent_requests_are_batched_and_metrics_declared() {
                 1
             );
         }
-        let text = app.metrics().await;
-        let runs = text
-            .lines()
-            .find(|l| l.starts_with(r#"model_serving_batch_size_items_count{modality="image"}"#))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .expect("batch size count");
+        let runs = sample(
+            &app.metrics().await,
+            r#"model_serving_batch_size_items_count{modality="image"}"#,
+        );
         if runs < 16.0 * bursts {
             break;
         }
@@ -417,13 +423,7 @@ async fn concurrent_requests_are_batched_and_metrics_declared() {
             "{name} not declared"
         );
     }
-    let value = |needle: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(needle))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{needle} missing in\n{text}"))
-    };
+    let value = |needle: &str| sample(&text, needle);
     let images = 16.0 * bursts;
     assert_eq!(
         value(r#"model_serving_items_encoded_total{modality="image"}"#),
