@@ -326,79 +326,116 @@ async fn pipeline() -> anyhow::Result<()> {
     println!(
         "\n(C) hybrid vs vector-only text search, uncached (target: hybrid p99 <= 1.3x vector)"
     );
-    for mode in [SearchMode::Vector, SearchMode::Hybrid] {
-        // Distinct per mode too: the query cache must not serve one mode's embeddings to the
-        // other.
-        let word_query = move |c: usize, i: usize| {
-            format!(
-                "{} {} {} {}-{c}-{i}",
-                COLOURS[i % COLOURS.len()].to_lowercase(),
-                TYPES[(i + c) % TYPES.len()].to_lowercase(),
-                BRANDS[c % BRANDS.len()].to_lowercase(),
+    // One pass's p99 ratio moved between 1.11 and 1.52 on a quiet machine, too wide to judge a
+    // 1.3 target by: several passes, each mode in turn, and the ratios' median and range.
+    let passes = match std::env::var("BACKEND_BENCH_PASSES") {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=20).contains(&n))
+            .ok_or_else(|| anyhow::anyhow!("BACKEND_BENCH_PASSES must be 1 to 20, not {v:?}"))?,
+        Err(_) => 5,
+    };
+    let (mut one_ratios, mut many_ratios) = (Vec::new(), Vec::new());
+    for pass in 0..passes {
+        let mut p99s = Vec::new();
+        for mode in [SearchMode::Vector, SearchMode::Hybrid] {
+            // Distinct per mode and pass too: the query cache must not serve one mode's
+            // embeddings to the other, nor one pass's to the next.
+            let word_query = move |c: usize, i: usize| {
+                format!(
+                    "{} {} {} {}-{pass}-{c}-{i}",
+                    COLOURS[i % COLOURS.len()].to_lowercase(),
+                    TYPES[(i + c) % TYPES.len()].to_lowercase(),
+                    BRANDS[c % BRANDS.len()].to_lowercase(),
+                    mode.as_str()
+                )
+            };
+            // Warm-up: the first searches of a mode touch what the timed ones reuse (the
+            // keyword tokenizer, the sparse index's pages); without it they were the 1-client
+            // p99.
+            for i in 0..20 {
+                client
+                    .search_text_as(&word_query(98, i), mode, &params)
+                    .await?;
+            }
+            // Enough searches that a p99 is not the 2nd-slowest of 200 (as it was): 2,000 for
+            // one client, 16 x 150 at once.
+            let mut one = Vec::new();
+            for i in 0..2000 {
+                let t = Instant::now();
+                client
+                    .search_text_as(&word_query(99, i), mode, &params)
+                    .await?;
+                one.push(t.elapsed().as_secs_f64());
+            }
+            let (many, rate) = sixteen_clients(&client, &params, 150, mode, move |c, i| {
+                word_query(c, 10_000 + i)
+            })
+            .await?;
+            let (o50, o99) = ms(one);
+            let (m50, m99) = ms(many);
+            println!(
+                "    pass {} {:<7} 1 client p50 {o50:>6.2} ms p99 {o99:>6.2} ms   16 clients p50 {m50:>6.2} ms p99 {m99:>6.2} ms ({rate:.0}/s)",
+                pass + 1,
                 mode.as_str()
-            )
-        };
-        // Warm-up: the first searches of a mode touch what the timed ones reuse (the keyword
-        // tokenizer, the sparse index's pages); without it they were the 1-client p99.
-        for i in 0..20 {
-            client
-                .search_text_as(&word_query(98, i), mode, &params)
-                .await?;
+            );
+            p99s.push((o99, m99));
         }
-        // Enough searches that a p99 is not the 2nd-slowest of 200 (as it was): 2,000 for one
-        // client, 16 x 150 at once.
-        let mut one = Vec::new();
-        for i in 0..2000 {
-            let t = Instant::now();
-            client
-                .search_text_as(&word_query(99, i), mode, &params)
-                .await?;
-            one.push(t.elapsed().as_secs_f64());
-        }
-        let (many, rate) = sixteen_clients(&client, &params, 150, mode, move |c, i| {
-            word_query(c, 10_000 + i)
-        })
-        .await?;
-        let (o50, o99) = ms(one);
-        let (m50, m99) = ms(many);
+        one_ratios.push(p99s[1].0 / p99s[0].0);
+        many_ratios.push(p99s[1].1 / p99s[0].1);
+    }
+    for (clients, mut ratios) in [("1 client  ", one_ratios), ("16 clients", many_ratios)] {
+        ratios.sort_by(f64::total_cmp);
         println!(
-            "    {:<7} 1 client p50 {o50:>6.2} ms p99 {o99:>6.2} ms   16 clients p50 {m50:>6.2} ms p99 {m99:>6.2} ms ({rate:.0}/s)",
-            mode.as_str()
+            "    hybrid / vector p99, {clients}: median {:.2}, range {:.2}-{:.2} over {passes} passes (target <= 1.3)",
+            percentile(&ratios, 50.0),
+            ratios[0],
+            ratios[ratios.len() - 1]
         );
     }
 
-    // The index alone, same query vectors, one caller: what hybrid adds inside the engine
-    // (the keyword ranking and the fusion at its prefetch depth).
-    let words: Vec<String> = (0..vectors.len())
+    // The index alone, same query vectors, one caller: what hybrid adds inside the engine,
+    // and its parts (each ranking alone at the hybrid prefetch depth).
+    let words: Vec<backend::index::keywords::SparseVector> = (0..vectors.len())
         .map(|i| {
-            format!(
+            backend::index::keywords::query(&format!(
                 "{} {} {}",
                 COLOURS[i % COLOURS.len()],
                 TYPES[i % TYPES.len()],
                 BRANDS[i % BRANDS.len()]
-            )
+            ))
         })
-        .collect();
-    for hybrid in [false, true] {
+        .collect::<Result<_, _>>()?;
+    let (meaning_depth, words_depth) = IndexQuery::prefetch_depths(10);
+    for part in ["vector", "vector@depth", "keywords@depth", "hybrid"] {
         let mut took = Vec::new();
-        for (v, w) in vectors.iter().zip(&words) {
-            let query = if hybrid {
-                IndexQuery::Hybrid {
-                    vector: v.clone(),
-                    keywords: backend::index::keywords::query(w)?,
-                }
-            } else {
-                IndexQuery::Vector(v.clone())
-            };
-            let t = Instant::now();
-            engine.index().search(top10(query)).await?;
-            took.push(t.elapsed().as_secs_f64());
+        // 10 passes over the 200 queries: a p99 of 2,000.
+        for _ in 0..10 {
+            for (v, w) in vectors.iter().zip(&words) {
+                let (query, limit) = match part {
+                    "vector" => (IndexQuery::Vector(v.clone()), 10),
+                    "vector@depth" => (IndexQuery::Vector(v.clone()), meaning_depth),
+                    "keywords@depth" => (IndexQuery::Keywords(w.clone()), words_depth),
+                    _ => (
+                        IndexQuery::Hybrid {
+                            vector: v.clone(),
+                            keywords: w.clone(),
+                        },
+                        10,
+                    ),
+                };
+                let request = SearchRequest {
+                    limit,
+                    ..top10(query)
+                };
+                let t = Instant::now();
+                engine.index().search(request).await?;
+                took.push(t.elapsed().as_secs_f64());
+            }
         }
         let (p50, p99) = ms(took);
-        println!(
-            "    index alone, {:<6}  p50 {p50:>6.3} ms p99 {p99:>6.3} ms",
-            if hybrid { "hybrid" } else { "vector" }
-        );
+        println!("    index alone, {part:<14}  p50 {p50:>6.3} ms p99 {p99:>6.3} ms");
     }
 
     drop(engine);

@@ -751,11 +751,12 @@ impl VectorIndex for EdgeIndex {
                     builder = builder.query(by_keywords(words));
                 }
                 IndexQuery::Hybrid { vector, keywords } => {
-                    let depth = IndexQuery::prefetch_depth(limit + offset);
-                    let mut by_meaning = PrefetchBuilder::new(depth)
+                    let (meaning_depth, words_depth) = IndexQuery::prefetch_depths(limit + offset);
+                    let mut by_meaning = PrefetchBuilder::new(meaning_depth)
                         .query(dense(vector))
                         .params(params);
-                    let mut by_words = PrefetchBuilder::new(depth).query(by_keywords(keywords));
+                    let mut by_words =
+                        PrefetchBuilder::new(words_depth).query(by_keywords(keywords));
                     if let Some(filter) = &filter {
                         by_meaning = by_meaning.filter(filter.clone());
                         by_words = by_words.filter(filter.clone());

@@ -139,29 +139,43 @@ pub enum IndexQuery {
     /// Best BM25 matches of the words' keyword vector (IDF-weighted by the index); only points
     /// sharing a term are found.
     Keywords(keywords::SparseVector),
-    /// Both rankings, each [`HYBRID_DEPTH`] deep (at least the page's depth), fused by
-    /// distribution-based score fusion (see [`keywords`]).
+    /// Both rankings, [`HYBRID_DEPTH`] and [`KEYWORD_DEPTH`] deep (both at least the page's
+    /// depth past [`HYBRID_DEPTH`]), fused by distribution-based score fusion (see [`keywords`]).
     Hybrid {
         vector: Vec<f32>,
         keywords: keywords::SparseVector,
     },
 }
 
-/// How deep each ranking of a hybrid search goes before fusion. A fixed depth keeps pages of
-/// the fused ranking consistent with each other down to it.
+/// How deep the ranking by meaning of a hybrid search goes before fusion. Fixed depths keep
+/// the pages of the fused ranking consistent with each other down to it.
 ///
-/// Measured on the development split (`make eval-search`, 759 held-out products) against
-/// `backend-bench` (C): 200 gave brand+type precision 0.948 and 0.73 ms of index time per search;
-/// 100 gives 0.913 (caption R@1 0.929 -> 0.924) at 0.44 ms; 50 fell to 0.790, below the 0.8
-/// target. At 100, hybrid p99 is 1.3-1.5x vector-only's at 16 clients (2026-12-02, after the
-/// bench stopped measuring beside the thumbnailer): the sparse ranking and the fusion add about
-/// 0.26 ms of index time per search, all of the gap in CPU per search.
+/// Measured on the development split (`make eval-search`, 759 held-out products; keyword depth
+/// 100): 200 gave brand+type precision 0.948; 100 gives 0.913 (caption R@1 0.929 -> 0.924); 50
+/// fell to 0.801 and 30 to 0.752, below the 0.8 target. Distribution-based fusion scales each
+/// list by its own mean and spread, so a shallow list by meaning over-weights its tail.
 pub const HYBRID_DEPTH: usize = 100;
 
+/// How deep the ranking by words of a hybrid search goes before fusion. It matters little for
+/// quality and costs CPU in proportion (every candidate is converted, merged and fused): with
+/// [`HYBRID_DEPTH`] 100 on the development split, keyword depth 100 gave brand+type precision
+/// 0.913, 50 gave 0.907, 20 gives 0.913 and 10 0.905 (type P@10 0.970 at 20 and 100, colour+type
+/// 0.958 at 20 against 0.945). Reciprocal rank fusion, at any of these depths and weights, was
+/// worse (brand+type 0.52-0.62). In `backend-bench` (C) depth 20 took the hybrid index search
+/// from 0.56 to 0.45 ms at p50 (vector-only 0.21 ms).
+pub const KEYWORD_DEPTH: usize = 20;
+
 impl IndexQuery {
-    /// How deep each ranking of a fused search is fetched for results down to `depth`.
-    pub fn prefetch_depth(depth: usize) -> usize {
-        HYBRID_DEPTH.max(depth)
+    /// How deep each ranking of a fused search is fetched for results down to `depth`:
+    /// `(by meaning, by words)`. Within [`HYBRID_DEPTH`] every page fetches the same candidates
+    /// (the ranking by meaning alone supplies enough); past it, both rankings go as deep as the
+    /// page.
+    pub fn prefetch_depths(depth: usize) -> (usize, usize) {
+        if depth <= HYBRID_DEPTH {
+            (HYBRID_DEPTH, KEYWORD_DEPTH)
+        } else {
+            (depth, depth)
+        }
     }
 }
 
@@ -282,4 +296,21 @@ pub trait VectorIndex: Send + Sync {
     async fn flush(&self) -> Result<(), IndexError>;
     /// Builds the HNSW graph over what was written (off the request path).
     async fn optimize(&self) -> Result<(), IndexError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_within_the_hybrid_depth_fetch_the_same_candidates() {
+        let first = IndexQuery::prefetch_depths(24);
+        assert_eq!(first, (HYBRID_DEPTH, KEYWORD_DEPTH));
+        for depth in 1..=HYBRID_DEPTH {
+            assert_eq!(IndexQuery::prefetch_depths(depth), first, "depth {depth}");
+        }
+        // Past it, both rankings reach the page.
+        assert_eq!(IndexQuery::prefetch_depths(HYBRID_DEPTH + 1), (101, 101));
+        assert_eq!(IndexQuery::prefetch_depths(1000), (1000, 1000));
+    }
 }

@@ -758,15 +758,16 @@ impl VectorIndex for QdrantServerIndex {
                 builder = builder.query(by_keywords(words)).using(KEYWORDS);
             }
             IndexQuery::Hybrid { vector, keywords } => {
-                let depth = IndexQuery::prefetch_depth(request.limit + request.offset) as u64;
+                let (meaning_depth, words_depth) =
+                    IndexQuery::prefetch_depths(request.limit + request.offset);
                 let mut by_meaning = PrefetchQueryBuilder::default()
                     .query(Query::new_nearest(vector))
                     .params(params)
-                    .limit(depth);
+                    .limit(meaning_depth as u64);
                 let mut by_words = PrefetchQueryBuilder::default()
                     .query(by_keywords(keywords))
                     .using(KEYWORDS)
-                    .limit(depth);
+                    .limit(words_depth as u64);
                 if let Some(filter) = &filter {
                     by_meaning = by_meaning.filter(filter.clone());
                     by_words = by_words.filter(filter.clone());
