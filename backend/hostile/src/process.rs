@@ -218,6 +218,20 @@ impl LoadStats {
         self.ok as f64 / self.seconds.max(1e-9)
     }
 
+    /// Adds another measurement of the same load (e.g. a later round of an interleaved
+    /// comparison): counts, time and latencies pooled; the slowest kept by latency (their send
+    /// times stay relative to their own round).
+    pub fn absorb(&mut self, other: LoadStats) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.seconds += other.seconds;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_by(f64::total_cmp);
+        self.slowest.extend(other.slowest);
+        self.slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+        self.slowest.truncate(SLOWEST_KEPT);
+    }
+
     /// The `p`th percentile (0-100) of the successful requests' latency (NaN when none).
     pub fn percentile(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
@@ -327,4 +341,30 @@ where
     stats.ok = stats.latencies.len();
     stats.slowest.truncate(SLOWEST_KEPT);
     stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(ok: usize, failed: usize, seconds: f64, latencies: &[f64]) -> LoadStats {
+        LoadStats {
+            ok,
+            failed,
+            seconds,
+            latencies: latencies.to_vec(),
+            slowest: latencies.iter().map(|&l| (0.0, l)).rev().collect(),
+        }
+    }
+
+    #[test]
+    fn rounds_pool_into_one_measurement() {
+        let mut pooled = stats(2, 0, 1.0, &[0.1, 0.3]);
+        pooled.absorb(stats(3, 1, 2.0, &[0.2, 0.4, 0.5]));
+        assert_eq!((pooled.ok, pooled.failed), (5, 1));
+        assert!((pooled.per_second() - 5.0 / 3.0).abs() < 1e-9);
+        assert_eq!(pooled.latencies, [0.1, 0.2, 0.3, 0.4, 0.5]);
+        assert_eq!(pooled.percentile(50.0), 0.3);
+        assert_eq!(pooled.slowest[0].1, 0.5);
+    }
 }

@@ -1,12 +1,14 @@
 //! Dynamic batching, only under load: an idle worker runs a request at once; the requests that
-//! arrive while a run is in flight form the next batch, up to `max_batch` items. `max_wait`
-//! (0 by default) lets a batch that found company wait that long for more. One worker thread
+//! arrive while a run is in flight form the next batch, up to `max_batch` items, and fewer when
+//! the recent runs' time per item says a bigger batch would run longer than `max_run` (on a
+//! slow model big batches make every request wait for one long run). `max_wait` lets a batch
+//! that found company wait that long for more. One worker thread
 //! per model runs the batches, off the async runtime. Admission is bounded in items: when the queue holds
 //! `max_queued` items a new request is refused at once (the caller answers 503), so memory stays
 //! bounded under any load.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -18,7 +20,56 @@ use crate::metrics;
 pub struct BatchConfig {
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// The run a batch under load is sized for: at most as many items as the recent runs' time
+    /// per item fits in it (at least 1). Zero: `max_batch` alone.
+    pub max_run: Duration,
     pub max_queued: usize,
+}
+
+/// Most items the next batch may take: `max_batch`, or fewer when `per_item` (the recent runs'
+/// time per item; `None` before the first run) says more would run longer than `max_run`.
+pub fn batch_cap(max_batch: usize, max_run: Duration, per_item: Option<Duration>) -> usize {
+    let max_batch = max_batch.max(1);
+    match per_item {
+        Some(per_item) if !max_run.is_zero() && !per_item.is_zero() => {
+            let fits = max_run.as_nanos() / per_item.as_nanos();
+            usize::try_from(fits)
+                .unwrap_or(usize::MAX)
+                .clamp(1, max_batch)
+        }
+        _ => max_batch,
+    }
+}
+
+/// The recent runs' time per item: an exponentially weighted mean (each run weighs a quarter),
+/// in nanoseconds, 0 before the first run. Written by the workers, read when a batch is formed.
+#[derive(Default)]
+struct RunCost(AtomicU64);
+
+impl RunCost {
+    fn per_item(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    fn record(&self, elapsed: Duration, items: usize) {
+        let Some(sample) = u64::try_from(elapsed.as_nanos() / items.max(1) as u128)
+            .ok()
+            .map(|n| n.max(1))
+        else {
+            return;
+        };
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(match old {
+                    0 => sample,
+                    old => old - old / 4 + sample / 4,
+                })
+            });
+    }
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -77,9 +128,13 @@ impl<I: Send + 'static> Batcher<I> {
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
+        let cost = Arc::new(RunCost::default());
+        metrics::batch_cap(modality, config.max_batch.max(1));
         let former = Former {
+            modality,
             rx,
             config,
+            cost: cost.clone(),
             carried: None,
         };
         if runs.len() <= 1 {
@@ -87,7 +142,7 @@ impl<I: Send + 'static> Batcher<I> {
                 let queued = queued.clone();
                 std::thread::Builder::new()
                     .name(format!("{modality}-batcher"))
-                    .spawn(move || worker(modality, former, queued, run))?;
+                    .spawn(move || worker(modality, former, queued, cost, run))?;
             }
         } else {
             let (free_tx, free_rx) = crossbeam_channel::unbounded();
@@ -95,10 +150,10 @@ impl<I: Send + 'static> Batcher<I> {
             for (i, run) in runs.into_iter().enumerate() {
                 let (batch_tx, batch_rx) = crossbeam_channel::bounded(1);
                 runners.push(batch_tx);
-                let (free, queued) = (free_tx.clone(), queued.clone());
+                let (free, queued, cost) = (free_tx.clone(), queued.clone(), cost.clone());
                 std::thread::Builder::new()
                     .name(format!("{modality}-session-{i}"))
-                    .spawn(move || runner(modality, i, batch_rx, free, queued, run))?;
+                    .spawn(move || runner(modality, i, batch_rx, free, queued, cost, run))?;
             }
             std::thread::Builder::new()
                 .name(format!("{modality}-batcher"))
@@ -217,10 +272,12 @@ fn add<I>(
 
 /// Forms batches from the queue, one at a time, when asked: what queued up while the previous
 /// batch ran is taken at once; a job that finds the queue empty runs alone, without waiting for
-/// company; a job that would make the batch exceed `max_batch` starts the next one.
+/// company; a job that would make the batch exceed its cap ([`batch_cap`]) starts the next one.
 struct Former<I> {
+    modality: &'static str,
     rx: Receiver<Job<I>>,
     config: BatchConfig,
+    cost: Arc<RunCost>,
     carried: Option<Job<I>>,
 }
 
@@ -228,7 +285,12 @@ impl<I> Former<I> {
     /// The next batch and its item count; `None` once every sender is gone and the queue is
     /// drained.
     fn next(&mut self) -> Option<(Vec<Job<I>>, usize)> {
-        let max_batch = self.config.max_batch.max(1);
+        let max_batch = batch_cap(
+            self.config.max_batch,
+            self.config.max_run,
+            self.cost.per_item(),
+        );
+        metrics::batch_cap(self.modality, max_batch);
         let first = match self.carried.take() {
             Some(job) => job,
             None => self.rx.recv().ok()?,
@@ -261,12 +323,17 @@ impl<I> Former<I> {
 }
 
 /// One session: forms a batch, runs it, and again.
-fn worker<I, F>(modality: &'static str, mut former: Former<I>, queued: Arc<AtomicUsize>, mut run: F)
-where
+fn worker<I, F>(
+    modality: &'static str,
+    mut former: Former<I>,
+    queued: Arc<AtomicUsize>,
+    cost: Arc<RunCost>,
+    mut run: F,
+) where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
     while let Some((jobs, size)) = former.next() {
-        run_batch(modality, jobs, size, &queued, &mut run);
+        run_batch(modality, jobs, size, &queued, &cost, &mut run);
     }
 }
 
@@ -291,6 +358,7 @@ fn runner<I, F>(
     batches: Receiver<(Vec<Job<I>>, usize)>,
     free: crossbeam_channel::Sender<usize>,
     queued: Arc<AtomicUsize>,
+    cost: Arc<RunCost>,
     mut run: F,
 ) where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
@@ -299,7 +367,7 @@ fn runner<I, F>(
         let Ok((jobs, size)) = batches.recv() else {
             return;
         };
-        run_batch(modality, jobs, size, &queued, &mut run);
+        run_batch(modality, jobs, size, &queued, &cost, &mut run);
     }
 }
 
@@ -309,6 +377,7 @@ fn run_batch<I, F>(
     jobs: Vec<Job<I>>,
     size: usize,
     queued: &AtomicUsize,
+    cost: &RunCost,
     run: &mut F,
 ) where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
@@ -330,9 +399,11 @@ fn run_batch<I, F>(
     // A panic inside the runtime must not take the worker (and every later request) down.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(items)))
         .unwrap_or_else(|_| Err("the model run panicked".to_owned()));
-    metrics::inference(modality, started.elapsed());
+    let elapsed = started.elapsed();
+    metrics::inference(modality, elapsed);
     match outcome {
         Ok(embeddings) if embeddings.len() == size => {
+            cost.record(elapsed, size);
             // Counted before anyone is answered: a caller that reads /metrics after its answer
             // sees its items.
             metrics::items_encoded(modality, size);
@@ -366,6 +437,7 @@ mod tests {
         BatchConfig {
             max_batch,
             max_wait: Duration::from_millis(wait_ms),
+            max_run: Duration::ZERO,
             max_queued,
         }
     }
@@ -557,6 +629,75 @@ mod tests {
             "{sessions:?}"
         );
         assert_eq!(batcher.queued(), 0);
+    }
+
+    #[test]
+    fn the_cap_fits_the_run_budget() {
+        let ms = Duration::from_millis;
+        // Before the first run, and with no budget, max_batch alone.
+        assert_eq!(batch_cap(8, ms(250), None), 8);
+        assert_eq!(batch_cap(8, Duration::ZERO, Some(ms(50))), 8);
+        // 50 ms an item: 5 fit in 250 ms; 20 ms an item: 12, capped at 8.
+        assert_eq!(batch_cap(8, ms(250), Some(ms(50))), 5);
+        assert_eq!(batch_cap(8, ms(250), Some(ms(20))), 8);
+        // A run slower than the whole budget still takes one item.
+        assert_eq!(batch_cap(8, ms(250), Some(ms(900))), 1);
+        assert_eq!(batch_cap(0, ms(250), Some(Duration::from_nanos(1))), 1);
+    }
+
+    #[test]
+    fn the_run_cost_follows_recent_runs() {
+        let cost = RunCost::default();
+        assert_eq!(cost.per_item(), None);
+        cost.record(Duration::from_millis(400), 4);
+        assert_eq!(cost.per_item(), Some(Duration::from_millis(100)));
+        // Each run weighs a quarter: 100 -> 75 -> 56.25 ms towards 0.
+        cost.record(Duration::ZERO, 3);
+        cost.record(Duration::ZERO, 3);
+        let per_item = cost.per_item().expect("recorded");
+        assert!(
+            per_item > Duration::from_millis(56) && per_item < Duration::from_millis(57),
+            "{per_item:?}"
+        );
+    }
+
+    /// Under load, a slow model's batches hold only what fits the run budget: 40 ms an item
+    /// and a 100 ms budget allow at most 2 items a batch, where `max_batch` alone would let the
+    /// 8 jobs that queue up during the first run go as one batch of 8.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_under_load_fit_the_run_budget() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let budget = BatchConfig {
+            max_run: Duration::from_millis(100),
+            ..config(8, 0, 64)
+        };
+        let batcher = Arc::new(
+            Batcher::start("test", budget, move |items: Vec<u32>| {
+                seen.lock().expect("lock").push(items.len());
+                std::thread::sleep(Duration::from_millis(40) * items.len() as u32);
+                Ok(items.iter().map(|&i| vec![i as f32]).collect())
+            })
+            .expect("start"),
+        );
+        let submit = |i: u32| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.submit(vec![i]).await })
+        };
+        let first = submit(0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let rest: Vec<_> = (1..9).map(submit).collect();
+        assert_eq!(first.await.expect("join"), Ok(vec![vec![0.0]]));
+        for (task, i) in rest.into_iter().zip(1..) {
+            assert_eq!(task.await.expect("join"), Ok(vec![vec![i as f32]]));
+        }
+        let sizes = sizes.lock().expect("lock").clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 9, "{sizes:?}");
+        assert_eq!(sizes[0], 1, "{sizes:?}");
+        assert!(
+            sizes[1..].iter().all(|&n| n <= 2) && sizes.len() >= 5,
+            "batches of {sizes:?} under a budget of 2 items"
+        );
     }
 
     /// A batch that filled up while the previous one ran does not wait `max_wait` for more.

@@ -29,6 +29,10 @@ pub struct ServeConfig {
     /// request that finds the worker idle never waits.
     #[arg(long, env = "MODEL_SERVING_MAX_WAIT_MS", default_value_t = encoder::DEFAULT_MAX_WAIT_MS)]
     pub max_wait_ms: u64,
+    /// Under load, the run a batch is sized for: at most the items that the recent runs' time
+    /// per item fits in it (at least 1, at most max_batch); 0 = max_batch alone.
+    #[arg(long, env = "MODEL_SERVING_MAX_RUN_MS", default_value_t = encoder::DEFAULT_MAX_RUN_MS)]
+    pub max_run_ms: u64,
     /// Items admitted to each queue before requests are refused with 503.
     #[arg(long, env = "MODEL_SERVING_QUEUE_ITEMS", default_value_t = encoder::DEFAULT_QUEUE_ITEMS)]
     pub queue_items: usize,
@@ -101,6 +105,7 @@ impl ServeConfig {
             batch: BatchConfig {
                 max_batch: self.max_batch,
                 max_wait: Duration::from_millis(self.max_wait_ms),
+                max_run: Duration::from_millis(self.max_run_ms),
                 max_queued: self.queue_items,
             },
             max_items_per_request: self.max_items,

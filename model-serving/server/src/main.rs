@@ -74,6 +74,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         addr = %config.addr,
         max_batch = config.max_batch,
         max_wait_ms = config.max_wait_ms,
+        max_run_ms = config.max_run_ms,
         queue_items = config.queue_items,
         max_items = config.max_items,
         max_body_bytes = config.max_body_bytes,

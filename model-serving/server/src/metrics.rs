@@ -14,6 +14,7 @@ pub const BATCH_SIZE_ITEMS: &str = "model_serving_batch_size_items";
 pub const ITEMS_ENCODED_TOTAL: &str = "model_serving_items_encoded_total";
 pub const QUEUE_DEPTH_ITEMS: &str = "model_serving_queue_depth_items";
 pub const QUEUE_CAPACITY_ITEMS: &str = "model_serving_queue_capacity_items";
+pub const BATCH_CAP_ITEMS: &str = "model_serving_batch_cap_items";
 pub const ERRORS_TOTAL: &str = "model_serving_errors_total";
 
 pub const ALL: &[&str] = &[
@@ -25,6 +26,7 @@ pub const ALL: &[&str] = &[
     ITEMS_ENCODED_TOTAL,
     QUEUE_DEPTH_ITEMS,
     QUEUE_CAPACITY_ITEMS,
+    BATCH_CAP_ITEMS,
     ERRORS_TOTAL,
 ];
 
@@ -68,6 +70,11 @@ pub fn describe() {
         QUEUE_CAPACITY_ITEMS,
         Unit::Count,
         "Items the batching queue admits before refusing requests with 503."
+    );
+    describe_gauge!(
+        BATCH_CAP_ITEMS,
+        Unit::Count,
+        "Most items the batch being formed may take: max_batch, or fewer when the recent runs' time per item says more would exceed the run budget (MODEL_SERVING_MAX_RUN_MS)."
     );
     describe_counter!(
         ERRORS_TOTAL,
@@ -122,4 +129,8 @@ pub fn queue_capacity(modality: &'static str, items: usize) {
 
 pub fn error(modality: &'static str, kind: &'static str) {
     metrics::counter!(ERRORS_TOTAL, "modality" => modality, "kind" => kind).increment(1);
+}
+
+pub fn batch_cap(modality: &'static str, items: usize) {
+    metrics::gauge!(BATCH_CAP_ITEMS, "modality" => modality).set(items as f64);
 }

@@ -315,6 +315,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
     config.batch = BatchConfig {
         max_batch: 64,
         max_wait: Duration::ZERO,
+        max_run: Duration::ZERO,
         max_queued: 4,
     };
     config.max_items_per_request = 4;
