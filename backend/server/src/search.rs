@@ -133,6 +133,9 @@ pub struct SearchEngine {
     /// keys are checked (`HEAD`) before their points are written. Deletes are rare, so almost
     /// every batch checks nothing.
     recently_deleted: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Held while a write makes a new index or records its model: the first writes to a new
+    /// index arrive together (an ETL's concurrent batches), and one of them records the model.
+    adopting: tokio::sync::Mutex<()>,
 }
 
 /// Which lock stripe guards `key` (std's default hasher is fixed within a process).
@@ -174,6 +177,7 @@ impl SearchEngine {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             recently_deleted: std::sync::Mutex::new(HashMap::new()),
+            adopting: tokio::sync::Mutex::new(()),
         });
         // The optimizer holds only a weak handle: it ends when the engine is dropped.
         let weak = Arc::downgrade(&engine);
@@ -224,6 +228,15 @@ impl SearchEngine {
     /// Before a write of `model`'s vectors: the index must be that model's, or take it (a new
     /// index, or one made before models were recorded, of the same vector size).
     async fn admit_model(&self, model: &IndexModel) -> Result<(), SearchError> {
+        if self.index.model().is_none() {
+            // Another write may be making the index right now: decide after it has.
+            let _adopting = self.adopting.lock().await;
+            return self.admit_model_alone(model).await;
+        }
+        self.admit_model_alone(model).await
+    }
+
+    async fn admit_model_alone(&self, model: &IndexModel) -> Result<(), SearchError> {
         match self.index.model() {
             Some(index) if index.fingerprint == model.fingerprint => Ok(()),
             Some(_) => self.check_model(model),

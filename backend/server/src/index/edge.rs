@@ -89,10 +89,17 @@ fn read_model(root: &Path, store: &str) -> Result<Option<IndexModel>, IndexError
 }
 
 /// Writes `bytes` to `path` so that a reader (or a crash) sees the old file or the new one,
-/// never a part: a temporary file beside it, synced, renamed over it, the folder synced.
+/// never a part: a temporary file beside it, synced, renamed over it, the folder synced. Each
+/// write has its own temporary file, so two writers of one path never rename each other's.
 fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
     use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "{}.{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut file = File::create(&tmp).map_err(|e| unavailable_at(&tmp, e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
@@ -283,6 +290,11 @@ impl EdgeIndex {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // A write's temporary file that a crash left before its rename ([`replace_file`]).
+            if name.ends_with(".tmp") && entry.path().is_file() {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
             let replaced = self.root.join(format!("{name}.replaced"));
             if name != live && replaced.exists() {
                 match std::fs::remove_dir_all(entry.path()) {

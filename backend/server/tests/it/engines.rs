@@ -11,7 +11,8 @@ use backend::index::edge::EdgeIndex;
 use backend::index::keywords;
 use backend::index::server::{ClusterLayout, QdrantServerIndex};
 use backend::index::{
-    Filter, IndexError, IndexQuery, Point, SearchRequest, SearchTuning, StoredPayload, VectorIndex,
+    Filter, IndexError, IndexModel, IndexQuery, Point, SearchRequest, SearchTuning, StoredPayload,
+    VectorIndex,
 };
 use backend_api::{Filters, ImageAttributes, SearchMode, SearchParams};
 use uuid::Uuid;
@@ -112,6 +113,22 @@ async fn contract(index: Arc<dyn VectorIndex>, one_shard: bool) {
     }
     assert_eq!(index.dim(), Some(DIM));
     assert_eq!(index.count(&Filter::default()).await.expect("count"), 40);
+
+    // Concurrent records of the model (the first batches of an ETL each admit it): every one
+    // succeeds, and the model is recorded.
+    let model = IndexModel {
+        name: "engines".into(),
+        fingerprint: "sha256:00112233445566778899aabbccddeeff".into(),
+        dim: DIM,
+    };
+    let adopts = (0..8).map(|_| {
+        let (index, model) = (index.clone(), model.clone());
+        async move { index.adopt(&model).await }
+    });
+    for adopted in futures::future::join_all(adopts).await {
+        adopted.expect("a concurrent record of the model");
+    }
+    assert_eq!(index.model(), Some(model));
     assert_eq!(index.count(&colour("Red")).await.expect("count"), 20);
 
     // A stored vector comes back whole ("more like this" searches with it).

@@ -383,9 +383,9 @@ async fn concurrent_requests_are_batched_and_metrics_declared() {
     // A worker that is idle runs a job at once, so only requests that arrive during a run share
     // the next one; with the tiny model a run is shorter than a photo's decode, and on a busy
     // machine a burst can arrive one by one. Bursts of 16 until one shares a run, at most 10.
-    let mut bursts = 0.0;
-    while bursts < 10.0 {
-        bursts += 1.0;
+    let mut bursts = 0u32;
+    while bursts < 10 {
+        bursts += 1;
         let tasks: Vec<_> = photos
             .iter()
             .map(|p| {
@@ -404,7 +404,7 @@ async fn concurrent_requests_are_batched_and_metrics_declared() {
             &app.metrics().await,
             r#"model_serving_batch_size_items_count{modality="image"}"#,
         );
-        if runs < 16.0 * bursts {
+        if runs < f64::from(16 * bursts) {
             break;
         }
     }
@@ -425,7 +425,7 @@ async fn concurrent_requests_are_batched_and_metrics_declared() {
         );
     }
     let value = |needle: &str| sample(&text, needle);
-    let images = 16.0 * bursts;
+    let images = f64::from(16 * bursts);
     assert_eq!(
         value(r#"model_serving_items_encoded_total{modality="image"}"#),
         images
