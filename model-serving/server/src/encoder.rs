@@ -484,9 +484,10 @@ pub const DEFAULT_VISION_SESSIONS: usize = 1;
 pub const DEFAULT_SPIN: bool = true;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 /// The run a batch under load is sized for. On ViT-B/32 shapes (about 50 ms an image on 2
-/// cores) it caps image batches at 4: raw throughput is within a few percent of batch 8, and the
-/// 16-client p99 drops from 1.24x to 1.02x the p50, because one slow run holds up 4 requests,
-/// not 8 (make bench, section 6). Texts (a few ms each) and small models keep `max_batch`.
+/// cores) it caps image batches at 4: raw throughput is within a few percent of batch 8, and one
+/// slow run holds up 4 requests, not 8 (16-client p99 1.02-1.11x the p50 in 3 of 4 runs, against
+/// 1.12-1.24x with batches of 8; make bench, section 6). Texts (a few ms each) and small models
+/// keep `max_batch`.
 pub const DEFAULT_MAX_RUN_MS: u64 = 250;
 pub const DEFAULT_QUEUE_ITEMS: usize = 256;
 pub const DEFAULT_MAX_ITEMS: usize = 64;
