@@ -197,8 +197,8 @@ pub fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-/// What a closed-loop load measured.
-#[derive(Debug, Clone)]
+/// What a closed-loop load measured (the default: nothing yet, to [`LoadStats::absorb`] into).
+#[derive(Debug, Clone, Default)]
 pub struct LoadStats {
     pub ok: usize,
     pub failed: usize,

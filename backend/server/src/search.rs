@@ -228,15 +228,12 @@ impl SearchEngine {
     /// Before a write of `model`'s vectors: the index must be that model's, or take it (a new
     /// index, or one made before models were recorded, of the same vector size).
     async fn admit_model(&self, model: &IndexModel) -> Result<(), SearchError> {
-        if self.index.model().is_none() {
-            // Another write may be making the index right now: decide after it has.
-            let _adopting = self.adopting.lock().await;
-            return self.admit_model_alone(model).await;
-        }
-        self.admit_model_alone(model).await
-    }
-
-    async fn admit_model_alone(&self, model: &IndexModel) -> Result<(), SearchError> {
+        // No model recorded: another write may be making the index right now; decide after it
+        // has (it records the model, or this write does).
+        let _adopting = match self.index.model() {
+            Some(_) => None,
+            None => Some(self.adopting.lock().await),
+        };
         match self.index.model() {
             Some(index) if index.fingerprint == model.fingerprint => Ok(()),
             Some(_) => self.check_model(model),
