@@ -13,6 +13,7 @@ import argparse
 import http.server
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,10 +29,30 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KEY = "contract-write-key"
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range, not given before. A port from
+    that range (what binding port 0 returns) can be taken, between this check and the service's
+    own bind, as the source port of any outgoing connection on the machine."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(500):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        if port in _GIVEN_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_ready(url, proc, name, seconds=120):

@@ -29,6 +29,7 @@ directory is removed unless --keep (on failure the last lines of every log are p
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -74,10 +75,30 @@ def log(message):
     print(f"[stack-test {time.monotonic() - START:6.1f}s] {message}", flush=True)
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range, not given before. A port from
+    that range (what binding port 0 returns) can be taken, between this check and the service's
+    own bind, as the source port of any outgoing connection on the machine."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(500):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        if port in _GIVEN_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 # Loopback only: never through a proxy.
