@@ -11,6 +11,10 @@
   embed       onnxruntime run of a model folder on the preprocessed images or tokenized texts;
               L2-normalised embeddings as JSON.
   timing      seconds per image for the preprocess path (decode + transform), for the benchmark.
+  ceiling     the most images a second this machine could encode with a vision model in ONNX
+              Runtime: the model's multiply-add work per image (counted from a profiled run of
+              its MatMul, Gemm and Conv nodes) at the rate ONNX Runtime itself reaches on its
+              biggest MatMul alone, with every other operator taken as free. An upper bound.
 """
 
 import argparse
@@ -121,6 +125,73 @@ def normalise(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def node_flops(args):
+    """Multiply-adds x 2 of one profiled node, from the shapes ONNX Runtime recorded; 0 for
+    operators that are not products. MatMul lists only its left input once its weights are
+    pre-packed, so the inner size is that input's last axis."""
+    op, out = args["op_name"], args["output_type_shape"][0]
+    inputs = [next(iter(t.values())) for t in args["input_type_shape"]]
+    outputs = int(np.prod(next(iter(out.values()))))
+    if op in ("MatMul", "FusedMatMul", "Gemm"):
+        return 2 * outputs * inputs[0][-1]
+    if op == "Conv":
+        return 2 * outputs * int(np.prod(inputs[1][1:]))
+    return 0
+
+
+def ceiling(folder, threads, batch, seconds):
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
+    sess = ort.InferenceSession(f"{folder}/vision_model.onnx", opts)
+    meta = model_meta(folder)
+    x = np.zeros((batch, 3, meta["image_size"], meta["image_size"]), np.float32)
+    sess.run(None, {"pixel_values": x})
+    trace = sess.end_profiling()
+    with open(trace) as f:
+        events = json.load(f)
+    os.remove(trace)
+    nodes = [e["args"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    flops = sum(node_flops(a) for a in nodes)
+    # ONNX Runtime's own rate on the model's biggest product, alone: same shape, same threads.
+    top = max((a for a in nodes if a["op_name"] == "MatMul"), key=node_flops)
+    a_shape = next(iter(top["input_type_shape"][0].values()))
+    m, k = int(np.prod(a_shape[:-1])), a_shape[-1]
+    n = next(iter(top["output_type_shape"][0].values()))[-1]
+    w = numpy_helper.from_array(np.random.default_rng(0).random((k, n), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    gemm = ort.InferenceSession(model.SerializeToString(), opts)
+    a = np.random.default_rng(1).random((m, k), np.float32)
+    for _ in range(5):
+        gemm.run(None, {"a": a})
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        gemm.run(None, {"a": a})
+        runs += 1
+    rate = 2 * m * k * n * runs / (time.perf_counter() - start)
+    per_image = flops / batch
+    return {
+        "gflop_per_image": per_image / 1e9,
+        "gemm_gflops": rate / 1e9,
+        "gemm_shape": [m, k, n],
+        "threads": threads,
+        "images_per_second": rate / per_image,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -143,6 +214,11 @@ def main():
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("images", nargs="+")
+    p = sub.add_parser("ceiling")
+    p.add_argument("--model", required=True)
+    p.add_argument("--ort-threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
 
     if args.cmd == "preprocess":
@@ -178,6 +254,8 @@ def main():
             mask = np.array([[1] * len(r) + [0] * (length - len(r)) for r in rows], np.int64)
             out["texts"] = normalise(sess.run(["text_embeds"], {"input_ids": ids, "attention_mask": mask})[0]).tolist()
         json.dump(out, sys.stdout)
+    elif args.cmd == "ceiling":
+        json.dump(ceiling(args.model, args.ort_threads, args.batch, args.seconds), sys.stdout)
     elif args.cmd == "timing":
         mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
         best = float("inf")

@@ -243,21 +243,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn python_preprocess_seconds(python: &Path, photos: &[PathBuf]) -> anyhow::Result<f64> {
+/// One subcommand of `tools/reference.py`, whose answer is a JSON object on stdout.
+fn reference_py(python: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/reference.py");
-    let out = Command::new(python)
-        .arg(script)
-        .args(["timing", "--size", "224", "--rounds", "3"])
-        .args(photos)
-        .output()?;
+    let out = Command::new(python).arg(script).args(args).output()?;
     if !out.status.success() {
         bail!(
-            "reference timing failed: {}",
+            "reference.py {} failed: {}",
+            args.first().unwrap_or(&""),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v["seconds_per_image"]
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn python_preprocess_seconds(python: &Path, photos: &[PathBuf]) -> anyhow::Result<f64> {
+    let mut args = vec!["timing", "--size", "224", "--rounds", "3"];
+    args.extend(photos.iter().filter_map(|p| p.to_str()));
+    reference_py(python, &args)?["seconds_per_image"]
         .as_f64()
         .context("no seconds_per_image")
 }
@@ -894,6 +897,24 @@ async fn beside_reference(
         ours.peak_mb(),
         reference.peak_mb()
     );
+    // The machine's own limit for this model (reference.py ceiling), measured with both servers
+    // idle: its multiply-adds at ONNX Runtime's best GEMM rate here, every other operator free.
+    let ceiling = match &s.python {
+        Some(python) if summary.iter().any(|(load, ..)| *load == "image") => {
+            let threads = workers.to_string();
+            Some(reference_py(
+                python,
+                &[
+                    "ceiling",
+                    "--model",
+                    &s.model_dir.display().to_string(),
+                    "--ort-threads",
+                    &threads,
+                ],
+            )?)
+        }
+        _ => None,
+    };
     for (load, clients, ours, theirs, p99, their_p99) in summary {
         if clients != 16 {
             continue;
@@ -920,6 +941,22 @@ async fn beside_reference(
                 clients as f64 / (0.8 * their_p99),
                 clients as f64 / (0.8 * their_p99) / theirs
             );
+            if let Some(c) = &ceiling {
+                let most = c["images_per_second"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "      this machine's ceiling for the model: {most:.1} img/s ({:.2} GFLOP an \
+                     image at ONNX Runtime's own {:.0} GFLOP/s on its biggest MatMul {}, {} \
+                     threads, every other operator free); the reference runs at {:.2} of it, \
+                     ours at {:.2}, and 0.8x the reference's p99 needs {:.2} of it",
+                    c["gflop_per_image"].as_f64().unwrap_or(f64::NAN),
+                    c["gemm_gflops"].as_f64().unwrap_or(f64::NAN),
+                    c["gemm_shape"],
+                    c["threads"],
+                    theirs / most,
+                    ours / most,
+                    clients as f64 / (0.8 * their_p99) / most
+                );
+            }
         }
     }
     drop(reference);

@@ -303,3 +303,49 @@ async fn service_embeddings_equal_a_direct_onnxruntime_run() {
         assert!(d <= 1e-4, "text embedding differs by {d}");
     }
 }
+
+/// Multiply-adds × 2 of a CLIP vision tower per image, counted by hand: the patch convolution,
+/// per layer the four attention projections, the two attention products and the MLP (4× wide),
+/// then the projection.
+fn vit_flops(image: u64, patch: u64, width: u64, layers: u64, heads: u64, embed: u64) -> u64 {
+    let patches = (image / patch).pow(2);
+    let tokens = patches + 1;
+    let conv = 2 * patches * width * 3 * patch * patch;
+    let projections = 4 * 2 * tokens * width * width;
+    let attention = 2 * 2 * heads * tokens * tokens * (width / heads);
+    let mlp = 2 * 2 * tokens * width * 4 * width;
+    conv + layers * (projections + attention + mlp) + 2 * width * embed
+}
+
+#[test]
+fn the_machine_ceiling_counts_every_product_of_the_model() {
+    // The tiny preset of tools/gen_models.py: 32 px, patch 8, width 32, 2 layers, 2 heads.
+    let dir = model_dir();
+    let spec = ModelSpec::load(&dir).expect("spec");
+    assert_eq!(
+        spec.name, "clip-tiny-random",
+        "this check counts the tiny preset's products"
+    );
+    let out = run_python(
+        &[
+            "ceiling",
+            "--model",
+            &dir.display().to_string(),
+            "--batch",
+            "3",
+            "--seconds",
+            "0.2",
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let counted = v["gflop_per_image"].as_f64().expect("gflop_per_image") * 1e9;
+    assert_eq!(counted.round() as u64, vit_flops(32, 8, 32, 2, 2, 32));
+    let rate = v["gemm_gflops"].as_f64().expect("gemm_gflops");
+    let ceiling = v["images_per_second"].as_f64().expect("images_per_second");
+    assert!(rate > 0.0 && ceiling.is_finite(), "{v}");
+    assert!(
+        (ceiling - rate * 1e9 / counted).abs() < 1e-6 * ceiling,
+        "{v}"
+    );
+}
