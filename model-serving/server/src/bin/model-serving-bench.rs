@@ -866,9 +866,13 @@ async fn beside_reference(
                 round_ratios.join(", ")
             );
         }
-        // BENCH_TAIL=1: the slowest requests of each server, to see whether a tail is one
-        // moment (every client held up at once) or requests spread over the run.
-        if std::env::var_os("BENCH_TAIL").is_some() {
+        // The slowest requests of each server, to see whether a tail is one moment (every
+        // client held up at once) or requests spread over the run: whenever a server's p99 is
+        // over 1.2x its p50, and always with BENCH_TAIL=1.
+        let wide = [a, b]
+            .iter()
+            .any(|s| s.percentile(99.0) > 1.2 * s.percentile(50.0));
+        if wide || std::env::var_os("BENCH_TAIL").is_some() {
             for (who, stats) in [("ours", a), ("reference", b)] {
                 let slowest: Vec<String> = stats
                     .slowest
