@@ -25,7 +25,6 @@ use http_edge::EdgeLimits;
 use http_edge::rate_limit::RateLimit;
 use secrecy::SecretString;
 use telemetry::{PrometheusHandle, Readiness};
-use utoipa::OpenApi;
 
 pub use error::ApiError;
 pub use extract::{Params, RouteQuery};
@@ -138,7 +137,7 @@ pub fn router(
         .route("/v1/stats", get(stats))
         .route("/v1/models", get(search::models))
         .route("/v1/facets", get(facets))
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .with_state(state)
         // Swagger UI from the crate's vendored copy: the docs work on machines with no CDN access.
         .merge(

@@ -30,7 +30,7 @@ use super::{images, search};
         backend_api::StoredPoint, backend_api::ModelsResponse, backend_api::ServedModel,
         backend_api::ModelRole
     )),
-    modifiers(&ApiKeyScheme)
+    modifiers(&ApiKeyScheme, &IdLinks)
 )]
 pub struct ApiDoc;
 
@@ -47,9 +47,134 @@ impl utoipa::Modify for ApiKeyScheme {
     }
 }
 
+/// The document as served at `/openapi.json`. utoipa 5.5 writes a link's fields in snake case
+/// (`operation_id`, `request_body`, `operation_ref`) where OpenAPI spells them in camel case, so
+/// they are renamed here; the rest is utoipa's own output.
+pub fn document() -> serde_json::Value {
+    // Cannot fail: every map in the document has string keys.
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let links = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links").and_then(|l| l.as_object_mut()))
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (snake, camel) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(snake) {
+                link.insert(camel.to_owned(), value);
+            }
+        }
+    }
+    doc
+}
+
+/// OpenAPI links from the answers that name catalogue items (a page of the catalogue, a text
+/// search's hits) to the operations that take an item's id. Clients can follow them, and the
+/// contract fuzzer's stateful phase does: without them it only ever sends ids it made up, which
+/// are never indexed (404), so the id-taking operations' success paths go unfuzzed.
+struct IdLinks;
+
+/// (source path, its JSON pointer to an id, a second id for the two-item operations).
+const ID_SOURCES: [(&str, &str, &str); 2] = [
+    ("/v1/images", "/items/0/id", "/items/1/id"),
+    ("/v1/search", "/hits/0/item/id", "/hits/1/item/id"),
+];
+
+/// A link's parameters: (name, whether it takes the second id).
+type LinkParams = &'static [(&'static str, bool)];
+
+/// (link name, target operation id, its parameters).
+const ID_TARGETS: [(&str, &str, LinkParams); 4] = [
+    ("GetImage", "get_image", &[("id", false)]),
+    ("Similar", "similar", &[("id", false)]),
+    ("Recommend", "recommend", &[("like", false)]),
+    ("Compare", "compare_items", &[("a", false), ("b", true)]),
+];
+
+impl utoipa::Modify for IdLinks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::link::LinkBuilder;
+        for (path, first, second) in ID_SOURCES {
+            let Some(ok) = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|item| item.get.as_mut())
+                .and_then(|op| op.responses.responses.get_mut("200"))
+            else {
+                continue;
+            };
+            let RefOr::T(response) = ok else { continue };
+            for (name, operation, params) in ID_TARGETS {
+                let link = params.iter().fold(
+                    LinkBuilder::new().operation_id(operation),
+                    |link, (param, use_second)| {
+                        let pointer = if *use_second { second } else { first };
+                        link.parameter(*param, format!("$response.body#{pointer}"))
+                    },
+                );
+                response.links.insert(name.to_owned(), link.build().into());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every link names an operation of the document and one of its parameters, so a renamed
+    /// handler or parameter breaks this test, not the clients following the links.
+    #[test]
+    fn the_id_links_lead_to_operations_that_take_ids() {
+        let spec = document();
+        let operations: Vec<&serde_json::Value> = spec["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|item| item.as_object().expect("path item").values())
+            .collect();
+        for (path, ..) in ID_SOURCES {
+            let links = spec["paths"][path]["get"]["responses"]["200"]["links"]
+                .as_object()
+                .unwrap_or_else(|| panic!("GET {path} has no links"));
+            assert_eq!(links.len(), ID_TARGETS.len(), "{path}");
+            for (name, link) in links {
+                let target = operations
+                    .iter()
+                    .find(|op| op["operationId"] == link["operationId"])
+                    .unwrap_or_else(|| {
+                        panic!("{path} {name}: no operation {}", link["operationId"])
+                    });
+                let names: Vec<&str> = target["parameters"]
+                    .as_array()
+                    .expect("parameters")
+                    .iter()
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                for (param, value) in link["parameters"].as_object().expect("link parameters") {
+                    assert!(
+                        names.contains(&param.as_str()),
+                        "{path} {name}: {param} not in {names:?}"
+                    );
+                    let pointer = value.as_str().expect("expression");
+                    assert!(pointer.starts_with("$response.body#/"), "{pointer}");
+                    assert!(pointer.ends_with("/id"), "{pointer}");
+                }
+            }
+        }
+    }
 
     /// The bounds and error statuses the handlers enforce are in the document.
     #[test]
