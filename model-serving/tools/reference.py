@@ -132,8 +132,10 @@ def node_flops(args):
     op, out = args["op_name"], args["output_type_shape"][0]
     inputs = [next(iter(t.values())) for t in args["input_type_shape"]]
     outputs = int(np.prod(next(iter(out.values()))))
-    if op in ("MatMul", "FusedMatMul", "Gemm"):
+    if op in ("MatMul", "FusedMatMul"):
         return 2 * outputs * inputs[0][-1]
+    if op == "Gemm":  # A is [M, K] or, transposed, [K, M]: K either way
+        return 2 * outputs * int(np.prod(inputs[0])) // next(iter(out.values()))[0]
     if op == "Conv":
         return 2 * outputs * int(np.prod(inputs[1][1:]))
     return 0
@@ -149,15 +151,14 @@ def ceiling(folder, threads, batch, seconds):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
-    sess = ort.InferenceSession(f"{folder}/vision_model.onnx", opts)
     meta = model_meta(folder)
     x = np.zeros((batch, 3, meta["image_size"], meta["image_size"]), np.float32)
-    sess.run(None, {"pixel_values": x})
-    trace = sess.end_profiling()
-    with open(trace) as f:
-        events = json.load(f)
-    os.remove(trace)
+    with tempfile.TemporaryDirectory() as scratch:
+        opts.profile_file_prefix = os.path.join(scratch, "profile")
+        sess = ort.InferenceSession(f"{folder}/vision_model.onnx", opts)
+        sess.run(None, {"pixel_values": x})
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
     nodes = [e["args"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     flops = sum(node_flops(a) for a in nodes)
     # ONNX Runtime's own rate on the model's biggest product, alone: same shape, same threads.

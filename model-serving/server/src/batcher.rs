@@ -142,7 +142,7 @@ impl<I: Send + 'static> Batcher<I> {
                 let queued = queued.clone();
                 std::thread::Builder::new()
                     .name(format!("{modality}-batcher"))
-                    .spawn(move || worker(modality, former, queued, cost, run))?;
+                    .spawn(move || worker(modality, former, queued, run))?;
             }
         } else {
             let (free_tx, free_rx) = crossbeam_channel::unbounded();
@@ -323,15 +323,11 @@ impl<I> Former<I> {
 }
 
 /// One session: forms a batch, runs it, and again.
-fn worker<I, F>(
-    modality: &'static str,
-    mut former: Former<I>,
-    queued: Arc<AtomicUsize>,
-    cost: Arc<RunCost>,
-    mut run: F,
-) where
+fn worker<I, F>(modality: &'static str, mut former: Former<I>, queued: Arc<AtomicUsize>, mut run: F)
+where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
+    let cost = former.cost.clone();
     while let Some((jobs, size)) = former.next() {
         run_batch(modality, jobs, size, &queued, &cost, &mut run);
     }

@@ -47,10 +47,15 @@ impl utoipa::Modify for ApiKeyScheme {
     }
 }
 
-/// The document as served at `/openapi.json`. utoipa 5.5 writes a link's fields in snake case
-/// (`operation_id`, `request_body`, `operation_ref`) where OpenAPI spells them in camel case, so
-/// they are renamed here; the rest is utoipa's own output.
-pub fn document() -> serde_json::Value {
+/// The document as served at `/openapi.json`, made once. utoipa 5.5 writes a link's fields in
+/// snake case (`operation_id`, `request_body`, `operation_ref`) where OpenAPI spells them in
+/// camel case, so they are renamed here; the rest is utoipa's own output.
+pub fn document() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(make);
+    &DOCUMENT
+}
+
+fn make() -> serde_json::Value {
     // Cannot fail: every map in the document has string keys.
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     let links = doc["paths"]

@@ -281,8 +281,9 @@ impl EdgeIndex {
         })
     }
 
-    /// Stores that a promotion replaced but could not remove (the process stopped first).
-    /// A re-index target that was never promoted is kept: the next re-index resumes it.
+    /// Stores that a promotion replaced but could not remove (the process stopped first), and
+    /// temporary files of writes that a crash stopped before their rename. A re-index target
+    /// that was never promoted is kept: the next re-index resumes it.
     fn remove_leftovers(&self) {
         let live = self.live_name();
         let Ok(entries) = std::fs::read_dir(&self.root) else {
