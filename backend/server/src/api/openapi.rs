@@ -92,7 +92,7 @@ struct IdLinks;
 /// (source path, its JSON pointer to an id, a second id for the two-item operations).
 const ID_SOURCES: [(&str, &str, &str); 2] = [
     ("/v1/images", "/items/0/id", "/items/1/id"),
-    ("/v1/search", "/hits/0/item/id", "/hits/1/item/id"),
+    ("/v1/search", "/hits/0/id", "/hits/1/id"),
 ];
 
 /// A link's parameters: (name, whether it takes the second id).
@@ -139,6 +139,39 @@ impl utoipa::Modify for IdLinks {
 mod tests {
     use super::*;
 
+    /// The schema of the value at a JSON pointer into a document of `schema`: follows `$ref`,
+    /// `allOf` (flattened fields), object properties and array items.
+    fn schema_at<'a>(
+        spec: &'a serde_json::Value,
+        schema: &'a serde_json::Value,
+        pointer: &str,
+    ) -> Option<&'a serde_json::Value> {
+        let mut schema = schema;
+        while let Some(name) = schema["$ref"].as_str() {
+            schema = &spec["components"]["schemas"][name.rsplit('/').next()?];
+        }
+        let Some(path) = pointer.strip_prefix('/') else {
+            return Some(schema);
+        };
+        if let Some(parts) = schema["allOf"].as_array() {
+            return parts.iter().find_map(|part| schema_at(spec, part, pointer));
+        }
+        let (segment, rest) = path.split_once('/').map_or((path, ""), |(a, b)| (a, b));
+        let next = if segment.parse::<usize>().is_ok() {
+            &schema["items"]
+        } else {
+            &schema["properties"][segment]
+        };
+        let rest = if rest.is_empty() {
+            String::new()
+        } else {
+            format!("/{rest}")
+        };
+        (!next.is_null())
+            .then(|| schema_at(spec, next, &rest))
+            .flatten()
+    }
+
     /// Every link names an operation of the document and one of its parameters, so a renamed
     /// handler or parameter breaks this test, not the clients following the links.
     #[test]
@@ -168,14 +201,23 @@ mod tests {
                     .iter()
                     .filter_map(|p| p["name"].as_str())
                     .collect();
+                let body = &spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+                    ["schema"];
                 for (param, value) in link["parameters"].as_object().expect("link parameters") {
                     assert!(
                         names.contains(&param.as_str()),
                         "{path} {name}: {param} not in {names:?}"
                     );
-                    let pointer = value.as_str().expect("expression");
-                    assert!(pointer.starts_with("$response.body#/"), "{pointer}");
-                    assert!(pointer.ends_with("/id"), "{pointer}");
+                    let expression = value.as_str().expect("expression");
+                    let pointer = expression
+                        .strip_prefix("$response.body#")
+                        .unwrap_or_else(|| panic!("{expression}"));
+                    let field = schema_at(spec, body, pointer)
+                        .unwrap_or_else(|| panic!("{path} {name}: no {pointer} in the answer"));
+                    assert_eq!(
+                        field["format"], "uuid",
+                        "{path} {name}: {pointer} is {field}"
+                    );
                 }
             }
         }
