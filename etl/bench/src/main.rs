@@ -97,6 +97,7 @@ fn raw_throughput(s: &Settings, spec: &ModelSpec) -> anyhow::Result<f64> {
         &s.model_dir.join(VISION_MODEL),
         spec.image_size,
         Threading::default(),
+        true,
     )?;
     let input = |i: usize| -> Vec<f32> {
         (0..s.batch)

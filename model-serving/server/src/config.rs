@@ -77,6 +77,10 @@ pub struct ServeConfig {
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work (true/false).
     #[arg(long, env = "MODEL_SERVING_SPIN", default_value_t = encoder::DEFAULT_SPIN, action = clap::ArgAction::Set)]
     pub spin: bool,
+    /// Whether the vision graph computes its last layer for the pooled class token only (the
+    /// same embeddings, less work; false runs the file's graph as it is).
+    #[arg(long, env = "MODEL_SERVING_CLASS_TOKEN_ONLY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub class_token_only: bool,
     #[arg(long, env = "MODEL_SERVING_TIMEOUT_SECS", default_value_t = 30)]
     pub timeout_secs: u64,
     /// Deadline for a whole request body (a slower upload is refused with 408).
@@ -102,6 +106,7 @@ impl ServeConfig {
             threads: self.threads,
             vision_sessions: self.vision_sessions,
             spin: self.spin,
+            class_token_only: self.class_token_only,
             batch: BatchConfig {
                 max_batch: self.max_batch,
                 max_wait: Duration::from_millis(self.max_wait_ms),

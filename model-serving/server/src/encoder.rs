@@ -28,6 +28,9 @@ pub struct EncoderConfig {
     pub vision_sessions: usize,
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work.
     pub spin: bool,
+    /// Whether the vision graph computes its last layer for the pooled class token only
+    /// ([`crate::prune`]: the same embeddings, less work); false runs the file's graph as it is.
+    pub class_token_only: bool,
     pub batch: BatchConfig,
     pub max_items_per_request: usize,
     pub max_image_pixels: u64,
@@ -50,6 +53,7 @@ impl EncoderConfig {
             threads: 0,
             vision_sessions: DEFAULT_VISION_SESSIONS,
             spin: DEFAULT_SPIN,
+            class_token_only: true,
             batch: default_batch(),
             max_items_per_request: DEFAULT_MAX_ITEMS,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
@@ -194,6 +198,7 @@ impl ClipEncoder {
                     &dir.join(VISION_MODEL),
                     spec.image_size,
                     vision_threading,
+                    config.class_token_only,
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;

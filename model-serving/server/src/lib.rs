@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod onnx;
 pub mod preprocess;
+pub mod prune;
 pub mod tokenize;
 
 use std::net::SocketAddr;

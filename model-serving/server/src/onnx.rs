@@ -9,6 +9,8 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 
+use crate::prune;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     #[error(
@@ -72,7 +74,12 @@ impl Default for Threading {
     }
 }
 
-fn session(env: &Environment, path: &Path, threading: Threading) -> Result<Session, OnnxError> {
+fn session(
+    env: &Environment,
+    path: &Path,
+    threading: Threading,
+    graph: Option<&[u8]>,
+) -> Result<Session, OnnxError> {
     let err = |message: String| OnnxError::Model {
         path: path.to_owned(),
         message,
@@ -95,9 +102,11 @@ fn session(env: &Environment, path: &Path, threading: Threading) -> Result<Sessi
             .with_intra_threads(threading.intra)
             .map_err(|e| err(e.to_string()))?;
     }
-    builder
-        .commit_from_file(path)
-        .map_err(|e| err(e.to_string()))
+    match graph {
+        Some(bytes) => builder.commit_from_memory(bytes),
+        None => builder.commit_from_file(path),
+    }
+    .map_err(|e| err(e.to_string()))
 }
 
 /// Picks the named output, else the one rank-2 output: public exports name it `image_embeds` /
@@ -150,13 +159,43 @@ pub struct VisionModel {
 }
 
 impl VisionModel {
+    /// Loads the vision tower; with `class_token_only`, its graph computes the last layer for
+    /// the pooled class token alone when it pools one ([`crate::prune`]; same embeddings).
     pub fn load(
         env: &Environment,
         path: &Path,
         image_size: u32,
         threading: Threading,
+        class_token_only: bool,
     ) -> Result<Self, OnnxError> {
-        let session = session(env, path, threading)?;
+        let pruned = if class_token_only {
+            let bytes = std::fs::read(path).map_err(|e| OnnxError::Model {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            prune::class_token_only(&bytes, "image_embeds").map_err(|e| OnnxError::Model {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?
+        } else {
+            None
+        };
+        if let Some(p) = &pruned {
+            tracing::info!(
+                model = %path.display(),
+                narrowed = p.narrowed,
+                slices = p.slices,
+                removed = p.removed,
+                "vision graph computes its last layer for the class token only"
+            );
+        }
+        let session = session(
+            env,
+            path,
+            threading,
+            pruned.as_ref().map(|p| p.bytes.as_slice()),
+        )?;
+        drop(pruned);
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let input = match inputs.as_slice() {
             names if names.contains(&"pixel_values") => "pixel_values".to_owned(),
@@ -205,7 +244,7 @@ pub struct TextModel {
 
 impl TextModel {
     pub fn load(env: &Environment, path: &Path, threading: Threading) -> Result<Self, OnnxError> {
-        let session = session(env, path, threading)?;
+        let session = session(env, path, threading, None)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         if !inputs.contains(&"input_ids") {
             return Err(OnnxError::Signature {

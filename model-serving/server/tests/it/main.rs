@@ -5,5 +5,6 @@ mod api;
 mod helpers;
 mod hostile;
 mod hub;
+mod prune;
 mod reference;
 mod trained_model;

@@ -1,0 +1,914 @@
+//! Class-token pruning: a vision tower that pools its class token (`Gather(axis = 1, index 0)`
+//! of the last hidden state, as CLIP does) throws away what its last layer computed for the other
+//! tokens. Here the graph is rewritten before ONNX Runtime loads it so that the nodes whose
+//! output only feeds that token compute one token: the last layer's query, attention output and
+//! MLP (keys and values still see every token). The embeddings are the same up to float
+//! rounding; for ViT-B/32 shapes it saves 6.6% of the multiply-adds.
+//!
+//! The rewrite works on the protobuf's wire form: nodes it changes are re-encoded, everything
+//! else (weights included) is copied byte for byte, so no ONNX schema is compiled in. It only
+//! narrows operators whose rows are independent along the pooled axis (element-wise ops,
+//! `MatMul`, `LayerNormalization`, `Softmax`, `Transpose`, `Reshape` that keeps the leading
+//! axes), and only when it knows the ranks involved; anything else is left as it is, and a
+//! `Slice` hands one token to the narrowed nodes. A graph it does not understand (subgraphs,
+//! external or sparse weights, nodes out of order) is not touched.
+
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// A rewritten model and what was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// The rewritten `ModelProto`.
+    pub bytes: Vec<u8>,
+    /// Nodes that now compute the class token only.
+    pub narrowed: usize,
+    /// `Slice` nodes added where a whole tensor feeds a narrowed node.
+    pub slices: usize,
+    /// Nodes removed because nothing uses their outputs once the unused graph outputs are gone.
+    pub removed: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed ONNX model: {0}")]
+pub struct Malformed(&'static str);
+
+/// Rewrites `model` (a serialised `ModelProto`) to compute its pooled class token only. When
+/// the graph has an output named `output`, the other graph outputs are dropped first (a
+/// `last_hidden_state` output would need every token). `Ok(None)`: nothing to narrow, or a
+/// graph this rewrite does not handle; load the file as it is.
+pub fn class_token_only(model: &[u8], output: &str) -> Result<Option<Pruned>, Malformed> {
+    let model_fields = fields(model)?;
+    let graphs: Vec<&[u8]> = model_fields
+        .iter()
+        .filter_map(|f| match (f.number, f.value) {
+            (GRAPH, Value::Bytes(b)) => Some(b),
+            _ => None,
+        })
+        .collect();
+    // Two graph fields would be merged by a protobuf reader: not a file worth rewriting.
+    let [graph_bytes] = graphs.as_slice() else {
+        return Ok(None);
+    };
+    let Some(graph) = Graph::parse(graph_bytes, output)? else {
+        return Ok(None);
+    };
+    let Some(plan) = graph.plan() else {
+        return Ok(None);
+    };
+    let pieces = graph.write(&plan);
+    let graph_len: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut out =
+        Vec::with_capacity(model.len() + graph_len.saturating_sub(graph_bytes.len()) + 32);
+    for field in &model_fields {
+        if field.number == GRAPH {
+            put_varint(&mut out, u64::from(GRAPH) << 3 | 2);
+            put_varint(&mut out, graph_len as u64);
+            for piece in &pieces {
+                out.extend_from_slice(piece);
+            }
+        } else {
+            out.extend_from_slice(field.raw);
+        }
+    }
+    Ok(Some(Pruned {
+        bytes: out,
+        narrowed: plan.narrowed(),
+        slices: plan.slices.len(),
+        removed: plan.dead.len(),
+    }))
+}
+
+// Field numbers of onnx.proto.
+const GRAPH: u32 = 7; // ModelProto.graph
+const G_NODE: u32 = 1;
+const G_INITIALIZER: u32 = 5;
+const G_INPUT: u32 = 11;
+const G_OUTPUT: u32 = 12;
+const G_VALUE_INFO: u32 = 13;
+const G_SPARSE_INITIALIZER: u32 = 15;
+const N_INPUT: u32 = 1;
+const N_OUTPUT: u32 = 2;
+const N_NAME: u32 = 3;
+const N_OP_TYPE: u32 = 4;
+const N_ATTRIBUTE: u32 = 5;
+const N_DOMAIN: u32 = 7;
+const A_NAME: u32 = 1;
+const A_I: u32 = 3;
+const A_T: u32 = 5;
+const A_G: u32 = 6;
+const A_INTS: u32 = 8;
+const A_GRAPHS: u32 = 11;
+const T_DIMS: u32 = 1;
+const T_DATA_TYPE: u32 = 2;
+const T_INT64_DATA: u32 = 7;
+const T_NAME: u32 = 8;
+const T_RAW_DATA: u32 = 9;
+const T_DATA_LOCATION: u32 = 14;
+const V_NAME: u32 = 1;
+const V_TYPE: u32 = 2;
+const TYPE_TENSOR: u32 = 1;
+const TENSOR_SHAPE: u32 = 2;
+const SHAPE_DIM: u32 = 1;
+const INT64: u64 = 7;
+const EXTERNAL: u64 = 1;
+
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Varint(u64),
+    Fixed,
+    Bytes(&'a [u8]),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Field<'a> {
+    number: u32,
+    value: Value<'a>,
+    /// The whole field, tag included, for copying it unchanged.
+    raw: &'a [u8],
+}
+
+fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, Malformed> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*pos).ok_or(Malformed("truncated varint"))?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(Malformed("varint longer than 10 bytes"))
+}
+
+fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, Malformed> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let start = pos;
+        let tag = varint(buf, &mut pos)?;
+        let number = u32::try_from(tag >> 3).map_err(|_| Malformed("field number"))?;
+        let take = |pos: &mut usize, n: usize| -> Result<&[u8], Malformed> {
+            let end = pos.checked_add(n).filter(|&e| e <= buf.len());
+            let end = end.ok_or(Malformed("field runs past its message"))?;
+            let bytes = &buf[*pos..end];
+            *pos = end;
+            Ok(bytes)
+        };
+        let value = match tag & 7 {
+            0 => Value::Varint(varint(buf, &mut pos)?),
+            1 => {
+                take(&mut pos, 8)?;
+                Value::Fixed
+            }
+            2 => {
+                let len =
+                    usize::try_from(varint(buf, &mut pos)?).map_err(|_| Malformed("length"))?;
+                Value::Bytes(take(&mut pos, len)?)
+            }
+            5 => {
+                take(&mut pos, 4)?;
+                Value::Fixed
+            }
+            _ => return Err(Malformed("unsupported wire type")),
+        };
+        out.push(Field {
+            number,
+            value,
+            raw: &buf[start..pos],
+        });
+    }
+    Ok(out)
+}
+
+fn text(value: Value<'_>) -> Result<&str, Malformed> {
+    match value {
+        Value::Bytes(b) => std::str::from_utf8(b).map_err(|_| Malformed("a name is not UTF-8")),
+        _ => Err(Malformed("a string field has a numeric wire type")),
+    }
+}
+
+/// A repeated int64, packed or not.
+fn push_ints(value: Value<'_>, out: &mut Vec<i64>) -> Result<(), Malformed> {
+    match value {
+        Value::Varint(v) => out.push(v as i64),
+        Value::Bytes(b) => {
+            let mut pos = 0;
+            while pos < b.len() {
+                out.push(varint(b, &mut pos)? as i64);
+            }
+        }
+        Value::Fixed => return Err(Malformed("an int64 field has a fixed wire type")),
+    }
+    Ok(())
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+    put_varint(out, u64::from(number) << 3 | 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn put_uint(out: &mut Vec<u8>, number: u32, v: u64) {
+    put_varint(out, u64::from(number) << 3);
+    put_varint(out, v);
+}
+
+/// A constant: an initializer or a `Constant` node's value.
+#[derive(Debug, Default, Clone)]
+struct Constant {
+    dims: Vec<i64>,
+    /// Its values when it is a small int64 tensor (shapes, axes, indices).
+    ints: Option<Vec<i64>>,
+}
+
+impl Constant {
+    /// Parses a `TensorProto`; `None` for data stored outside the file.
+    fn parse(bytes: &[u8]) -> Result<Option<(String, Self)>, Malformed> {
+        let (mut name, mut c) = (String::new(), Constant::default());
+        let (mut data_type, mut raw, mut int64s) = (0, None, Vec::new());
+        for f in fields(bytes)? {
+            match (f.number, f.value) {
+                (T_DIMS, v) => push_ints(v, &mut c.dims)?,
+                (T_DATA_TYPE, Value::Varint(v)) => data_type = v,
+                (T_INT64_DATA, v) => push_ints(v, &mut int64s)?,
+                (T_NAME, v) => name = text(v)?.to_owned(),
+                (T_RAW_DATA, Value::Bytes(b)) => raw = Some(b),
+                (T_DATA_LOCATION, Value::Varint(EXTERNAL)) => return Ok(None),
+                _ => {}
+            }
+        }
+        let count: i64 = c.dims.iter().product();
+        if data_type == INT64 && count <= 64 {
+            c.ints = match raw {
+                Some(b) => Some(
+                    b.chunks_exact(8)
+                        .map(|w| i64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+                        .collect(),
+                ),
+                None => Some(int64s),
+            }
+            .filter(|v: &Vec<i64>| v.len() as i64 == count);
+        }
+        Ok(Some((name, c)))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node<'a> {
+    raw: &'a [u8],
+    op: &'a str,
+    inputs: Vec<&'a str>,
+    outputs: Vec<&'a str>,
+    ints: HashMap<&'a str, i64>,
+    lists: HashMap<&'a str, Vec<i64>>,
+    /// A `Constant` node's value.
+    value: Option<Constant>,
+}
+
+impl<'a> Node<'a> {
+    /// `None` for a node this rewrite must not reason about: one with a subgraph (its inner
+    /// nodes read tensors its inputs do not name).
+    fn parse(raw: &'a [u8]) -> Result<Option<Self>, Malformed> {
+        let mut node = Node {
+            raw,
+            ..Node::default()
+        };
+        let mut domain = "";
+        for f in fields(raw)? {
+            match f.number {
+                N_INPUT => node.inputs.push(text(f.value)?),
+                N_OUTPUT => node.outputs.push(text(f.value)?),
+                N_OP_TYPE => node.op = text(f.value)?,
+                N_DOMAIN => domain = text(f.value)?,
+                N_ATTRIBUTE => {
+                    let Value::Bytes(attr) = f.value else {
+                        return Err(Malformed("an attribute is not a message"));
+                    };
+                    let (mut name, mut i, mut ints) = ("", None, Vec::new());
+                    for a in fields(attr)? {
+                        match (a.number, a.value) {
+                            (A_NAME, v) => name = text(v)?,
+                            (A_I, Value::Varint(v)) => i = Some(v as i64),
+                            (A_INTS, v) => push_ints(v, &mut ints)?,
+                            (A_T, Value::Bytes(t)) => {
+                                node.value = Constant::parse(t)?.map(|(_, c)| c);
+                            }
+                            (A_G | A_GRAPHS, _) => return Ok(None),
+                            _ => {}
+                        }
+                    }
+                    if let Some(i) = i {
+                        node.ints.insert(name, i);
+                    }
+                    if !ints.is_empty() {
+                        node.lists.insert(name, ints);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !domain.is_empty() && domain != "ai.onnx" {
+            node.op = ""; // a custom operator: never narrowed
+        }
+        Ok(Some(node))
+    }
+}
+
+/// What a consumer needs of one of its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    All,
+    /// Index 0 of this axis only.
+    Token(usize),
+}
+
+struct Graph<'a> {
+    fields: Vec<Field<'a>>,
+    nodes: Vec<Node<'a>>,
+    constants: HashMap<String, Constant>,
+    inputs: HashMap<&'a str, Option<usize>>,
+    outputs: Vec<(&'a str, &'a [u8])>,
+    /// The graph outputs kept (all of them unless one is named as asked).
+    kept: HashSet<&'a str>,
+}
+
+impl<'a> Graph<'a> {
+    fn parse(bytes: &'a [u8], output: &str) -> Result<Option<Self>, Malformed> {
+        let mut graph = Graph {
+            fields: fields(bytes)?,
+            nodes: Vec::new(),
+            constants: HashMap::new(),
+            inputs: HashMap::new(),
+            outputs: Vec::new(),
+            kept: HashSet::new(),
+        };
+        for f in graph.fields.clone() {
+            let Value::Bytes(b) = f.value else { continue };
+            match f.number {
+                G_NODE => match Node::parse(b)? {
+                    Some(node) => graph.nodes.push(node),
+                    None => return Ok(None),
+                },
+                G_INITIALIZER => match Constant::parse(b)? {
+                    Some((name, c)) => {
+                        graph.constants.insert(name, c);
+                    }
+                    None => return Ok(None),
+                },
+                G_SPARSE_INITIALIZER => return Ok(None),
+                G_INPUT => {
+                    let (name, rank) = value_info(b)?;
+                    graph.inputs.insert(name, rank);
+                }
+                G_OUTPUT => graph.outputs.push((value_info(b)?.0, f.raw)),
+                _ => {}
+            }
+        }
+        for node in &mut graph.nodes {
+            if node.op == "Constant"
+                && let (Some(value), [out]) = (node.value.take(), node.outputs.as_slice())
+            {
+                graph.constants.insert((*out).to_owned(), value);
+            }
+        }
+        graph.kept = match graph.outputs.iter().find(|(name, _)| *name == output) {
+            Some((name, _)) => HashSet::from([*name]),
+            None => graph.outputs.iter().map(|(name, _)| *name).collect(),
+        };
+        Ok(Some(graph))
+    }
+
+    fn constant(&self, name: &str) -> Option<&Constant> {
+        self.constants.get(name)
+    }
+
+    /// The rank of every tensor whose rank follows from the graph's inputs and constants.
+    /// `None` when a node reads a tensor no earlier node makes (the file is not in order).
+    fn ranks(&self) -> Option<HashMap<&str, usize>> {
+        let mut ranks: HashMap<&str, usize> = HashMap::new();
+        let mut known: HashSet<&str> = HashSet::from([""]);
+        for (name, rank) in &self.inputs {
+            known.insert(name);
+            if let Some(r) = rank {
+                ranks.insert(name, *r);
+            }
+        }
+        for (name, c) in &self.constants {
+            ranks.insert(name.as_str(), c.dims.len());
+        }
+        let names: HashSet<&str> = self.constants.keys().map(String::as_str).collect();
+        for node in &self.nodes {
+            if !node
+                .inputs
+                .iter()
+                .all(|i| known.contains(i) || names.contains(i))
+            {
+                return None;
+            }
+            known.extend(node.outputs.iter().copied());
+            let rank = |i: usize| node.inputs.get(i).and_then(|n| ranks.get(n)).copied();
+            let ints = |i: usize| {
+                node.inputs
+                    .get(i)
+                    .and_then(|n| self.constant(n))
+                    .and_then(|c| c.ints.as_ref())
+            };
+            let out = match node.op {
+                op if UNARY.contains(&op) || SAME_RANK.contains(&op) => rank(0)
+                    .filter(|_| node.op != "ReduceMean" || node.ints.get("keepdims") != Some(&0)),
+                op if BINARY.contains(&op) => rank(0).zip(rank(1)).map(|(a, b)| a.max(b)),
+                "MatMul" => rank(0)
+                    .zip(rank(1))
+                    .filter(|(a, b)| *a >= 2 && *b >= 2)
+                    .map(|(a, b)| a.max(b)),
+                "Transpose" => node.lists.get("perm").map(Vec::len).or(rank(0)),
+                "Reshape" => ints(1).map(Vec::len),
+                "Concat" => (0..node.inputs.len()).find_map(rank),
+                "Gather" => rank(0)
+                    .zip(rank(1))
+                    .and_then(|(d, i)| (d + i).checked_sub(1)),
+                "Shape" => Some(1),
+                "Unsqueeze" => rank(0).zip(ints(1)).map(|(r, a)| r + a.len()),
+                "Squeeze" => rank(0)
+                    .zip(ints(1))
+                    .and_then(|(r, a)| r.checked_sub(a.len())),
+                "Constant" => node.value.as_ref().map(|c| c.dims.len()),
+                _ => None,
+            };
+            if let (Some(r), Some(o)) = (out, node.outputs.first()) {
+                ranks.insert(o, r);
+            }
+        }
+        Some(ranks)
+    }
+
+    /// The pooled class token: `Gather(data, 0, axis = 1)` of a tensor of rank ≥ 3.
+    fn is_pool(&self, node: &Node<'_>, ranks: &HashMap<&str, usize>) -> bool {
+        node.op == "Gather"
+            && node.ints.get("axis") == Some(&1)
+            && node.inputs.len() == 2
+            && ranks.get(node.inputs[0]).is_some_and(|&r| r >= 3)
+            && self
+                .constant(node.inputs[1])
+                .is_some_and(|c| c.dims.is_empty() && c.ints.as_deref() == Some(&[0]))
+    }
+
+    /// What `node`, asked for index 0 of `axis` of its output, needs of each input; `None`
+    /// when it cannot compute that token alone.
+    fn narrow(
+        &self,
+        node: &Node<'_>,
+        axis: usize,
+        ranks: &HashMap<&str, usize>,
+    ) -> Option<Vec<Need>> {
+        let rank_of = |name: &str| ranks.get(name).copied();
+        let r = rank_of(node.outputs.first()?)?;
+        if axis >= r {
+            return None;
+        }
+        let norm = |a: i64| usize::try_from(if a < 0 { a + r as i64 } else { a }).ok();
+        let rest = |n: usize| std::iter::repeat_n(Need::All, n);
+        match node.op {
+            "LayerNormalization" | "Softmax" | "ReduceMean" => {
+                let reduced = match node.op {
+                    "ReduceMean" => norm(*node.lists.get("axes")?.iter().min()?)?,
+                    _ => norm(node.ints.get("axis").copied().unwrap_or(-1))?,
+                };
+                (axis < reduced
+                    && node.inputs.len() <= 3
+                    && (node.op != "ReduceMean" || node.inputs.len() == 1))
+                    .then(|| {
+                        std::iter::once(Need::Token(axis))
+                            .chain(rest(node.inputs.len() - 1))
+                            .collect()
+                    })
+            }
+            op if UNARY.contains(&op) => {
+                (node.inputs.len() == 1).then_some(vec![Need::Token(axis)])
+            }
+            // Static int8 (QDQ): element-wise when scale and zero point are one number each.
+            "QuantizeLinear" | "DequantizeLinear" => node.inputs[1..]
+                .iter()
+                .all(|i| i.is_empty() || self.constant(i).is_some_and(|c| c.dims.is_empty()))
+                .then(|| {
+                    std::iter::once(Need::Token(axis))
+                        .chain(rest(node.inputs.len() - 1))
+                        .collect()
+                }),
+            op if BINARY.contains(&op) => node
+                .inputs
+                .iter()
+                .map(|input| {
+                    let offset = r.checked_sub(rank_of(input)?)?;
+                    let Some(own) = axis.checked_sub(offset) else {
+                        return Some(Need::All); // broadcast along the axis
+                    };
+                    match self.constant(input) {
+                        Some(c) if c.dims.get(own) == Some(&1) => Some(Need::All),
+                        _ => Some(Need::Token(own)),
+                    }
+                })
+                .collect(),
+            "MatMul" => {
+                let (a, b) = (
+                    rank_of(node.inputs.first()?)?,
+                    rank_of(node.inputs.get(1)?)?,
+                );
+                if a < 2 || b < 2 || axis + 1 >= r {
+                    return None; // the output's columns come from every row of B
+                }
+                if axis + 2 == r {
+                    Some(vec![Need::Token(a - 2), Need::All])
+                } else {
+                    // A batch axis: each side on its own aligned axis, if it has one.
+                    let on = |own: usize| axis.checked_sub(r - own).map_or(Need::All, Need::Token);
+                    Some(vec![on(a), on(b)])
+                }
+            }
+            "Transpose" => {
+                let perm = node.lists.get("perm")?;
+                let from = usize::try_from(*perm.get(axis)?).ok()?;
+                Some(vec![Need::Token(from)])
+            }
+            "Reshape" => {
+                let shape = self.constant(node.inputs.get(1)?)?.ints.as_ref()?;
+                let keeps = shape.get(..=axis)?.iter().all(|&d| d == 0);
+                let input = rank_of(node.inputs.first()?)?;
+                (keeps && input > axis && node.ints.get("allowzero").copied().unwrap_or(0) == 0)
+                    .then_some(vec![Need::Token(axis), Need::All])
+            }
+            _ => None,
+        }
+    }
+
+    /// Which nodes compute one token, which are dead, where a `Slice` feeds a narrowed node.
+    fn plan(&self) -> Option<Plan> {
+        let ranks = self.ranks()?;
+        // Each tensor's needs, gathered from its consumers: the file lists nodes in order (checked
+        // by `ranks`), so walking it backwards hears every consumer before the producer.
+        let mut needs: HashMap<&str, Vec<Need>> = HashMap::new();
+        for name in &self.kept {
+            needs.entry(name).or_default().push(Need::All);
+        }
+        let mut plan = Plan::default();
+        let mut asks = vec![Vec::new(); self.nodes.len()];
+        for (index, node) in self.nodes.iter().enumerate().rev() {
+            let wanted: Vec<&Need> = node
+                .outputs
+                .iter()
+                .flat_map(|o| needs.get(o).into_iter().flatten())
+                .collect();
+            if wanted.is_empty() {
+                plan.dead.insert(index);
+                continue;
+            }
+            let only_first = node.outputs.iter().skip(1).all(|o| !needs.contains_key(o));
+            let asked = if self.is_pool(node, &ranks) {
+                Some(vec![Need::Token(1), Need::All])
+            } else {
+                match wanted.as_slice() {
+                    [Need::Token(axis), more @ ..]
+                        if only_first && more.iter().all(|n| **n == Need::Token(*axis)) =>
+                    {
+                        let narrowed = self.narrow(node, *axis, &ranks);
+                        if narrowed.is_some() {
+                            plan.narrowed.insert(index);
+                        }
+                        narrowed
+                    }
+                    _ => None,
+                }
+            };
+            let asked = asked.unwrap_or_else(|| vec![Need::All; node.inputs.len()]);
+            for (input, need) in node.inputs.iter().zip(&asked) {
+                if !input.is_empty() {
+                    needs.entry(input).or_default().push(*need);
+                }
+            }
+            asks[index] = asked;
+        }
+        if plan.narrowed.is_empty() {
+            return None;
+        }
+        // A narrowed consumer reads its input directly when the producer is narrowed on the
+        // same axis, else through a Slice.
+        let producer: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.outputs.iter().map(move |o| (*o, i)))
+            .collect();
+        let mut taken: HashSet<String> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.outputs.iter().map(|o| (*o).to_owned()))
+            .collect();
+        taken.extend(self.constants.keys().cloned());
+        taken.extend(self.inputs.keys().map(|n| (*n).to_owned()));
+        let fresh = |taken: &mut HashSet<String>, base: String| {
+            let mut name = base.clone();
+            let mut n = 0;
+            while !taken.insert(name.clone()) {
+                n += 1;
+                name = format!("{base}_{n}");
+            }
+            name
+        };
+        plan.starts = fresh(&mut taken, "class_token/starts".into());
+        plan.ends = fresh(&mut taken, "class_token/ends".into());
+        let mut made: HashMap<(String, usize), usize> = HashMap::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if plan.dead.contains(&index) {
+                continue;
+            }
+            for (slot, (input, need)) in node.inputs.iter().zip(&asks[index]).enumerate() {
+                let Need::Token(axis) = *need else { continue };
+                let direct = producer
+                    .get(input)
+                    .is_some_and(|p| plan.narrowed.contains(p));
+                if direct {
+                    continue;
+                }
+                let key = ((*input).to_owned(), axis);
+                let slice = match made.get(&key) {
+                    Some(&at) => &plan.slices[at],
+                    None => {
+                        if let Entry::Vacant(entry) = plan.axes.entry(axis) {
+                            entry.insert(fresh(&mut taken, format!("class_token/axis{axis}")));
+                        }
+                        let output = fresh(&mut taken, format!("{input}/class_token"));
+                        made.insert(key, plan.slices.len());
+                        plan.slices.push(Slice {
+                            input: (*input).to_owned(),
+                            axis,
+                            output,
+                            before: index,
+                        });
+                        &plan.slices[plan.slices.len() - 1]
+                    }
+                };
+                plan.renamed.insert((index, slot), slice.output.clone());
+            }
+        }
+        plan.changed_shape = plan
+            .narrowed
+            .iter()
+            .flat_map(|&i| self.nodes[i].outputs.iter().map(|o| (*o).to_owned()))
+            .chain(
+                plan.dead
+                    .iter()
+                    .flat_map(|&i| self.nodes[i].outputs.iter().map(|o| (*o).to_owned())),
+            )
+            .collect();
+        Some(plan)
+    }
+
+    /// The rewritten graph as pieces: the unchanged fields (weights included) borrowed, the
+    /// changed ones encoded anew; the caller copies them once into the model.
+    fn write(&self, plan: &Plan) -> Vec<Cow<'a, [u8]>> {
+        let field = |number: u32, bytes: &[u8]| {
+            let mut out = Vec::with_capacity(bytes.len() + 8);
+            put_bytes(&mut out, number, bytes);
+            Cow::Owned(out)
+        };
+        let mut out = Vec::with_capacity(self.fields.len() + plan.slices.len() + 8);
+        let mut index = 0;
+        for f in &self.fields {
+            match f.number {
+                G_NODE => {
+                    for slice in plan.slices.iter().filter(|s| s.before == index) {
+                        let axis = &plan.axes[&slice.axis];
+                        let node =
+                            slice_node(&slice.input, &plan.starts, &plan.ends, axis, &slice.output);
+                        out.push(field(G_NODE, &node));
+                    }
+                    if !plan.dead.contains(&index) {
+                        out.push(match self.renamed_node(index, plan) {
+                            Some(node) => field(G_NODE, &node),
+                            None => Cow::Borrowed(f.raw),
+                        });
+                    }
+                    index += 1;
+                }
+                G_OUTPUT => {
+                    let name = self
+                        .outputs
+                        .iter()
+                        .find(|(_, raw)| *raw == f.raw)
+                        .map(|(n, _)| *n);
+                    if name.is_some_and(|n| self.kept.contains(n)) {
+                        out.push(Cow::Borrowed(f.raw));
+                    }
+                }
+                G_VALUE_INFO => {
+                    let Value::Bytes(b) = f.value else {
+                        continue;
+                    };
+                    let stale = value_info(b).is_ok_and(|(n, _)| plan.changed_shape.contains(n));
+                    if !stale {
+                        out.push(Cow::Borrowed(f.raw));
+                    }
+                }
+                _ => out.push(Cow::Borrowed(f.raw)),
+            }
+        }
+        out.push(field(G_INITIALIZER, &int64_tensor(&plan.starts, 0)));
+        out.push(field(G_INITIALIZER, &int64_tensor(&plan.ends, 1)));
+        for (axis, name) in &plan.axes {
+            out.push(field(G_INITIALIZER, &int64_tensor(name, *axis as i64)));
+        }
+        out
+    }
+
+    /// The node re-encoded with its renamed inputs; `None` when none is renamed.
+    fn renamed_node(&self, index: usize, plan: &Plan) -> Option<Vec<u8>> {
+        let node = &self.nodes[index];
+        if !(0..node.inputs.len()).any(|slot| plan.renamed.contains_key(&(index, slot))) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(node.raw.len() + 64);
+        let mut slot = 0;
+        for f in fields(node.raw).ok()? {
+            if f.number == N_INPUT {
+                match plan.renamed.get(&(index, slot)) {
+                    Some(name) => put_bytes(&mut out, N_INPUT, name.as_bytes()),
+                    None => out.extend_from_slice(f.raw),
+                }
+                slot += 1;
+            } else {
+                out.extend_from_slice(f.raw);
+            }
+        }
+        Some(out)
+    }
+}
+
+const UNARY: &[&str] = &[
+    "Identity",
+    "Cast",
+    "Sigmoid",
+    "Relu",
+    "Tanh",
+    "Erf",
+    "Sqrt",
+    "Reciprocal",
+    "Neg",
+    "Exp",
+    "Abs",
+    "Gelu",
+];
+const SAME_RANK: &[&str] = &[
+    "LayerNormalization",
+    "Softmax",
+    "Conv",
+    "Slice",
+    "ReduceMean",
+    "QuantizeLinear",
+    "DequantizeLinear",
+];
+const BINARY: &[&str] = &["Add", "Sub", "Mul", "Div", "Pow"];
+
+/// A `ValueInfoProto`'s name and, when its type says, its rank.
+fn value_info(bytes: &[u8]) -> Result<(&str, Option<usize>), Malformed> {
+    let (mut name, mut rank) = ("", None);
+    for f in fields(bytes)? {
+        match (f.number, f.value) {
+            (V_NAME, v) => name = text(v)?,
+            (V_TYPE, Value::Bytes(t)) => rank = tensor_rank(t)?,
+            _ => {}
+        }
+    }
+    Ok((name, rank))
+}
+
+fn tensor_rank(type_proto: &[u8]) -> Result<Option<usize>, Malformed> {
+    fn sub(bytes: &[u8], number: u32) -> Result<Option<&[u8]>, Malformed> {
+        Ok(fields(bytes)?.into_iter().find_map(|f| match f.value {
+            Value::Bytes(b) if f.number == number => Some(b),
+            _ => None,
+        }))
+    }
+    let Some(tensor) = sub(type_proto, TYPE_TENSOR)? else {
+        return Ok(None);
+    };
+    let Some(shape) = sub(tensor, TENSOR_SHAPE)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        fields(shape)?
+            .iter()
+            .filter(|f| f.number == SHAPE_DIM)
+            .count(),
+    ))
+}
+
+fn int64_tensor(name: &str, value: i64) -> Vec<u8> {
+    let mut t = Vec::new();
+    put_uint(&mut t, T_DIMS, 1);
+    put_uint(&mut t, T_DATA_TYPE, INT64);
+    put_bytes(&mut t, T_NAME, name.as_bytes());
+    put_bytes(&mut t, T_RAW_DATA, &value.to_le_bytes());
+    t
+}
+
+fn slice_node(input: &str, starts: &str, ends: &str, axes: &str, output: &str) -> Vec<u8> {
+    let mut n = Vec::new();
+    for i in [input, starts, ends, axes] {
+        put_bytes(&mut n, N_INPUT, i.as_bytes());
+    }
+    put_bytes(&mut n, N_OUTPUT, output.as_bytes());
+    put_bytes(&mut n, N_NAME, output.as_bytes());
+    put_bytes(&mut n, N_OP_TYPE, b"Slice");
+    n
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    narrowed: HashSet<usize>,
+    dead: HashSet<usize>,
+    slices: Vec<Slice>,
+    /// (node, input slot) → the tensor it now reads.
+    renamed: HashMap<(usize, usize), String>,
+    starts: String,
+    ends: String,
+    axes: BTreeMap<usize, String>,
+    /// Tensors whose shape changed or that are gone: their `value_info` is dropped.
+    changed_shape: HashSet<String>,
+}
+
+impl Plan {
+    fn narrowed(&self) -> usize {
+        self.narrowed.len()
+    }
+}
+
+#[derive(Debug)]
+struct Slice {
+    input: String,
+    axis: usize,
+    output: String,
+    /// The first node that reads it.
+    before: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_reader_refuses_what_runs_past_its_end() {
+        // Field 7, length-delimited, 5 bytes announced, 2 present.
+        assert_eq!(
+            fields(&[0x3a, 5, 1, 2]).err(),
+            Some(Malformed("field runs past its message"))
+        );
+        // A varint that never ends, and one longer than 10 bytes.
+        assert!(fields(&[0x08, 0x80, 0x80]).is_err());
+        assert!(
+            fields(&[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+            ])
+            .is_err()
+        );
+        // Wire types 3 and 4 (groups) are not in ONNX files.
+        assert_eq!(
+            fields(&[0x0b]).err(),
+            Some(Malformed("unsupported wire type"))
+        );
+        // A length of 2^64 - 1 does not overflow.
+        let mut huge = vec![0x3a];
+        put_varint(&mut huge, u64::MAX);
+        assert!(fields(&huge).is_err());
+    }
+
+    #[test]
+    fn what_the_writer_encodes_the_reader_reads_back() {
+        let tensor = int64_tensor("class_token/axis1", 1);
+        let (name, constant) = Constant::parse(&tensor)
+            .expect("parse")
+            .expect("inline data");
+        assert_eq!(name, "class_token/axis1");
+        assert_eq!(constant.dims, [1]);
+        assert_eq!(constant.ints.as_deref(), Some(&[1][..]));
+        let node = slice_node("x", "s", "e", "a", "x/class_token");
+        let node = Node::parse(&node).expect("parse").expect("no subgraph");
+        assert_eq!(
+            (node.op, node.inputs, node.outputs),
+            ("Slice", vec!["x", "s", "e", "a"], vec!["x/class_token"])
+        );
+        // A model with nothing but an empty graph: nothing to narrow.
+        let mut model = Vec::new();
+        put_bytes(&mut model, GRAPH, &[]);
+        assert_eq!(class_token_only(&model, "image_embeds"), Ok(None));
+    }
+}
