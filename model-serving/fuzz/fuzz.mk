@@ -5,6 +5,8 @@
 #
 #   make fuzz                       60 s on the preprocess target
 #   make fuzz FUZZ_SECONDS=3600     longer
+#   make fuzz FUZZ_TARGET=prune     the class-token rewrite of model files (seeds: the generated
+#                                   tiny model's graphs)
 #   make fuzz-seeds                 only write the seed corpus
 
 FUZZ_DIR        := model-serving/fuzz
@@ -24,11 +26,17 @@ cargo-fuzz: # installs cargo-fuzz when missing (a few minutes, once)
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
 .PHONY: fuzz-seeds
+ifeq ($(FUZZ_TARGET),prune)
+fuzz-seeds: $(TINY_MODEL)/model.json ## write the fuzz seed corpus (small valid images of every format and shape; for prune, the tiny model's graphs)
+	rm -rf $(FUZZ_SEED_DIR) && mkdir -p $(FUZZ_SEED_DIR)
+	cp $(TINY_MODEL)/vision_model.onnx $(TINY_MODEL)/text_model.onnx $(FUZZ_SEED_DIR)/
+else
 fuzz-seeds: ## write the fuzz seed corpus (small valid images of every format and shape)
 	$(CARGO) build --release --locked --manifest-path $(FUZZ_DIR)/Cargo.toml \
 	  --target-dir $(FUZZ_TARGET_DIR) -p model-serving-fuzz-seeds
 	rm -rf $(FUZZ_SEED_DIR)
 	$(FUZZ_TARGET_DIR)/release/model-serving-fuzz-seeds $(FUZZ_SEED_DIR)
+endif
 
 .PHONY: fuzz
 fuzz: cargo-fuzz fuzz-seeds ## fuzz decode + preprocess for FUZZ_SECONDS (60); crashes land in model-serving/fuzz/artifacts

@@ -247,8 +247,11 @@ impl Constant {
                 _ => {}
             }
         }
-        let count: i64 = c.dims.iter().product();
-        if data_type == INT64 && count <= 64 {
+        // Dims come from the file: any i64 (make fuzz found a product that overflowed).
+        let count = c.dims.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
+        if let Some(count) = count.filter(|n| (0..=64).contains(n))
+            && data_type == INT64
+        {
             c.ints = match raw {
                 Some(b) => Some(
                     b.chunks_exact(8)
@@ -481,7 +484,7 @@ impl<'a> Graph<'a> {
         match node.op {
             "LayerNormalization" | "Softmax" | "ReduceMean" => {
                 let reduced = match node.op {
-                    "ReduceMean" => norm(*node.lists.get("axes")?.iter().min()?)?,
+                    "ReduceMean" => node.lists.get("axes")?.iter().map(|&a| norm(a)).min()??,
                     _ => norm(node.ints.get("axis").copied().unwrap_or(-1))?,
                 };
                 (axis < reduced
@@ -489,7 +492,7 @@ impl<'a> Graph<'a> {
                     && (node.op != "ReduceMean" || node.inputs.len() == 1))
                     .then(|| {
                         std::iter::once(Need::Token(axis))
-                            .chain(rest(node.inputs.len() - 1))
+                            .chain(rest(node.inputs.len().saturating_sub(1)))
                             .collect()
                     })
             }
@@ -497,12 +500,14 @@ impl<'a> Graph<'a> {
                 (node.inputs.len() == 1).then_some(vec![Need::Token(axis)])
             }
             // Static int8 (QDQ): element-wise when scale and zero point are one number each.
-            "QuantizeLinear" | "DequantizeLinear" => node.inputs[1..]
+            "QuantizeLinear" | "DequantizeLinear" => node
+                .inputs
                 .iter()
+                .skip(1)
                 .all(|i| i.is_empty() || self.constant(i).is_some_and(|c| c.dims.is_empty()))
                 .then(|| {
                     std::iter::once(Need::Token(axis))
-                        .chain(rest(node.inputs.len() - 1))
+                        .chain(rest(node.inputs.len().saturating_sub(1)))
                         .collect()
                 }),
             op if BINARY.contains(&op) => node
@@ -906,6 +911,14 @@ mod tests {
             (node.op, node.inputs, node.outputs),
             ("Slice", vec!["x", "s", "e", "a"], vec!["x/class_token"])
         );
+        // Dims whose product overflows an i64 (found by `make fuzz FUZZ_TARGET=prune`).
+        let mut huge = Vec::new();
+        for _ in 0..2 {
+            put_uint(&mut huge, T_DIMS, 1 << 40);
+        }
+        put_uint(&mut huge, T_DATA_TYPE, INT64);
+        let (_, constant) = Constant::parse(&huge).expect("parse").expect("inline");
+        assert_eq!(constant.ints, None);
         // A model with nothing but an empty graph: nothing to narrow.
         let mut model = Vec::new();
         put_bytes(&mut model, GRAPH, &[]);
