@@ -18,7 +18,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A rewritten model and what was changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Pruned {
     /// The rewritten `ModelProto`.
     pub bytes: Vec<u8>,
@@ -28,6 +28,18 @@ pub struct Pruned {
     pub slices: usize,
     /// Nodes removed because nothing uses their outputs once the unused graph outputs are gone.
     pub removed: usize,
+}
+
+impl std::fmt::Debug for Pruned {
+    /// The counts and the model's length, not its hundreds of megabytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pruned")
+            .field("bytes", &format_args!("[{} bytes]", self.bytes.len()))
+            .field("narrowed", &self.narrowed)
+            .field("slices", &self.slices)
+            .field("removed", &self.removed)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -396,7 +408,8 @@ impl<'a> Graph<'a> {
     }
 
     /// The rank of every tensor whose rank follows from the graph's inputs and constants.
-    /// `None` when a node reads a tensor no earlier node makes (the file is not in order).
+    /// `None` when a node reads a tensor no earlier node makes (the file is not in order) or
+    /// makes a tensor already made.
     fn ranks(&self) -> Option<HashMap<&str, usize>> {
         let mut ranks: HashMap<&str, usize> = HashMap::new();
         let mut known: HashSet<&str> = HashSet::from([""]);
@@ -418,7 +431,13 @@ impl<'a> Graph<'a> {
             {
                 return None;
             }
-            known.extend(node.outputs.iter().copied());
+            // Each tensor made once (ONNX's rule): else a name would stand for two shapes.
+            for output in &node.outputs {
+                if !output.is_empty() && (!known.insert(output) || self.inputs.contains_key(output))
+                {
+                    return None;
+                }
+            }
             let rank = |i: usize| node.inputs.get(i).and_then(|n| ranks.get(n)).copied();
             let ints = |i: usize| {
                 node.inputs
@@ -529,7 +548,7 @@ impl<'a> Graph<'a> {
                     rank_of(node.inputs.first()?)?,
                     rank_of(node.inputs.get(1)?)?,
                 );
-                if a < 2 || b < 2 || axis + 1 >= r {
+                if a < 2 || b < 2 || a.max(b) != r || axis + 1 >= r {
                     return None; // the output's columns come from every row of B
                 }
                 if axis + 2 == r {

@@ -189,6 +189,23 @@ fn a_graph_without_a_class_token_is_left_as_it_is() {
 }
 
 #[test]
+fn a_graph_that_makes_a_tensor_twice_is_left_as_it_is() {
+    // Against ONNX's rule (each tensor made once), so a name no longer says which shape it has:
+    // `make fuzz FUZZ_TARGET=prune` found a rank mismatch that way.
+    let tmp = variant(
+        "import sys, onnx\n\
+         m = onnx.load(sys.argv[1])\n\
+         pool = [n for n in m.graph.node if n.op_type == 'Gather'][-1]\n\
+         last = [n for n in m.graph.node if pool.input[0] in n.output][0]\n\
+         twin = onnx.NodeProto(); twin.CopyFrom(last)\n\
+         m.graph.node.insert(list(m.graph.node).index(pool), twin)\n\
+         onnx.save(m, sys.argv[2])\n",
+    );
+    let bytes = read(&tmp.path().join(VISION_MODEL));
+    assert_eq!(class_token_only(&bytes, "image_embeds"), Ok(None));
+}
+
+#[test]
 fn a_broken_model_file_is_refused_without_a_panic() {
     let bytes = read(&model_dir().join(VISION_MODEL));
     let step = (bytes.len() / 500).max(1);
