@@ -132,6 +132,42 @@ fn raw_throughput(
     Ok((runs * batch) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// A thread that busy-loops 30 ms of every 100 on whatever core it gets, until dropped.
+struct Neighbour {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Neighbour {
+    fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let busy = Instant::now();
+                while busy.elapsed() < Duration::from_millis(30) {
+                    std::hint::spin_loop();
+                }
+                std::thread::sleep(Duration::from_millis(70));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Images per second of two single-thread sessions side by side: [`raw_throughput`] in a thread
 /// each, at the same time, their rates added.
 fn side_by_side(
@@ -140,6 +176,7 @@ fn side_by_side(
     image_size: u32,
     tensors: &[Vec<f32>],
     batch: usize,
+    time: Duration,
 ) -> anyhow::Result<f64> {
     let threading = Threading {
         intra: 1,
@@ -159,7 +196,7 @@ fn side_by_side(
     std::thread::scope(|scope| {
         let handles: Vec<_> = models
             .iter_mut()
-            .map(|model| scope.spawn(move || raw_throughput(model, tensors, batch, s.budget, 50)))
+            .map(|model| scope.spawn(move || raw_throughput(model, tensors, batch, time, 50)))
             .collect();
         handles
             .into_iter()
@@ -410,12 +447,42 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     // Two single-thread sessions side by side (one per core), each running its own batches:
     // no operator waits for the other core, at the price of each run taking twice as long.
     for batch in [1, 4] {
-        let ips = side_by_side(&env, &s, spec.image_size, &tensors, batch)?;
+        let ips = side_by_side(&env, &s, spec.image_size, &tensors, batch, s.budget)?;
         println!("    2 sessions x 1 thread, batch {batch:>2} each  {ips:>8.2} img/s");
         // Another way to run the same model on the same cores: the best raw rate counts it.
         raw.push((batch, ips));
     }
     let best_raw = raw.iter().map(|r| r.1).fold(0.0, f64::max);
+    // The two ways again, at batch 4, with and without a neighbour that takes one core 30 ms of
+    // every 100 (15% of the machine), as the other tenants of a shared host do: a run whose two
+    // threads meet at every operator stalls whole when one of them is kept waiting.
+    {
+        let mut wide = VisionModel::load(
+            &env,
+            &s.model_dir.join(VISION_MODEL),
+            spec.image_size,
+            Threading::default(),
+            true,
+        )?;
+        let turn = s.budget / 2;
+        let mut rates = [[0.0; 2]; 2]; // [without, with][1 x 2 threads, 2 x 1 thread]
+        for (with, row) in rates.iter_mut().enumerate() {
+            let _neighbour = (with == 1).then(Neighbour::start);
+            row[0] = raw_throughput(&mut wide, &tensors, 4, turn, 50)?;
+            row[1] = side_by_side(&env, &s, spec.image_size, &tensors, 4, turn)?;
+        }
+        let loss = |i: usize| 100.0 * (1.0 - rates[1][i] / rates[0][i]);
+        println!(
+            "    batch  4 with a neighbour taking one core 30 ms in 100: 1 session x 2 threads \
+             {:.2} -> {:.2} img/s ({:+.0}%), 2 sessions x 1 thread {:.2} -> {:.2} ({:+.0}%)",
+            rates[0][0],
+            rates[1][0],
+            -loss(0),
+            rates[0][1],
+            rates[1][1],
+            -loss(1)
+        );
+    }
     if only.is_some() {
         return Ok(());
     }
