@@ -51,45 +51,95 @@ pub struct Malformed(&'static str);
 /// `last_hidden_state` output would need every token). `Ok(None)`: nothing to narrow, or a
 /// graph this rewrite does not handle; load the file as it is.
 pub fn class_token_only(model: &[u8], output: &str) -> Result<Option<Pruned>, Malformed> {
-    let model_fields = fields(model)?;
-    let graphs: Vec<&[u8]> = model_fields
-        .iter()
-        .filter_map(|f| match (f.number, f.value) {
-            (GRAPH, Value::Bytes(b)) => Some(b),
-            _ => None,
-        })
-        .collect();
-    // Two graph fields would be merged by a protobuf reader: not a file worth rewriting.
-    let [graph_bytes] = graphs.as_slice() else {
+    let Some(rewrite) = Rewrite::plan(model, output)? else {
         return Ok(None);
     };
-    let Some(graph) = Graph::parse(graph_bytes, output)? else {
-        return Ok(None);
-    };
-    let Some(plan) = graph.plan() else {
-        return Ok(None);
-    };
-    let pieces = graph.write(&plan);
-    let graph_len: usize = pieces.iter().map(|p| p.len()).sum();
-    let mut out =
-        Vec::with_capacity(model.len() + graph_len.saturating_sub(graph_bytes.len()) + 32);
-    for field in &model_fields {
-        if field.number == GRAPH {
-            put_varint(&mut out, u64::from(GRAPH) << 3 | 2);
-            put_varint(&mut out, graph_len as u64);
-            for piece in &pieces {
-                out.extend_from_slice(piece);
-            }
-        } else {
-            out.extend_from_slice(field.raw);
-        }
-    }
+    let mut bytes = Vec::with_capacity(rewrite.encoded_len());
+    rewrite
+        .write_to(&mut bytes)
+        .map_err(|_| Malformed("cannot write to memory"))?;
     Ok(Some(Pruned {
-        bytes: out,
-        narrowed: plan.narrowed(),
-        slices: plan.slices.len(),
-        removed: plan.dead.len(),
+        bytes,
+        narrowed: rewrite.narrowed,
+        slices: rewrite.slices,
+        removed: rewrite.removed,
     }))
+}
+
+/// A planned rewrite: the changed pieces encoded, the rest (weights included) borrowed from the
+/// model, so that it can be written out without a second copy of the model in memory.
+pub struct Rewrite<'a> {
+    model_fields: Vec<Field<'a>>,
+    pieces: Vec<Cow<'a, [u8]>>,
+    graph_len: usize,
+    pub narrowed: usize,
+    pub slices: usize,
+    pub removed: usize,
+}
+
+impl<'a> Rewrite<'a> {
+    /// What [`class_token_only`] would write; `Ok(None)` when it would not.
+    pub fn plan(model: &'a [u8], output: &str) -> Result<Option<Self>, Malformed> {
+        let model_fields = fields(model)?;
+        let graphs: Vec<&[u8]> = model_fields
+            .iter()
+            .filter_map(|f| match (f.number, f.value) {
+                (GRAPH, Value::Bytes(b)) => Some(b),
+                _ => None,
+            })
+            .collect();
+        // Two graph fields would be merged by a protobuf reader: not a file worth rewriting.
+        let [graph_bytes] = graphs.as_slice() else {
+            return Ok(None);
+        };
+        let Some(graph) = Graph::parse(graph_bytes, output)? else {
+            return Ok(None);
+        };
+        let Some(plan) = graph.plan() else {
+            return Ok(None);
+        };
+        let pieces = graph.write(&plan);
+        Ok(Some(Self {
+            model_fields,
+            graph_len: pieces.iter().map(|p| p.len()).sum(),
+            pieces,
+            narrowed: plan.narrowed(),
+            slices: plan.slices.len(),
+            removed: plan.dead.len(),
+        }))
+    }
+
+    /// The rewritten model's length in bytes, at most.
+    pub fn encoded_len(&self) -> usize {
+        let header = 2 * 10; // the graph field's tag and length, at most
+        self.model_fields
+            .iter()
+            .map(|f| {
+                if f.number == GRAPH {
+                    header + self.graph_len
+                } else {
+                    f.raw.len()
+                }
+            })
+            .sum()
+    }
+
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        for field in &self.model_fields {
+            if field.number == GRAPH {
+                let mut header = Vec::with_capacity(20);
+                put_varint(&mut header, u64::from(GRAPH) << 3 | 2);
+                put_varint(&mut header, self.graph_len as u64);
+                out.write_all(&header)?;
+                for piece in &self.pieces {
+                    out.write_all(piece)?;
+                }
+            } else {
+                out.write_all(field.raw)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 // Field numbers of onnx.proto.
