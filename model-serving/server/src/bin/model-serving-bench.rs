@@ -443,6 +443,30 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        drop(whole);
+        // The two ways again, at batch 4, with and without a neighbour that takes one core 30 ms of
+        // every 100 (15% of the machine), as the other tenants of a shared host do: a run whose two
+        // threads meet at every operator stalls whole when one of them is kept waiting.
+        {
+            let turn = s.budget / 2;
+            let mut rates = [[0.0; 2]; 2]; // [without, with][1 x 2 threads, 2 x 1 thread]
+            for (with, row) in rates.iter_mut().enumerate() {
+                let _neighbour = (with == 1).then(Neighbour::start);
+                row[0] = raw_throughput(&mut model, &tensors, 4, turn, 50)?;
+                row[1] = side_by_side(&env, &s, spec.image_size, &tensors, 4, turn)?;
+            }
+            let loss = |i: usize| 100.0 * (1.0 - rates[1][i] / rates[0][i]);
+            println!(
+                "    batch  4 with a neighbour taking one core 30 ms in 100: 1 session x 2 threads \
+                 {:.2} -> {:.2} img/s ({:+.0}%), 2 sessions x 1 thread {:.2} -> {:.2} ({:+.0}%)",
+                rates[0][0],
+                rates[1][0],
+                -loss(0),
+                rates[0][1],
+                rates[1][1],
+                -loss(1)
+            );
+        }
     }
     // Two single-thread sessions side by side (one per core), each running its own batches:
     // no operator waits for the other core, at the price of each run taking twice as long.
@@ -453,36 +477,6 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         raw.push((batch, ips));
     }
     let best_raw = raw.iter().map(|r| r.1).fold(0.0, f64::max);
-    // The two ways again, at batch 4, with and without a neighbour that takes one core 30 ms of
-    // every 100 (15% of the machine), as the other tenants of a shared host do: a run whose two
-    // threads meet at every operator stalls whole when one of them is kept waiting.
-    {
-        let mut wide = VisionModel::load(
-            &env,
-            &s.model_dir.join(VISION_MODEL),
-            spec.image_size,
-            Threading::default(),
-            true,
-        )?;
-        let turn = s.budget / 2;
-        let mut rates = [[0.0; 2]; 2]; // [without, with][1 x 2 threads, 2 x 1 thread]
-        for (with, row) in rates.iter_mut().enumerate() {
-            let _neighbour = (with == 1).then(Neighbour::start);
-            row[0] = raw_throughput(&mut wide, &tensors, 4, turn, 50)?;
-            row[1] = side_by_side(&env, &s, spec.image_size, &tensors, 4, turn)?;
-        }
-        let loss = |i: usize| 100.0 * (1.0 - rates[1][i] / rates[0][i]);
-        println!(
-            "    batch  4 with a neighbour taking one core 30 ms in 100: 1 session x 2 threads \
-             {:.2} -> {:.2} img/s ({:+.0}%), 2 sessions x 1 thread {:.2} -> {:.2} ({:+.0}%)",
-            rates[0][0],
-            rates[1][0],
-            -loss(0),
-            rates[0][1],
-            rates[1][1],
-            -loss(1)
-        );
-    }
     if only.is_some() {
         return Ok(());
     }
