@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::batcher::{BatchConfig, BatchError, Batcher};
 use crate::metrics;
 use crate::model::{ModelFolderError, ModelSpec, TEXT_MODEL, TOKENIZER, VISION_MODEL};
-use crate::onnx::{self, OnnxError, TextModel, Threading, VisionModel};
+use crate::onnx::{self, OnnxError, TextModel, Threading, VisionGraph, VisionModel};
 use crate::preprocess::{ImageError, ImageHeader, ImageLimits, Preprocessor};
 use crate::tokenize::{TextTokenizer, TokenizerError};
 
@@ -191,17 +191,12 @@ impl ClipEncoder {
             },
             spin: config.spin,
         };
+        // One rewrite of the graph for all the vision sessions.
+        let graph = VisionGraph::prepare(&dir.join(VISION_MODEL), config.class_token_only)?;
         let mut visions = (0..sessions)
-            .map(|_| {
-                VisionModel::load(
-                    &env,
-                    &dir.join(VISION_MODEL),
-                    spec.image_size,
-                    vision_threading,
-                    config.class_token_only,
-                )
-            })
+            .map(|_| VisionModel::load_graph(&env, &graph, spec.image_size, vision_threading))
             .collect::<Result<Vec<_>, _>>()?;
+        drop(graph);
         let text_threading = Threading {
             intra: config.threads,
             spin: config.spin,

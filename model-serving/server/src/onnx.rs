@@ -120,8 +120,35 @@ fn read_unheaped(path: &Path) -> std::io::Result<memmap2::MmapMut> {
     Ok(buffer)
 }
 
-/// The vision graph at `path` rewritten to compute its last layer for the class token only
-/// ([`prune`]), in a temporary file removed when dropped; `None` when there is nothing to narrow.
+/// The vision graph sessions load: the model file, or its rewrite that computes the last layer
+/// for the class token only ([`prune`]), in a temporary file removed when this is dropped. Made
+/// once and shared by every session of a process.
+pub struct VisionGraph {
+    path: PathBuf,
+    narrowed: Option<tempfile::NamedTempFile>,
+}
+
+impl VisionGraph {
+    /// The file as it is unless `class_token_only`; then its rewrite when there is something to
+    /// narrow. A malformed file is an error; a rewrite that cannot be written out (a full
+    /// temporary folder) is logged and the file is served as it is.
+    pub fn prepare(path: &Path, class_token_only: bool) -> Result<Self, OnnxError> {
+        let narrowed = match class_token_only {
+            true => narrowed_copy(path)?,
+            false => None,
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            narrowed,
+        })
+    }
+
+    /// The file ONNX Runtime reads.
+    fn load_path(&self) -> &Path {
+        self.narrowed.as_ref().map_or(&self.path, |f| f.path())
+    }
+}
+
 fn narrowed_copy(path: &Path) -> Result<Option<tempfile::NamedTempFile>, OnnxError> {
     let err = |message: String| OnnxError::Model {
         path: path.to_owned(),
@@ -144,15 +171,26 @@ fn narrowed_copy(path: &Path) -> Result<Option<tempfile::NamedTempFile>, OnnxErr
         drop(out);
         Ok(file)
     };
-    let file = write().map_err(|e| err(format!("cannot write the narrowed graph: {e}")))?;
-    tracing::info!(
-        model = %path.display(),
-        narrowed = rewrite.narrowed,
-        slices = rewrite.slices,
-        removed = rewrite.removed,
-        "vision graph computes its last layer for the class token only"
-    );
-    Ok(Some(file))
+    match write() {
+        Ok(file) => {
+            tracing::info!(
+                model = %path.display(),
+                narrowed = rewrite.narrowed,
+                slices = rewrite.slices,
+                removed = rewrite.removed,
+                "vision graph computes its last layer for the class token only"
+            );
+            Ok(Some(file))
+        }
+        Err(e) => {
+            tracing::warn!(
+                model = %path.display(),
+                error = %e,
+                "cannot write the narrowed vision graph to the temporary folder; serving the file as it is"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Picks the named output, else the one rank-2 output: public exports name it `image_embeds` /
@@ -214,22 +252,31 @@ impl VisionModel {
         threading: Threading,
         class_token_only: bool,
     ) -> Result<Self, OnnxError> {
-        let narrowed = if class_token_only {
-            narrowed_copy(path)?
-        } else {
-            None
-        };
-        // ONNX Runtime reads the rewritten copy from a file, as it reads the original: the
-        // model is never in memory twice beside ONNX Runtime's own copy.
-        let load = narrowed.as_ref().map_or(path, |f| f.path());
-        let session = session(env, load, threading).map_err(|e| match e {
+        Self::load_graph(
+            env,
+            &VisionGraph::prepare(path, class_token_only)?,
+            image_size,
+            threading,
+        )
+    }
+
+    /// Loads the vision tower from a prepared graph (one rewrite for several sessions).
+    pub fn load_graph(
+        env: &Environment,
+        graph: &VisionGraph,
+        image_size: u32,
+        threading: Threading,
+    ) -> Result<Self, OnnxError> {
+        let path = graph.path.as_path();
+        // ONNX Runtime reads a rewritten copy from a file, as it reads the original: the model is
+        // never in memory twice beside ONNX Runtime's own copy.
+        let session = session(env, graph.load_path(), threading).map_err(|e| match e {
             OnnxError::Model { message, .. } => OnnxError::Model {
                 path: path.to_owned(),
                 message,
             },
             other => other,
         })?;
-        drop(narrowed);
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let input = match inputs.as_slice() {
             names if names.contains(&"pixel_values") => "pixel_values".to_owned(),

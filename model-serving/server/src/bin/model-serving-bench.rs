@@ -33,7 +33,7 @@ use model_serving::api::HttpLimits;
 use model_serving::batcher::BatchConfig;
 use model_serving::encoder::{ClipEncoder, EncoderConfig};
 use model_serving::model::{ModelSpec, TEXT_MODEL, TOKENIZER, VISION_MODEL};
-use model_serving::onnx::{TextModel, Threading, VisionModel, environment};
+use model_serving::onnx::{TextModel, Threading, VisionGraph, VisionModel, environment};
 use model_serving::preprocess::{ImageLimits, Preprocessor};
 use model_serving::tokenize::TextTokenizer;
 use model_serving_api::ModelServingClient;
@@ -182,16 +182,9 @@ fn side_by_side(
         intra: 1,
         ..Threading::default()
     };
+    let graph = VisionGraph::prepare(&s.model_dir.join(VISION_MODEL), true)?;
     let mut models = (0..2)
-        .map(|_| {
-            VisionModel::load(
-                env,
-                &s.model_dir.join(VISION_MODEL),
-                image_size,
-                threading,
-                true,
-            )
-        })
+        .map(|_| VisionModel::load_graph(env, &graph, image_size, threading))
         .collect::<Result<Vec<_>, _>>()?;
     std::thread::scope(|scope| {
         let handles: Vec<_> = models
