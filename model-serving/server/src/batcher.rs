@@ -91,6 +91,15 @@ struct Job<I> {
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, BatchError>>,
 }
 
+/// The sessions a batcher runs batches on, one worker thread each.
+pub struct Sessions<F> {
+    /// Take batches from the one queue; under load they run side by side.
+    pub pool: Vec<F>,
+    /// Runs a batch that finds every session free and nothing else waiting, alone (with all
+    /// the cores, say); `None`: the pool runs every batch.
+    pub rest: Option<F>,
+}
+
 /// The submitting side. Dropping every clone stops the worker after it drains the queue.
 pub struct Batcher<I> {
     modality: &'static str,
@@ -120,6 +129,40 @@ impl<I: Send + 'static> Batcher<I> {
     where
         F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String> + Send + 'static,
     {
+        Self::start_sessions(
+            modality,
+            config,
+            Sessions {
+                pool: runs,
+                rest: None,
+            },
+        )
+    }
+
+    /// Starts a pool ([`Self::start_pool`]) and, with `sessions.rest`, a session for the
+    /// service at rest: a batch that finds nothing else running or waiting runs there, alone;
+    /// under load the pool's sessions run side by side, and the rest session never runs beside
+    /// them (it would take the cores they use).
+    pub fn start_sessions<F>(
+        modality: &'static str,
+        config: BatchConfig,
+        sessions: Sessions<F>,
+    ) -> std::io::Result<Self>
+    where
+        F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String> + Send + 'static,
+    {
+        let Sessions {
+            pool: mut runs,
+            rest,
+        } = sessions;
+        let rest = match (rest, runs.is_empty()) {
+            // A rest session alone is a pool of one.
+            (Some(rest), true) => {
+                runs.push(rest);
+                None
+            }
+            (rest, _) => rest,
+        };
         if runs.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -137,7 +180,7 @@ impl<I: Send + 'static> Batcher<I> {
             cost: cost.clone(),
             carried: None,
         };
-        if runs.len() <= 1 {
+        if runs.len() <= 1 && rest.is_none() {
             if let Some(run) = runs.into_iter().next() {
                 let queued = queued.clone();
                 std::thread::Builder::new()
@@ -146,18 +189,31 @@ impl<I: Send + 'static> Batcher<I> {
             }
         } else {
             let (free_tx, free_rx) = crossbeam_channel::unbounded();
-            let mut runners = Vec::with_capacity(runs.len());
-            for (i, run) in runs.into_iter().enumerate() {
+            let mut runners = Vec::with_capacity(runs.len() + 1);
+            let pool = runs.len();
+            let sessions = runs
+                .into_iter()
+                .map(|run| (SessionKind::Pool, cost.clone(), run))
+                // The rest session's runs are not the pool's: its time per item (all the cores)
+                // would size the batches the pool runs under load too big.
+                .chain(rest.map(|run| (SessionKind::Rest, Arc::default(), run)));
+            for (i, (kind, cost, run)) in sessions.enumerate() {
                 let (batch_tx, batch_rx) = crossbeam_channel::bounded(1);
                 runners.push(batch_tx);
-                let (free, queued, cost) = (free_tx.clone(), queued.clone(), cost.clone());
+                let (free, queued) = (free_tx.clone(), queued.clone());
+                let session = Session {
+                    modality,
+                    index: i,
+                    kind,
+                    cost,
+                };
                 std::thread::Builder::new()
-                    .name(format!("{modality}-session-{i}"))
-                    .spawn(move || runner(modality, i, batch_rx, free, queued, cost, run))?;
+                    .name(format!("{modality}-{}-{i}", kind.label()))
+                    .spawn(move || runner(session, batch_rx, free, queued, run))?;
             }
             std::thread::Builder::new()
                 .name(format!("{modality}-batcher"))
-                .spawn(move || dispatcher(former, free_rx, runners))?;
+                .spawn(move || dispatcher(former, free_rx, runners, pool))?;
         }
         Ok(Self {
             modality,
@@ -282,6 +338,11 @@ struct Former<I> {
 }
 
 impl<I> Former<I> {
+    /// Whether no job waits beyond the batches formed so far.
+    fn is_drained(&self) -> bool {
+        self.carried.is_none() && self.rx.is_empty()
+    }
+
     /// The next batch and its item count; `None` once every sender is gone and the queue is
     /// drained.
     fn next(&mut self) -> Option<(Vec<Job<I>>, usize)> {
@@ -327,57 +388,108 @@ fn worker<I, F>(modality: &'static str, mut former: Former<I>, queued: Arc<Atomi
 where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
-    let cost = former.cost.clone();
+    let session = Session {
+        modality,
+        index: 0,
+        kind: SessionKind::Pool,
+        cost: former.cost.clone(),
+    };
     while let Some((jobs, size)) = former.next() {
-        run_batch(modality, jobs, size, &queued, &cost, &mut run);
+        run_batch(&session, jobs, size, &queued, &mut run);
     }
 }
 
-/// Several sessions: the dispatcher forms a batch only when a runner is free (so jobs that
-/// arrive while every session is busy still join one batch), and hands it to that runner.
+/// Several sessions: the dispatcher forms a batch only when a session may take it (so jobs
+/// that arrive while every session is busy still join one batch), and hands it over. Runners
+/// `0..pool` are the pool; a runner past them is the rest session, which takes a batch only
+/// when every session is free and nothing else waits, and while it runs the pool waits.
 fn dispatcher<I>(
     mut former: Former<I>,
     free: Receiver<usize>,
     runners: Vec<crossbeam_channel::Sender<(Vec<Job<I>>, usize)>>,
+    pool: usize,
 ) {
-    while let Ok(runner) = free.recv() {
+    let mut idle = vec![false; runners.len()];
+    let rest = (runners.len() > pool).then_some(pool);
+    loop {
+        // Wait for a free pool session, and for the rest session to finish its run.
+        while !idle[..pool].contains(&true) || rest.is_some_and(|r| !idle[r]) {
+            let Ok(runner) = free.recv() else { return };
+            idle[runner] = true;
+        }
         let Some(batch) = former.next() else { return };
-        if runners[runner].send(batch).is_err() {
+        // Sessions that finished while the batch was formed count as free.
+        while let Ok(runner) = free.try_recv() {
+            idle[runner] = true;
+        }
+        let alone = idle.iter().all(|&free| free) && former.is_drained();
+        let target = match rest {
+            Some(rest) if alone => rest,
+            _ => idle[..pool].iter().position(|&free| free).unwrap_or(0),
+        };
+        idle[target] = false;
+        if runners[target].send(batch).is_err() {
             return;
         }
     }
 }
 
-fn runner<I, F>(
+/// Which of a batcher's sessions ran a batch: a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionKind {
+    /// The sessions that run batches (under load, side by side); the only one without a rest
+    /// session.
+    Pool,
+    /// The session that runs a batch alone when the service is at rest.
+    Rest,
+}
+
+impl SessionKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Pool => "pool",
+            Self::Rest => "rest",
+        }
+    }
+}
+
+/// What a runner thread knows of its session.
+struct Session {
     modality: &'static str,
     index: usize,
+    kind: SessionKind,
+    /// Where its runs' time per item is recorded.
+    cost: Arc<RunCost>,
+}
+
+fn runner<I, F>(
+    session: Session,
     batches: Receiver<(Vec<Job<I>>, usize)>,
     free: crossbeam_channel::Sender<usize>,
     queued: Arc<AtomicUsize>,
-    cost: Arc<RunCost>,
     mut run: F,
 ) where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
-    while free.send(index).is_ok() {
+    while free.send(session.index).is_ok() {
         let Ok((jobs, size)) = batches.recv() else {
             return;
         };
-        run_batch(modality, jobs, size, &queued, &cost, &mut run);
+        run_batch(&session, jobs, size, &queued, &mut run);
     }
 }
 
 /// Runs one batch and answers each of its jobs.
 fn run_batch<I, F>(
-    modality: &'static str,
+    session: &Session,
     jobs: Vec<Job<I>>,
     size: usize,
     queued: &AtomicUsize,
-    cost: &RunCost,
     run: &mut F,
 ) where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
+    let (modality, cost) = (session.modality, &session.cost);
     let started = Instant::now();
     let mut counts = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
@@ -391,6 +503,7 @@ fn run_batch<I, F>(
     queued.fetch_sub(size, Ordering::AcqRel);
     metrics::queue_depth(modality, queued.load(Ordering::Relaxed));
     metrics::batch_size(modality, size);
+    metrics::run(modality, session.kind.label());
 
     // A panic inside the runtime must not take the worker (and every later request) down.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(items)))
@@ -625,6 +738,109 @@ mod tests {
             "{sessions:?}"
         );
         assert_eq!(batcher.queued(), 0);
+    }
+
+    /// With a rest session, a job that finds the service idle runs there, alone; jobs that
+    /// queue up run on the pool's sessions side by side; and the rest session never runs beside
+    /// a pool session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rest_session_runs_what_comes_alone_and_the_pool_runs_the_load() {
+        const REST: f32 = 99.0;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (most, beside_rest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let rest_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let session = |marker: f32| {
+            let (in_flight, most) = (in_flight.clone(), most.clone());
+            let (beside_rest, rest_running) = (beside_rest.clone(), rest_running.clone());
+            move |items: Vec<u32>| {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                if marker == REST {
+                    rest_running.store(true, Ordering::SeqCst);
+                }
+                if now > 1 && rest_running.load(Ordering::SeqCst) {
+                    beside_rest.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(60));
+                if marker == REST {
+                    rest_running.store(false, Ordering::SeqCst);
+                }
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(items.iter().map(|&i| vec![i as f32, marker]).collect())
+            }
+        };
+        let sessions = Sessions {
+            pool: vec![session(0.0), session(1.0)],
+            rest: Some(session(REST)),
+        };
+        let batcher =
+            Arc::new(Batcher::start_sessions("test", config(2, 0, 64), sessions).expect("start"));
+        // One at a time: each finds the service idle.
+        for i in 0..3u32 {
+            let out = batcher.submit(vec![i]).await.expect("encoded");
+            assert_eq!(out, vec![vec![i as f32, REST]], "job {i} at rest");
+        }
+        // Twelve at once: the first may run at rest; the rest queue up behind it and go to the
+        // pool, two items a batch, both sessions busy.
+        let tasks: Vec<_> = (0..12u32)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { (i, b.submit(vec![100 + i]).await) })
+            })
+            .collect();
+        let mut markers = Vec::new();
+        for task in tasks {
+            let (i, out) = task.await.expect("join");
+            let out = out.expect("encoded");
+            assert_eq!(out.len(), 1);
+            assert_eq!(
+                out[0][0],
+                (100 + i) as f32,
+                "job {i} got another job's embedding"
+            );
+            markers.push(out[0][1]);
+        }
+        assert!(
+            markers.contains(&0.0) && markers.contains(&1.0),
+            "the pool did not take the load: {markers:?}"
+        );
+        assert!(
+            markers.iter().filter(|&&m| m == REST).count() <= 2,
+            "the rest session ran under load: {markers:?}"
+        );
+        assert_eq!(most.load(Ordering::SeqCst), 2, "the pool never overlapped");
+        assert_eq!(
+            beside_rest.load(Ordering::SeqCst),
+            0,
+            "the rest session ran beside another session"
+        );
+        // Idle again: at rest again.
+        assert_eq!(
+            batcher.submit(vec![7]).await,
+            Ok(vec![vec![7.0, REST]]),
+            "back at rest"
+        );
+        assert_eq!(batcher.queued(), 0);
+    }
+
+    /// A rest session without a pool is a pool of one: it runs everything.
+    #[tokio::test]
+    async fn a_rest_session_alone_runs_everything() {
+        let sessions = Sessions {
+            pool: Vec::new(),
+            rest: Some(|items: Vec<u32>| Ok(items.iter().map(|&i| vec![i as f32]).collect())),
+        };
+        let batcher = Batcher::start_sessions("test", config(4, 0, 16), sessions).expect("start");
+        assert_eq!(
+            batcher.submit(vec![3, 4]).await,
+            Ok(vec![vec![3.0], vec![4.0]])
+        );
+        type Run = fn(Vec<u32>) -> Result<Vec<Vec<f32>>, String>;
+        let none: Sessions<Run> = Sessions {
+            pool: Vec::new(),
+            rest: None,
+        };
+        assert!(Batcher::start_sessions("test", config(4, 0, 16), none).is_err());
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct ServeConfig {
     /// Vision sessions running batches side by side, each with its own worker.
     #[arg(long, env = "MODEL_SERVING_VISION_SESSIONS", default_value_t = encoder::DEFAULT_VISION_SESSIONS)]
     pub vision_sessions: usize,
+    /// With two or more vision sessions, one more with every core that runs a request finding
+    /// the service idle, alone (true/false).
+    #[arg(long, env = "MODEL_SERVING_REST_SESSION", default_value_t = encoder::DEFAULT_REST_SESSION, action = clap::ArgAction::Set)]
+    pub rest_session: bool,
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work (true/false).
     #[arg(long, env = "MODEL_SERVING_SPIN", default_value_t = encoder::DEFAULT_SPIN, action = clap::ArgAction::Set)]
     pub spin: bool,
@@ -105,6 +109,7 @@ impl ServeConfig {
             ort_library: self.ort_dylib_path.clone(),
             threads: self.threads,
             vision_sessions: self.vision_sessions,
+            rest_session: self.rest_session,
             spin: self.spin,
             class_token_only: self.class_token_only,
             batch: BatchConfig {

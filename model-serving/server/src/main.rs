@@ -40,10 +40,46 @@ enum Command {
     },
 }
 
+/// glibc's malloc, which ONNX Runtime allocates from, raises its mmap threshold each time it
+/// frees a big mapped block, so the protobuf buffers a model load frees afterwards stay in its
+/// heap: 140 MB of resident memory with one vision session, 410 MB with three (ViT-B/32
+/// shapes). glibc reads a fixed threshold from the environment only when the process starts, so
+/// the process sets it and starts itself again, once (same PID, arguments and descriptors). An
+/// explicit `MALLOC_MMAP_THRESHOLD_` is kept. Returns why it could not, to be logged.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fixed_malloc_threshold() -> Option<String> {
+    use std::os::unix::process::CommandExt as _;
+    const VAR: &str = "MALLOC_MMAP_THRESHOLD_";
+    if std::env::var_os(VAR).is_some() {
+        return None;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return Some(format!("cannot find the executable: {e}")),
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    // `exec` returns only if it failed.
+    let error = command.args(args).env(VAR, "131072").exec();
+    Some(error.to_string())
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fixed_malloc_threshold() -> Option<String> {
+    None
+}
+
 fn main() -> anyhow::Result<()> {
+    let malloc_error = fixed_malloc_threshold();
     let cli = Cli::parse();
     // Telemetry is installed before the runtime starts and flushed after it stops.
     let _telemetry = telemetry::init("model-serving").context("telemetry")?;
+    if let Some(error) = malloc_error {
+        tracing::warn!(%error, "cannot restart with a fixed malloc mmap threshold; freed model-load buffers stay resident");
+    }
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let result = runtime.block_on(async move {
         match cli.command {

@@ -62,6 +62,9 @@ pub struct Threading {
     /// Whether idle pool threads spin waiting for the next operator (quicker hand-off between
     /// operators; the spinning takes a core that decoding and HTTP could use).
     pub spin: bool,
+    /// Whether the pool threads stop spinning as soon as a run ends (ONNX Runtime's
+    /// `session.force_spinning_stop`): for a session whose cores other sessions use next.
+    pub stop_spinning: bool,
 }
 
 impl Default for Threading {
@@ -70,6 +73,7 @@ impl Default for Threading {
         Self {
             intra: 0,
             spin: true,
+            stop_spinning: false,
         }
     }
 }
@@ -95,6 +99,11 @@ fn session(env: &Environment, path: &Path, threading: Threading) -> Result<Sessi
     if threading.intra > 0 {
         builder = builder
             .with_intra_threads(threading.intra)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if threading.stop_spinning {
+        builder = builder
+            .with_config_entry("session.force_spinning_stop", "1")
             .map_err(|e| err(e.to_string()))?;
     }
     builder

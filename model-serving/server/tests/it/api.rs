@@ -466,6 +466,91 @@ async fn concurrent_requests_are_batched_and_metrics_declared() {
     );
 }
 
+/// Two single-thread vision sessions and a rest session (the production layout on 2 cores):
+/// a request that finds the service idle runs on the rest session, requests that queue up run
+/// on the pool, and every session gives each photo the same embedding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rest_session_takes_lone_requests_and_the_pool_takes_bursts() {
+    // The trained model: its runs are long enough (a batch of 64 takes tens of ms) for requests
+    // to queue up behind one; the tiny model's are shorter than a photo's decode.
+    let mut config = encoder_config();
+    config.model_dir = workspace().join("model-serving/models/fashion-clip-mini");
+    config.vision_sessions = 2;
+    config.rest_session = true;
+    config.batch.max_batch = 1;
+    let app = spawn_app_with(config, limits()).await;
+    let photos = sample_photos(16);
+    let mut alone = Vec::new();
+    for photo in &photos {
+        let out = app
+            .client
+            .encode_images(vec![read(photo)])
+            .await
+            .expect("encode");
+        alone.push(out.embeddings[0].clone());
+    }
+    let pool_series = r#"model_serving_runs_total{modality="image",session="pool"}"#;
+    let text = app.metrics().await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"model_serving_runs_total{modality="image",session="rest"}"#
+        ),
+        16.0,
+        "one request at a time runs at rest"
+    );
+    assert!(
+        !text.contains(pool_series),
+        "the pool ran a request that found the service idle"
+    );
+    // A request of 64 images (a long run at rest), and once its images are decoded 16
+    // single-photo requests, until the pool has run one, at most 10 times: singles that queue up
+    // behind the long run go to the pool (batches of 1: a batch that leaves others waiting).
+    let decoded = r#"model_serving_decode_seconds_count{modality="image"}"#;
+    let mut pool_runs = 0.0;
+    for _ in 0..10 {
+        let before = sample(&app.metrics().await, decoded);
+        let big: Vec<Vec<u8>> = photos.iter().cycle().take(64).map(|p| read(p)).collect();
+        let long = {
+            let client = app.client.clone();
+            tokio::spawn(async move { client.encode_images(big).await })
+        };
+        let started = std::time::Instant::now();
+        while sample(&app.metrics().await, decoded) < before + 64.0
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let singles: Vec<_> = photos
+            .iter()
+            .map(|p| {
+                let client = app.client.clone();
+                let bytes = read(p);
+                tokio::spawn(async move { client.encode_images(vec![bytes]).await })
+            })
+            .collect();
+        let long = long.await.expect("join").expect("encode");
+        for (embedding, expected) in long.embeddings.iter().zip(alone.iter().cycle()) {
+            let diff = max_abs_diff(embedding, expected);
+            assert!(
+                diff < 1e-5,
+                "a batch of 64 encoded a photo differently: {diff}"
+            );
+        }
+        for (task, expected) in singles.into_iter().zip(&alone) {
+            let out = task.await.expect("join").expect("encode");
+            let diff = max_abs_diff(&out.embeddings[0], expected);
+            assert!(diff < 1e-5, "a session encoded a photo differently: {diff}");
+        }
+        let text = app.metrics().await;
+        if text.contains(pool_series) {
+            pool_runs = sample(&text, pool_series);
+            break;
+        }
+    }
+    assert!(pool_runs > 0.0, "10 bursts never reached the pool");
+}
+
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests() {
     let mut config = encoder_config();
