@@ -329,6 +329,10 @@ def model_serving():
                          ("modality:model_serving_decode_seconds:quantile5m", "decode {{modality}}")], "s"),
              timeseries("Errors by kind",
                         [("sum by (modality, kind) (rate(model_serving_errors_total[$__rate_interval]))", "{{modality}} {{kind}}")], "short")],
+            [timeseries("ONNX Runtime runs per second by session",
+                        [("sum by (modality, session) (rate(model_serving_runs_total[$__rate_interval]))", "{{modality}} {{session}}")], "short",
+                        "rest: the image session with every core, which runs a request that finds the service idle (MODEL_SERVING_REST_SESSION); "
+                        "pool: the sessions that run batches side by side under load. Mostly rest means the service is at rest; mostly pool, under load.")],
         ],
     )
 
