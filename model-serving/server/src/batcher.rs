@@ -409,7 +409,8 @@ fn dispatcher<I>(
     runners: Vec<crossbeam_channel::Sender<(Vec<Job<I>>, usize)>>,
     pool: usize,
 ) {
-    let mut idle = vec![false; runners.len()];
+    // Every session starts free; a runner says so again each time it finishes a batch.
+    let mut idle = vec![true; runners.len()];
     let rest = (runners.len() > pool).then_some(pool);
     loop {
         // Wait for a free pool session, and for the rest session to finish its run.
@@ -471,11 +472,11 @@ fn runner<I, F>(
 ) where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
-    while free.send(session.index).is_ok() {
-        let Ok((jobs, size)) = batches.recv() else {
-            return;
-        };
+    while let Ok((jobs, size)) = batches.recv() {
         run_batch(&session, jobs, size, &queued, &mut run);
+        if free.send(session.index).is_err() {
+            return;
+        }
     }
 }
 
