@@ -704,8 +704,9 @@ async fn footprints(s: &Settings, photos: &[Vec<u8>]) -> anyhow::Result<()> {
         .build()?;
     let load_secs = s.budget.min(Duration::from_secs(10));
     println!(
-        "\n(7) cold start and memory of the release binary (defaults: ONNX Runtime threads = cores, \
-         arena on; 16 clients for {} s, half images, half texts)",
+        "\n(7) cold start and memory of the release binary (defaults: two single-thread vision \
+         sessions and a rest session with every core, text on every core, arena on; 16 clients \
+         for {} s, half images, half texts)",
         load_secs.as_secs()
     );
     println!(
