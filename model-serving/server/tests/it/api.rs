@@ -374,6 +374,21 @@ fn sample(text: &str, needle: &str) -> f64 {
         .unwrap_or_else(|| panic!("{needle} missing in\n{text}"))
 }
 
+/// One single-photo request for each photo, all sent at once.
+fn one_request_each(
+    app: &TestApp,
+    photos: &[std::path::PathBuf],
+) -> Vec<tokio::task::JoinHandle<Result<model_serving_api::EmbeddingsResponse, ClientError>>> {
+    photos
+        .iter()
+        .map(|p| {
+            let client = app.client.clone();
+            let bytes = read(p);
+            tokio::spawn(async move { client.encode_images(vec![bytes]).await })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn concurrent_requests_are_batched_and_metrics_declared() {
     let mut config = encoder_config();
@@ -386,14 +401,7 @@ async fn concurrent_requests_are_batched_and_metrics_declared() {
     let mut bursts = 0u32;
     while bursts < 10 {
         bursts += 1;
-        let tasks: Vec<_> = photos
-            .iter()
-            .map(|p| {
-                let client = app.client.clone();
-                let bytes = read(p);
-                tokio::spawn(async move { client.encode_images(vec![bytes]).await })
-            })
-            .collect();
+        let tasks = one_request_each(&app, &photos);
         for task in tasks {
             assert_eq!(
                 task.await.expect("join").expect("encode").embeddings.len(),
@@ -521,14 +529,7 @@ async fn a_rest_session_takes_lone_requests_and_the_pool_takes_bursts() {
         {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let singles: Vec<_> = photos
-            .iter()
-            .map(|p| {
-                let client = app.client.clone();
-                let bytes = read(p);
-                tokio::spawn(async move { client.encode_images(vec![bytes]).await })
-            })
-            .collect();
+        let singles = one_request_each(&app, &photos);
         let long = long.await.expect("join").expect("encode");
         for (embedding, expected) in long.embeddings.iter().zip(alone.iter().cycle()) {
             let diff = max_abs_diff(embedding, expected);
