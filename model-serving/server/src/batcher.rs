@@ -2,10 +2,11 @@
 //! arrive while a run is in flight form the next batch, up to `max_batch` items, and fewer when
 //! the recent runs' time per item says a bigger batch would run longer than `max_run` (on a
 //! slow model big batches make every request wait for one long run). `max_wait` lets a batch
-//! that found company wait that long for more. One worker thread
-//! per model runs the batches, off the async runtime. Admission is bounded in items: when the queue holds
-//! `max_queued` items a new request is refused at once (the caller answers 503), so memory stays
-//! bounded under any load.
+//! that found company wait that long for more. A dispatcher thread forms the batches and hands
+//! each to a free session's worker thread, off the async runtime: one session, a pool side by
+//! side, and a rest session for the service at rest ([`Sessions`]). Admission is bounded in
+//! items: when the queue holds `max_queued` items a new request is refused at once (the caller
+//! answers 503), so memory stays bounded under any load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -109,40 +110,24 @@ pub struct Batcher<I> {
 }
 
 impl<I: Send + 'static> Batcher<I> {
-    /// Starts the worker thread. `run` gets a batch's items in order and must return one
+    /// Starts one session's worker. `run` gets a batch's items in order and must return one
     /// embedding per item.
     pub fn start<F>(modality: &'static str, config: BatchConfig, run: F) -> std::io::Result<Self>
     where
         F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String> + Send + 'static,
     {
-        Self::start_pool(modality, config, vec![run])
+        let sessions = Sessions {
+            pool: vec![run],
+            rest: None,
+        };
+        Self::start_sessions(modality, config, sessions)
     }
 
-    /// Starts one worker thread per `runs` entry (e.g. one model session each), all taking
-    /// batches from the one queue: a worker that finds jobs waiting takes them as its batch, so
-    /// under load the workers run side by side, and an idle worker runs a lone job at once.
-    pub fn start_pool<F>(
-        modality: &'static str,
-        config: BatchConfig,
-        runs: Vec<F>,
-    ) -> std::io::Result<Self>
-    where
-        F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String> + Send + 'static,
-    {
-        Self::start_sessions(
-            modality,
-            config,
-            Sessions {
-                pool: runs,
-                rest: None,
-            },
-        )
-    }
-
-    /// Starts a pool ([`Self::start_pool`]) and, with `sessions.rest`, a session for the
-    /// service at rest: a batch that finds nothing else running or waiting runs there, alone;
-    /// under load the pool's sessions run side by side, and the rest session never runs beside
-    /// them (it would take the cores they use).
+    /// Starts a worker thread per session (e.g. one model session each), all taking batches
+    /// from the one queue: a session that finds jobs waiting takes them as its batch, so under
+    /// load the pool's sessions run side by side, and a lone job runs at once. With
+    /// `sessions.rest`, a batch that finds every session free and nothing else waiting runs on
+    /// the rest session, alone; it never runs beside the pool (it would take the cores they use).
     pub fn start_sessions<F>(
         modality: &'static str,
         config: BatchConfig,
@@ -180,41 +165,32 @@ impl<I: Send + 'static> Batcher<I> {
             cost: cost.clone(),
             carried: None,
         };
-        if runs.len() <= 1 && rest.is_none() {
-            if let Some(run) = runs.into_iter().next() {
-                let queued = queued.clone();
-                std::thread::Builder::new()
-                    .name(format!("{modality}-batcher"))
-                    .spawn(move || worker(modality, former, queued, run))?;
-            }
-        } else {
-            let (free_tx, free_rx) = crossbeam_channel::unbounded();
-            let mut runners = Vec::with_capacity(runs.len() + 1);
-            let pool = runs.len();
-            let sessions = runs
-                .into_iter()
-                .map(|run| (SessionKind::Pool, cost.clone(), run))
-                // The rest session's runs are not the pool's: its time per item (all the cores)
-                // would size the batches the pool runs under load too big.
-                .chain(rest.map(|run| (SessionKind::Rest, Arc::default(), run)));
-            for (i, (kind, cost, run)) in sessions.enumerate() {
-                let (batch_tx, batch_rx) = crossbeam_channel::bounded(1);
-                runners.push(batch_tx);
-                let (free, queued) = (free_tx.clone(), queued.clone());
-                let session = Session {
-                    modality,
-                    index: i,
-                    kind,
-                    cost,
-                };
-                std::thread::Builder::new()
-                    .name(format!("{modality}-{}-{i}", kind.label()))
-                    .spawn(move || runner(session, batch_rx, free, queued, run))?;
-            }
+        let (free_tx, free_rx) = crossbeam_channel::unbounded();
+        let mut runners = Vec::with_capacity(runs.len() + 1);
+        let pool = runs.len();
+        let sessions = runs
+            .into_iter()
+            .map(|run| (SessionKind::Pool, cost.clone(), run))
+            // The rest session's runs are not the pool's: its time per item (all the cores)
+            // would size the batches the pool runs under load too big.
+            .chain(rest.map(|run| (SessionKind::Rest, Arc::default(), run)));
+        for (i, (kind, cost, run)) in sessions.enumerate() {
+            let (batch_tx, batch_rx) = crossbeam_channel::bounded(1);
+            runners.push(batch_tx);
+            let (free, queued) = (free_tx.clone(), queued.clone());
+            let session = Session {
+                modality,
+                index: i,
+                kind,
+                cost,
+            };
             std::thread::Builder::new()
-                .name(format!("{modality}-batcher"))
-                .spawn(move || dispatcher(former, free_rx, runners, pool))?;
+                .name(format!("{modality}-{}-{i}", kind.label()))
+                .spawn(move || runner(session, batch_rx, free, queued, run))?;
         }
+        std::thread::Builder::new()
+            .name(format!("{modality}-batcher"))
+            .spawn(move || dispatcher(former, free_rx, runners, pool))?;
         Ok(Self {
             modality,
             tx,
@@ -383,23 +359,7 @@ impl<I> Former<I> {
     }
 }
 
-/// One session: forms a batch, runs it, and again.
-fn worker<I, F>(modality: &'static str, mut former: Former<I>, queued: Arc<AtomicUsize>, mut run: F)
-where
-    F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
-{
-    let session = Session {
-        modality,
-        index: 0,
-        kind: SessionKind::Pool,
-        cost: former.cost.clone(),
-    };
-    while let Some((jobs, size)) = former.next() {
-        run_batch(&session, jobs, size, &queued, &mut run);
-    }
-}
-
-/// Several sessions: the dispatcher forms a batch only when a session may take it (so jobs
+/// The dispatcher forms a batch only when a session may take it (so jobs
 /// that arrive while every session is busy still join one batch), and hands it over. Runners
 /// `0..pool` are the pool; a runner past them is the rest session, which takes a batch only
 /// when every session is free and nothing else waits, and while it runs the pool waits.
@@ -715,7 +675,12 @@ mod tests {
                 }
             })
             .collect();
-        let batcher = Arc::new(Batcher::start_pool("test", config(1, 0, 16), runs).expect("start"));
+        let sessions = Sessions {
+            pool: runs,
+            rest: None,
+        };
+        let batcher =
+            Arc::new(Batcher::start_sessions("test", config(1, 0, 16), sessions).expect("start"));
         let tasks: Vec<_> = (0..4u32)
             .map(|i| {
                 let b = batcher.clone();
