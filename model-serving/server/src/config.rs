@@ -68,7 +68,7 @@ pub struct ServeConfig {
     #[arg(long, env = "MODEL_SERVING_MAX_TEXT_CHARS", default_value_t = encoder::DEFAULT_MAX_TEXT_CHARS)]
     pub max_text_chars: usize,
     /// ONNX Runtime intra-op threads per session; 0 = the cores shared out among the vision
-    /// sessions (the text session gets all cores).
+    /// sessions (the text session gets all cores). The rest session always has every core.
     #[arg(long, env = "MODEL_SERVING_THREADS", default_value_t = 0)]
     pub threads: usize,
     /// Vision sessions running batches side by side, each with its own worker.

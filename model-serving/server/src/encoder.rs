@@ -22,7 +22,8 @@ pub struct EncoderConfig {
     pub model_dir: PathBuf,
     pub ort_library: PathBuf,
     /// ONNX Runtime intra-op threads per session; 0 = the cores shared out among the vision
-    /// sessions (at least one each), and all cores for the text session.
+    /// sessions (at least one each), and all cores for the text session. The rest session
+    /// always has every core.
     pub threads: usize,
     /// Vision sessions, each with its own batch worker taking from the one image queue.
     pub vision_sessions: usize,
