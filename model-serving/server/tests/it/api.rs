@@ -482,7 +482,7 @@ async fn a_rest_session_takes_lone_requests_and_the_pool_takes_bursts() {
     // The trained model: its runs are long enough (a batch of 64 takes tens of ms) for requests
     // to queue up behind one; the tiny model's are shorter than a photo's decode.
     let mut config = encoder_config();
-    config.model_dir = workspace().join("model-serving/models/fashion-clip-mini");
+    config.model_dir = trained_model_dir();
     config.vision_sessions = 2;
     config.rest_session = true;
     config.batch.max_batch = 1;

@@ -78,6 +78,11 @@ pub fn dataset_dir() -> PathBuf {
     dir
 }
 
+/// The trained model, committed (`model-serving/models/fashion-clip-mini`).
+pub fn trained_model_dir() -> PathBuf {
+    workspace().join("model-serving/models/fashion-clip-mini")
+}
+
 /// The first `n` real photos of the development split, in a stable order.
 pub fn sample_photos(n: usize) -> Vec<PathBuf> {
     let mut photos: Vec<PathBuf> = std::fs::read_dir(dataset_dir().join("images"))

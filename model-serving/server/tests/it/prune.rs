@@ -166,9 +166,7 @@ fn a_static_int8_copy_is_narrowed_and_encodes_the_same() {
 #[test]
 fn a_graph_without_a_class_token_is_left_as_it_is() {
     // The trained model's image tower is a CNN that averages its feature map.
-    let cnn = workspace()
-        .join("model-serving/models/fashion-clip-mini")
-        .join(VISION_MODEL);
+    let cnn = trained_model_dir().join(VISION_MODEL);
     assert_eq!(class_token_only(&read(&cnn), "image_embeds"), Ok(None));
     // The text tower pools the end-of-text token, which differs row by row.
     let text = read(&model_dir().join("text_model.onnx"));

@@ -21,10 +21,6 @@ const CASES: [(&str, &str); 5] = [
 ];
 const PER_TYPE: usize = 3;
 
-fn trained_model_dir() -> PathBuf {
-    workspace().join("model-serving/models/fashion-clip-mini")
-}
-
 /// 32-bit FNV-1a: the training split rule (`model-serving/training/data.py`).
 fn fnv1a(text: &str) -> u32 {
     text.bytes().fold(0x811c_9dc5, |h, b| {
