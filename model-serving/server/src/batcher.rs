@@ -433,10 +433,11 @@ fn runner<I, F>(
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
     while let Ok((jobs, size)) = batches.recv() {
-        run_batch(&session, jobs, size, &queued, &mut run);
-        if free.send(session.index).is_err() {
-            return;
-        }
+        // A send fails only once the dispatcher is gone; the next receive then ends the loop.
+        let ran = || {
+            let _ = free.send(session.index);
+        };
+        run_batch(&session, jobs, size, &queued, &mut run, ran);
     }
 }
 
@@ -447,6 +448,7 @@ fn run_batch<I, F>(
     size: usize,
     queued: &AtomicUsize,
     run: &mut F,
+    ran: impl FnOnce(),
 ) where
     F: FnMut(Vec<I>) -> Result<Vec<Vec<f32>>, String>,
 {
@@ -471,12 +473,17 @@ fn run_batch<I, F>(
         .unwrap_or_else(|_| Err("the model run panicked".to_owned()));
     let elapsed = started.elapsed();
     metrics::inference(modality, elapsed);
+    if matches!(&outcome, Ok(embeddings) if embeddings.len() == size) {
+        cost.record(elapsed, size);
+        // Counted before anyone is answered: a caller that reads /metrics after its answer
+        // sees its items.
+        metrics::items_encoded(modality, size);
+    }
+    // The session is free again before anyone is answered: a caller's next request must find
+    // it free (at rest, it goes to the rest session only when every session is free).
+    ran();
     match outcome {
         Ok(embeddings) if embeddings.len() == size => {
-            cost.record(elapsed, size);
-            // Counted before anyone is answered: a caller that reads /metrics after its answer
-            // sees its items.
-            metrics::items_encoded(modality, size);
             let mut rest = embeddings.into_iter();
             for (reply, n) in replies.into_iter().zip(counts) {
                 let _ = reply.send(Ok(rest.by_ref().take(n).collect()));
