@@ -554,12 +554,17 @@ pub const DEFAULT_VISION_SESSIONS: usize = 2;
 pub const DEFAULT_REST_SESSION: bool = true;
 pub const DEFAULT_SPIN: bool = true;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
-/// The run a batch under load is sized for. On ViT-B/32 shapes (about 50 ms an image on 2
-/// cores) it caps image batches at 4: raw throughput is within a few percent of batch 8, and one
-/// slow run holds up 4 requests, not 8 (16-client p99 1.02-1.11x the p50 in 3 of 4 runs, against
-/// 1.12-1.24x with batches of 8; make bench, section 6). Texts (a few ms each) and small models
-/// keep `max_batch`.
-pub const DEFAULT_MAX_RUN_MS: u64 = 250;
+/// The run a batch under load is sized for. Under load the pool's sessions run the batches, one
+/// thread each: on ViT-B/32 shapes about 120-145 ms an image, so 500 ms caps image batches at 4.
+/// 250 ms (sized when one two-thread session ran everything, about 50 ms an image) capped them
+/// at 1-2, and a batch of one costs the most per image: at 16 clients (ViT-B/32 shapes, 2
+/// cores, five alternating pairs of 12 s, 2026-12-03) 500 ms served 13.5-17.6 images/s against
+/// 11.9-15.4 with 250 ms (+9% to +37%, every pair; 124 against 146 ms per image in the runs)
+/// and a lower p99 in 4 of 5 pairs; 1,000 ms (batches of 5-8) as fast but with the wider tail
+/// (p99 1.3-1.6x the p50), as a slow run holds up 8 requests. With one two-thread session
+/// (`MODEL_SERVING_VISION_SESSIONS=1 MODEL_SERVING_REST_SESSION=false`), 250 keeps its batches
+/// at 4. Texts (a few ms each) and small models keep `max_batch`.
+pub const DEFAULT_MAX_RUN_MS: u64 = 500;
 pub const DEFAULT_QUEUE_ITEMS: usize = 256;
 pub const DEFAULT_MAX_ITEMS: usize = 64;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = crate::preprocess::DEFAULT_MAX_PIXELS;
