@@ -330,9 +330,13 @@ def model_serving():
              timeseries("Errors by kind",
                         [("sum by (modality, kind) (rate(model_serving_errors_total[$__rate_interval]))", "{{modality}} {{kind}}")], "short")],
             [timeseries("ONNX Runtime runs per second by session",
-                        [("sum by (modality, session) (rate(model_serving_runs_total[$__rate_interval]))", "{{modality}} {{session}}")], "short",
+                        [("sum by (modality, session) (rate(model_serving_inference_seconds_count[$__rate_interval]))", "{{modality}} {{session}}")], "short",
                         "rest: the image session with every core, which runs a request that finds the service idle (MODEL_SERVING_REST_SESSION); "
-                        "pool: the sessions that run batches side by side under load. Mostly rest means the service is at rest; mostly pool, under load.")],
+                        "pool: the sessions that run batches side by side under load. Mostly rest means the service is at rest; mostly pool, under load."),
+             timeseries("Mean time per run by session",
+                        [("sum by (modality, session) (rate(model_serving_inference_seconds_sum[$__rate_interval])) / "
+                          "sum by (modality, session) (rate(model_serving_inference_seconds_count[$__rate_interval]))", "{{modality}} {{session}}")], "s",
+                        "A pool session runs on one thread, the rest session on every core: the same batch takes the pool about twice as long.")],
         ],
     )
 

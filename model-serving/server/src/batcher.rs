@@ -466,13 +466,12 @@ fn run_batch<I, F>(
     queued.fetch_sub(size, Ordering::AcqRel);
     metrics::queue_depth(modality, queued.load(Ordering::Relaxed));
     metrics::batch_size(modality, size);
-    metrics::run(modality, session.kind.label());
 
     // A panic inside the runtime must not take the worker (and every later request) down.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(items)))
         .unwrap_or_else(|_| Err("the model run panicked".to_owned()));
     let elapsed = started.elapsed();
-    metrics::inference(modality, elapsed);
+    metrics::inference(modality, session.kind.label(), elapsed);
     if matches!(&outcome, Ok(embeddings) if embeddings.len() == size) {
         cost.record(elapsed, size);
         // Counted before anyone is answered: a caller that reads /metrics after its answer

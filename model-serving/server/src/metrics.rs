@@ -16,7 +16,6 @@ pub const ITEMS_ENCODED_TOTAL: &str = "model_serving_items_encoded_total";
 pub const QUEUE_DEPTH_ITEMS: &str = "model_serving_queue_depth_items";
 pub const QUEUE_CAPACITY_ITEMS: &str = "model_serving_queue_capacity_items";
 pub const BATCH_CAP_ITEMS: &str = "model_serving_batch_cap_items";
-pub const RUNS_TOTAL: &str = "model_serving_runs_total";
 pub const ERRORS_TOTAL: &str = "model_serving_errors_total";
 
 pub const ALL: &[&str] = &[
@@ -29,7 +28,6 @@ pub const ALL: &[&str] = &[
     QUEUE_DEPTH_ITEMS,
     QUEUE_CAPACITY_ITEMS,
     BATCH_CAP_ITEMS,
-    RUNS_TOTAL,
     ERRORS_TOTAL,
 ];
 
@@ -52,7 +50,7 @@ pub fn describe() {
     describe_histogram!(
         INFERENCE_SECONDS,
         Unit::Seconds,
-        "Time of one ONNX Runtime run over a whole batch."
+        "Time of one ONNX Runtime run over a whole batch, by modality and session: pool (the sessions that run batches) or rest (the session with every core that runs a batch finding the service idle, MODEL_SERVING_REST_SESSION)."
     );
     describe_histogram!(
         BATCH_SIZE_ITEMS,
@@ -78,11 +76,6 @@ pub fn describe() {
         BATCH_CAP_ITEMS,
         Unit::Count,
         "Most items the batch being formed may take: max_batch, or fewer when the recent runs' time per item says more would exceed the run budget (MODEL_SERVING_MAX_RUN_MS)."
-    );
-    describe_counter!(
-        RUNS_TOTAL,
-        Unit::Count,
-        "ONNX Runtime runs, by modality and session: pool (the sessions that run batches) or rest (the session with every core that runs a batch finding the service idle, MODEL_SERVING_REST_SESSION)."
     );
     describe_counter!(
         ERRORS_TOTAL,
@@ -115,12 +108,9 @@ pub fn queue_wait(modality: &'static str, elapsed: Duration) {
     metrics::histogram!(QUEUE_WAIT_SECONDS, "modality" => modality).record(elapsed.as_secs_f64());
 }
 
-pub fn inference(modality: &'static str, elapsed: Duration) {
-    metrics::histogram!(INFERENCE_SECONDS, "modality" => modality).record(elapsed.as_secs_f64());
-}
-
-pub fn run(modality: &'static str, session: &'static str) {
-    metrics::counter!(RUNS_TOTAL, "modality" => modality, "session" => session).increment(1);
+pub fn inference(modality: &'static str, session: &'static str, elapsed: Duration) {
+    metrics::histogram!(INFERENCE_SECONDS, "modality" => modality, "session" => session)
+        .record(elapsed.as_secs_f64());
 }
 
 pub fn batch_size(modality: &'static str, items: usize) {

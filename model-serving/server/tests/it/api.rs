@@ -497,12 +497,12 @@ async fn a_rest_session_takes_lone_requests_and_the_pool_takes_bursts() {
             .expect("encode");
         alone.push(out.embeddings[0].clone());
     }
-    let pool_series = r#"model_serving_runs_total{modality="image",session="pool"}"#;
+    let pool_series = r#"model_serving_inference_seconds_count{modality="image",session="pool"}"#;
     let text = app.metrics().await;
     assert_eq!(
         sample(
             &text,
-            r#"model_serving_runs_total{modality="image",session="rest"}"#
+            r#"model_serving_inference_seconds_count{modality="image",session="rest"}"#
         ),
         16.0,
         "one request at a time runs at rest"
