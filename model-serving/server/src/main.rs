@@ -45,7 +45,8 @@ enum Command {
 /// heap: 140 MB of resident memory with one vision session, 410 MB with three (ViT-B/32
 /// shapes). glibc reads a fixed threshold from the environment only when the process starts, so
 /// the process sets it and starts itself again, once (same PID, arguments and descriptors). An
-/// explicit `MALLOC_MMAP_THRESHOLD_` is kept. Returns why it could not, to be logged.
+/// explicit `MALLOC_MMAP_THRESHOLD_` is kept. Only `serve` loads models, so only it restarts.
+/// Returns why it could not, to be logged.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn fixed_malloc_threshold() -> Option<String> {
     use std::os::unix::process::CommandExt as _;
@@ -73,8 +74,11 @@ fn fixed_malloc_threshold() -> Option<String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let malloc_error = fixed_malloc_threshold();
     let cli = Cli::parse();
+    let malloc_error = match cli.command {
+        Command::Serve(_) => fixed_malloc_threshold(),
+        Command::Download { .. } => None,
+    };
     // Telemetry is installed before the runtime starts and flushed after it stops.
     let _telemetry = telemetry::init("model-serving").context("telemetry")?;
     if let Some(error) = malloc_error {

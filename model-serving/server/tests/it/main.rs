@@ -5,6 +5,7 @@ mod api;
 mod helpers;
 mod hostile;
 mod hub;
+mod process;
 mod prune;
 mod reference;
 mod trained_model;
