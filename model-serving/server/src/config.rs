@@ -78,6 +78,10 @@ pub struct ServeConfig {
     /// the service idle, alone (true/false).
     #[arg(long, env = "MODEL_SERVING_REST_SESSION", default_value_t = encoder::DEFAULT_REST_SESSION, action = clap::ArgAction::Set)]
     pub rest_session: bool,
+    /// Whether several vision sessions share one copy of the weights (less memory, a slower
+    /// start: they load one after another) (true/false).
+    #[arg(long, env = "MODEL_SERVING_SHARE_WEIGHTS", default_value_t = encoder::DEFAULT_SHARE_WEIGHTS, action = clap::ArgAction::Set)]
+    pub share_weights: bool,
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work (true/false).
     #[arg(long, env = "MODEL_SERVING_SPIN", default_value_t = encoder::DEFAULT_SPIN, action = clap::ArgAction::Set)]
     pub spin: bool,
@@ -110,6 +114,7 @@ impl ServeConfig {
             threads: self.threads,
             vision_sessions: self.vision_sessions,
             rest_session: self.rest_session,
+            share_weights: self.share_weights,
             spin: self.spin,
             class_token_only: self.class_token_only,
             batch: BatchConfig {

@@ -31,6 +31,9 @@ pub struct EncoderConfig {
     /// service idle, alone (the others wait while it runs): latency at rest of one session with
     /// every core, throughput under load of the sessions side by side.
     pub rest_session: bool,
+    /// Whether several vision sessions share one copy of the graph's weights and of their packed
+    /// forms ([`onnx::SharedWeights`]; they then load one after another).
+    pub share_weights: bool,
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work.
     pub spin: bool,
     /// Whether the vision graph computes its last layer for the pooled class token only
@@ -58,6 +61,7 @@ impl EncoderConfig {
             threads: 0,
             vision_sessions: DEFAULT_VISION_SESSIONS,
             rest_session: DEFAULT_REST_SESSION,
+            share_weights: DEFAULT_SHARE_WEIGHTS,
             spin: DEFAULT_SPIN,
             class_token_only: true,
             batch: default_batch(),
@@ -223,6 +227,7 @@ impl ClipEncoder {
                 spec.image_size,
                 (sessions, vision_threading),
                 with_rest.then_some(rest_threading),
+                config.share_weights,
             );
             let text = joined(text)?;
             visions.map(|(pool, rest)| (pool, rest, text))
@@ -513,8 +518,9 @@ fn joined<T>(
         .map_err(LoadError::from)
 }
 
-/// The vision graph rewritten once, then the pool's sessions (`count` with `threading`) and the
-/// rest session (with `rest`) loaded from it side by side.
+/// The vision graph rewritten once (and its weights read once when several sessions share them),
+/// then the pool's sessions (`count` with `threading`) and the rest session (with `rest`)
+/// loaded from it: one after another when they share weights, else side by side.
 fn load_visions(
     env: &ort::environment::Environment,
     path: &Path,
@@ -522,8 +528,41 @@ fn load_visions(
     image_size: u32,
     (count, threading): (usize, Threading),
     rest: Option<Threading>,
+    share_weights: bool,
 ) -> Result<(Vec<VisionModel>, Option<VisionModel>), LoadError> {
-    let graph = VisionGraph::prepare(path, class_token_only)?;
+    let mut graph = VisionGraph::prepare(path, class_token_only)?;
+    if share_weights && count + usize::from(rest.is_some()) > 1 {
+        graph.share_weights(onnx::SHARED_WEIGHT_MIN_BYTES);
+    }
+    // Sessions sharing their weights load one after another: ONNX Runtime still reads the whole
+    // file for each (the weights it is handed replace the file's afterwards), so three side by
+    // side held three transient copies (ViT-B/32 shapes: peak 1.78 GB against 1.44 GB), and the
+    // later ones take the packed weights the first made (ready in 5.5-6.1 s against 3.5-4.1 s
+    // for three unshared sessions side by side). A graph whose kernels cannot share their packed
+    // weights (ONNX Runtime refuses the session: the int8 convolutions of a quantised CNN) is
+    // loaded again without sharing.
+    if graph.shared_weights() > 0 {
+        let shared = || -> Result<_, OnnxError> {
+            let pool = (0..count)
+                .map(|_| VisionModel::load_graph(env, &graph, image_size, threading))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rest = rest
+                .map(|rest| VisionModel::load_graph(env, &graph, image_size, rest))
+                .transpose()?;
+            Ok((pool, rest))
+        };
+        match shared() {
+            Ok(loaded) => return Ok(loaded),
+            Err(error) => {
+                tracing::info!(
+                    model = %path.display(),
+                    %error,
+                    "the vision sessions cannot share their weights; each loads its own"
+                );
+                graph.stop_sharing();
+            }
+        }
+    }
     let graph = &graph;
     std::thread::scope(|scope| {
         let load = |threading| {
@@ -549,9 +588,13 @@ pub const DEFAULT_MAX_BATCH: usize = 8;
 /// alone); under load a core taken by something else slows one single-thread run, not a
 /// two-thread run whole (-8% against -20% of raw throughput with a neighbour thread taking 15%
 /// of the machine), and the 16-client tail is narrower (p99 1.08-1.17x the p50 against
-/// 1.27-1.34x, four alternating pairs). The cost: three copies of the vision weights.
+/// 1.27-1.34x, four alternating pairs). They share one copy of the weights ([`DEFAULT_SHARE_WEIGHTS`]).
 pub const DEFAULT_VISION_SESSIONS: usize = 2;
 pub const DEFAULT_REST_SESSION: bool = true;
+/// Three ViT-B/32-shaped vision sessions sharing their weights: 1,095 MB idle against 1,363 MB,
+/// ready in 6.5-7.1 s against 3.8 s (`make bench`, section 7); the same 16-client throughput
+/// (four alternating pairs of 12 s, within 2%).
+pub const DEFAULT_SHARE_WEIGHTS: bool = true;
 pub const DEFAULT_SPIN: bool = true;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 /// The run a batch under load is sized for. Under load the pool's sessions run the batches, one

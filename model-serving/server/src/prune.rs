@@ -142,6 +142,92 @@ impl<'a> Rewrite<'a> {
     }
 }
 
+/// The element type of a [`Weight`]: the types whose weights are worth sharing (an fp32 tower's,
+/// and a quantised copy's 8-bit ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    F32,
+    U8,
+    I8,
+}
+
+impl WeightType {
+    fn from_onnx(data_type: u64) -> Option<Self> {
+        match data_type {
+            1 => Some(Self::F32),
+            2 => Some(Self::U8),
+            3 => Some(Self::I8),
+            _ => None,
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::U8 | Self::I8 => 1,
+        }
+    }
+}
+
+/// A graph initializer stored in the file as raw little-endian bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Weight<'a> {
+    pub name: &'a str,
+    pub data_type: WeightType,
+    pub dims: Vec<i64>,
+    pub bytes: &'a [u8],
+}
+
+/// The graph's initializers of at least `min_bytes` whose values are in the file (`raw_data`), of
+/// a [`WeightType`], with dims that match their length; the others are left out (ONNX Runtime
+/// reads them from the file as usual, and judges them).
+pub fn weights(model: &[u8], min_bytes: usize) -> Result<Vec<Weight<'_>>, Malformed> {
+    let mut out = Vec::new();
+    for graph in fields(model)?.into_iter().filter(|f| f.number == GRAPH) {
+        let Value::Bytes(graph) = graph.value else {
+            return Err(Malformed("the graph field is not a message"));
+        };
+        for field in fields(graph)? {
+            if let (G_INITIALIZER, Value::Bytes(tensor)) = (field.number, field.value)
+                && let Some(weight) = weight(tensor)?
+                && weight.bytes.len() >= min_bytes
+            {
+                out.push(weight);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn weight(tensor: &[u8]) -> Result<Option<Weight<'_>>, Malformed> {
+    let (mut name, mut data_type, mut dims, mut bytes) = (None, None, Vec::new(), None);
+    for f in fields(tensor)? {
+        match (f.number, f.value) {
+            (T_DIMS, v) => push_ints(v, &mut dims)?,
+            (T_DATA_TYPE, Value::Varint(v)) => data_type = WeightType::from_onnx(v),
+            (T_NAME, v) => name = Some(text(v)?),
+            (T_RAW_DATA, Value::Bytes(b)) => bytes = Some(b),
+            (T_DATA_LOCATION, Value::Varint(EXTERNAL)) => return Ok(None),
+            _ => {}
+        }
+    }
+    let (Some(name), Some(data_type), Some(bytes)) = (name, data_type, bytes) else {
+        return Ok(None);
+    };
+    // Dims come from the file: any i64, so the product is checked.
+    let len = dims.iter().try_fold(data_type.size(), |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+    });
+    Ok(
+        (len == Some(bytes.len()) && !name.is_empty()).then_some(Weight {
+            name,
+            data_type,
+            dims,
+            bytes,
+        }),
+    )
+}
+
 // Field numbers of onnx.proto.
 const GRAPH: u32 = 7; // ModelProto.graph
 const G_NODE: u32 = 1;
@@ -992,5 +1078,58 @@ mod tests {
         let mut model = Vec::new();
         put_bytes(&mut model, GRAPH, &[]);
         assert_eq!(class_token_only(&model, "image_embeds"), Ok(None));
+    }
+
+    fn tensor(name: &str, data_type: u64, dims: &[u64], raw: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        for &d in dims {
+            put_uint(&mut t, T_DIMS, d);
+        }
+        put_uint(&mut t, T_DATA_TYPE, data_type);
+        put_bytes(&mut t, T_NAME, name.as_bytes());
+        put_bytes(&mut t, T_RAW_DATA, raw);
+        t
+    }
+
+    #[test]
+    fn weights_lists_the_big_raw_initializers_that_match_their_dims() {
+        let f32s: Vec<u8> = (0..6u8).flat_map(|i| f32::from(i).to_le_bytes()).collect();
+        let mut external = tensor("external", 1, &[2, 3], &f32s);
+        put_uint(&mut external, T_DATA_LOCATION, EXTERNAL);
+        let mut graph = Vec::new();
+        for t in [
+            tensor("w", 1, &[2, 3], &f32s),
+            tensor("q", 2, &[8], &[7; 8]),
+            tensor("small", 1, &[1], &f32s[..4]),
+            tensor("shape", 7, &[3], &[0; 24]),
+            tensor("short", 1, &[2, 4], &f32s),
+            tensor("", 1, &[2, 3], &f32s),
+            tensor("huge", 3, &[1 << 40, 1 << 40], &[0; 8]),
+            external,
+        ] {
+            put_bytes(&mut graph, G_INITIALIZER, &t);
+        }
+        let mut model = Vec::new();
+        put_bytes(&mut model, GRAPH, &graph);
+        let found = weights(&model, 8).expect("weights");
+        assert_eq!(
+            found,
+            vec![
+                Weight {
+                    name: "w",
+                    data_type: WeightType::F32,
+                    dims: vec![2, 3],
+                    bytes: &f32s,
+                },
+                Weight {
+                    name: "q",
+                    data_type: WeightType::U8,
+                    dims: vec![8],
+                    bytes: &[7; 8],
+                },
+            ]
+        );
+        assert_eq!(weights(&model, 0).expect("weights").len(), 3);
+        assert!(weights(&[0x3a, 5, 1], 0).is_err());
     }
 }

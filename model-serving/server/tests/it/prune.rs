@@ -1,13 +1,14 @@
 //! Class-token pruning (`model_serving::prune`): the vision graph served computes its last layer
 //! for the pooled class token only, and gives the embeddings the whole graph gives — on the
 //! generated fp32 model, on a static int8 (QDQ) copy of it, and on a graph that also returns
-//! every token; a graph with no class token, and a broken file, are left alone or refused.
+//! every token; a graph with no class token, and a broken file, are left alone or refused. And
+//! sessions that share one graph's weights encode what a session of its own does.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use model_serving::model::{ModelSpec, VISION_MODEL};
-use model_serving::onnx::{Threading, VisionModel, environment};
+use model_serving::onnx::{Threading, VisionGraph, VisionModel, environment};
 use model_serving::preprocess::{ImageLimits, Preprocessor};
 use model_serving::prune::class_token_only;
 
@@ -23,9 +24,8 @@ const LAST_BLOCK_NARROWED: usize = 4 + 6 + 2 + 1 + 8 + 1;
 /// One token of the block's input for the residual, one of its normalised input for the query.
 const LAST_BLOCK_SLICES: usize = 2;
 
-/// The largest difference between the embeddings of `photos` through the graph as served and
-/// through the file's graph as it is.
-fn largest_difference(dir: &Path, photos: &[PathBuf]) -> f32 {
+/// The model's spec and `photos` preprocessed for it.
+fn pixels(dir: &Path, photos: &[PathBuf]) -> (ModelSpec, Vec<f32>) {
     let spec = ModelSpec::load(dir).expect("model.json");
     let pre = Preprocessor {
         image_size: spec.image_size,
@@ -38,6 +38,13 @@ fn largest_difference(dir: &Path, photos: &[PathBuf]) -> f32 {
         pre.preprocess(&read(photo), &mut pixels)
             .expect("preprocess");
     }
+    (spec, pixels)
+}
+
+/// The largest difference between the embeddings of `photos` through the graph as served and
+/// through the file's graph as it is.
+fn largest_difference(dir: &Path, photos: &[PathBuf]) -> f32 {
+    let (spec, pixels) = pixels(dir, photos);
     let env = environment(&ort_library()).expect("ONNX Runtime");
     let threading = Threading {
         intra: 1,
@@ -232,5 +239,49 @@ fn a_broken_model_file_is_refused_without_a_panic() {
             error.to_string().contains(&path.display().to_string()),
             "{error}"
         );
+    }
+}
+
+/// Sessions loaded from one graph with its weights shared (every float initializer here: the
+/// tiny model has none of the size the service shares) encode what a session with its own
+/// weights does, whatever their threads.
+#[test]
+fn sessions_sharing_their_weights_encode_what_a_session_of_its_own_does() {
+    let photos = sample_photos(3);
+    let (spec, pixels) = pixels(&model_dir(), &photos);
+    let env = environment(&ort_library()).expect("ONNX Runtime");
+    let path = model_dir().join(VISION_MODEL);
+    let one = Threading {
+        intra: 1,
+        ..Threading::default()
+    };
+    let mut own = VisionModel::load(&env, &path, spec.image_size, one, true).expect("load");
+    let expected = own.run(pixels.clone(), photos.len()).expect("run");
+
+    let mut graph = VisionGraph::prepare(&path, true).expect("prepare");
+    assert_eq!(graph.shared_weights(), 0);
+    graph.share_weights(0);
+    assert!(
+        graph.shared_weights() > 10,
+        "only {} weights shared",
+        graph.shared_weights()
+    );
+    let two = Threading {
+        intra: 2,
+        ..Threading::default()
+    };
+    for threading in [one, one, two] {
+        let mut model =
+            VisionModel::load_graph(&env, &graph, spec.image_size, threading).expect("load");
+        // Twice: a second run reads the same shared (and packed) weights.
+        for _ in 0..2 {
+            let got = model.run(pixels.clone(), photos.len()).expect("run");
+            let worst = got
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| max_abs_diff(a, b))
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "embeddings differ by {worst}");
+        }
     }
 }
