@@ -536,9 +536,9 @@ fn load_visions(
     }
     // Sessions sharing their weights load one after another: ONNX Runtime still reads the whole
     // file for each (the weights it is handed replace the file's afterwards), so three side by
-    // side held three transient copies (ViT-B/32 shapes: peak 1.78 GB against 1.44 GB), and the
-    // later ones take the packed weights the first made (ready in 5.5-6.1 s against 3.5-4.1 s
-    // for three unshared sessions side by side). A graph whose kernels cannot share their packed
+    // side held three transient copies (ViT-B/32 shapes, `model-serving serve` to ready: peak
+    // 1.78 GB against 1.44 GB), and the later ones take the packed weights the first made
+    // (ready in 5.5-6.1 s against 3.5-4.1 s for three unshared sessions side by side). A graph whose kernels cannot share their packed
     // weights (ONNX Runtime refuses the session: the int8 convolutions of a quantised CNN) is
     // loaded again without sharing.
     if graph.shared_weights() > 0 {
@@ -588,7 +588,8 @@ pub const DEFAULT_MAX_BATCH: usize = 8;
 /// alone); under load a core taken by something else slows one single-thread run, not a
 /// two-thread run whole (-8% against -20% of raw throughput with a neighbour thread taking 15%
 /// of the machine), and the 16-client tail is narrower (p99 1.08-1.17x the p50 against
-/// 1.27-1.34x, four alternating pairs). They share one copy of the weights ([`DEFAULT_SHARE_WEIGHTS`]).
+/// 1.27-1.34x, four alternating pairs). They share one copy of the weights
+/// ([`DEFAULT_SHARE_WEIGHTS`]).
 pub const DEFAULT_VISION_SESSIONS: usize = 2;
 pub const DEFAULT_REST_SESSION: bool = true;
 /// Three ViT-B/32-shaped vision sessions sharing their weights: 1,095 MB idle against 1,363 MB,

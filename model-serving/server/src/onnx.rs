@@ -128,9 +128,10 @@ fn session(
 
 /// Weights several sessions of one graph share instead of each holding its own copy: the
 /// graph's big initializers, read once and handed to every session (ONNX Runtime's
-/// `AddInitializer`; it then does not read them from the file), and one container for the
-/// packed forms its kernels make of them (MatMul's packed B), which the first session fills
-/// and the others reuse. Without both, three ViT-B/32 sessions hold three packed copies.
+/// `AddInitializer`: a session still reads the whole file while it loads, but keeps these in
+/// place of the file's copies), and one container for the packed forms its kernels make of them
+/// (MatMul's packed B), which the first session fills and the others reuse. Without both, three
+/// ViT-B/32 sessions hold three packed copies.
 pub struct SharedWeights {
     values: Vec<(String, Arc<DynValue>)>,
     prepacked: PrepackedWeights,
