@@ -81,15 +81,7 @@ impl<'a> Rewrite<'a> {
     /// What [`class_token_only`] would write; `Ok(None)` when it would not.
     pub fn plan(model: &'a [u8], output: &str) -> Result<Option<Self>, Malformed> {
         let model_fields = fields(model)?;
-        let graphs: Vec<&[u8]> = model_fields
-            .iter()
-            .filter_map(|f| match (f.number, f.value) {
-                (GRAPH, Value::Bytes(b)) => Some(b),
-                _ => None,
-            })
-            .collect();
-        // Two graph fields would be merged by a protobuf reader: not a file worth rewriting.
-        let [graph_bytes] = graphs.as_slice() else {
+        let Some(graph_bytes) = the_graph(&model_fields) else {
             return Ok(None);
         };
         let Some(graph) = Graph::parse(graph_bytes, output)? else {
@@ -180,52 +172,83 @@ pub struct Weight<'a> {
 
 /// The graph's initializers of at least `min_bytes` whose values are in the file (`raw_data`), of
 /// a [`WeightType`], with dims that match their length; the others are left out (ONNX Runtime
-/// reads them from the file as usual, and judges them).
+/// reads them from the file as usual, and judges them). None from a file the rewrite would not
+/// read either (two graph fields).
 pub fn weights(model: &[u8], min_bytes: usize) -> Result<Vec<Weight<'_>>, Malformed> {
+    let Some(graph) = the_graph(&fields(model)?) else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
-    for graph in fields(model)?.into_iter().filter(|f| f.number == GRAPH) {
-        let Value::Bytes(graph) = graph.value else {
-            return Err(Malformed("the graph field is not a message"));
-        };
-        for field in fields(graph)? {
-            if let (G_INITIALIZER, Value::Bytes(tensor)) = (field.number, field.value)
-                && let Some(weight) = weight(tensor)?
-                && weight.bytes.len() >= min_bytes
-            {
-                out.push(weight);
-            }
+    for field in fields(graph)? {
+        if let (G_INITIALIZER, Value::Bytes(tensor)) = (field.number, field.value)
+            && let Some(weight) = Tensor::parse(tensor)?.and_then(Tensor::weight)
+            && weight.bytes.len() >= min_bytes
+        {
+            out.push(weight);
         }
     }
     Ok(out)
 }
 
-fn weight(tensor: &[u8]) -> Result<Option<Weight<'_>>, Malformed> {
-    let (mut name, mut data_type, mut dims, mut bytes) = (None, None, Vec::new(), None);
-    for f in fields(tensor)? {
-        match (f.number, f.value) {
-            (T_DIMS, v) => push_ints(v, &mut dims)?,
-            (T_DATA_TYPE, Value::Varint(v)) => data_type = WeightType::from_onnx(v),
-            (T_NAME, v) => name = Some(text(v)?),
-            (T_RAW_DATA, Value::Bytes(b)) => bytes = Some(b),
-            (T_DATA_LOCATION, Value::Varint(EXTERNAL)) => return Ok(None),
-            _ => {}
-        }
+/// The model's one graph; `None` when it has none or several (a protobuf reader would merge
+/// them: not a file worth rewriting).
+fn the_graph<'a>(model_fields: &[Field<'a>]) -> Option<&'a [u8]> {
+    let graphs: Vec<&[u8]> = model_fields
+        .iter()
+        .filter_map(|f| match (f.number, f.value) {
+            (GRAPH, Value::Bytes(b)) => Some(b),
+            _ => None,
+        })
+        .collect();
+    match graphs.as_slice() {
+        [graph] => Some(graph),
+        _ => None,
     }
-    let (Some(name), Some(data_type), Some(bytes)) = (name, data_type, bytes) else {
-        return Ok(None);
-    };
-    // Dims come from the file: any i64, so the product is checked.
-    let len = dims.iter().try_fold(data_type.size(), |n, &d| {
-        usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
-    });
-    Ok(
-        (len == Some(bytes.len()) && !name.is_empty()).then_some(Weight {
-            name,
+}
+
+/// The fields of a `TensorProto` this module reads.
+#[derive(Debug, Default)]
+struct Tensor<'a> {
+    name: &'a str,
+    data_type: u64,
+    dims: Vec<i64>,
+    raw: Option<&'a [u8]>,
+    int64s: Vec<i64>,
+}
+
+impl<'a> Tensor<'a> {
+    /// `None` for data stored outside the file.
+    fn parse(bytes: &'a [u8]) -> Result<Option<Self>, Malformed> {
+        let mut t = Tensor::default();
+        for f in fields(bytes)? {
+            match (f.number, f.value) {
+                (T_DIMS, v) => push_ints(v, &mut t.dims)?,
+                (T_DATA_TYPE, Value::Varint(v)) => t.data_type = v,
+                (T_INT64_DATA, v) => push_ints(v, &mut t.int64s)?,
+                (T_NAME, v) => t.name = text(v)?,
+                (T_RAW_DATA, Value::Bytes(b)) => t.raw = Some(b),
+                (T_DATA_LOCATION, Value::Varint(EXTERNAL)) => return Ok(None),
+                _ => {}
+            }
+        }
+        Ok(Some(t))
+    }
+
+    /// As a [`Weight`]: named, of a [`WeightType`], with raw bytes as long as its dims say.
+    fn weight(self) -> Option<Weight<'a>> {
+        let data_type = WeightType::from_onnx(self.data_type)?;
+        let bytes = self.raw?;
+        // Dims come from the file: any i64, so the product is checked.
+        let len = self.dims.iter().try_fold(data_type.size(), |n, &d| {
+            usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
+        });
+        (len == Some(bytes.len()) && !self.name.is_empty()).then_some(Weight {
+            name: self.name,
             data_type,
-            dims,
+            dims: self.dims,
             bytes,
-        }),
-    )
+        })
+    }
 }
 
 // Field numbers of onnx.proto.
@@ -382,19 +405,17 @@ struct Constant {
 impl Constant {
     /// Parses a `TensorProto`; `None` for data stored outside the file.
     fn parse(bytes: &[u8]) -> Result<Option<(String, Self)>, Malformed> {
-        let (mut name, mut c) = (String::new(), Constant::default());
-        let (mut data_type, mut raw, mut int64s) = (0, None, Vec::new());
-        for f in fields(bytes)? {
-            match (f.number, f.value) {
-                (T_DIMS, v) => push_ints(v, &mut c.dims)?,
-                (T_DATA_TYPE, Value::Varint(v)) => data_type = v,
-                (T_INT64_DATA, v) => push_ints(v, &mut int64s)?,
-                (T_NAME, v) => name = text(v)?.to_owned(),
-                (T_RAW_DATA, Value::Bytes(b)) => raw = Some(b),
-                (T_DATA_LOCATION, Value::Varint(EXTERNAL)) => return Ok(None),
-                _ => {}
-            }
-        }
+        let Some(Tensor {
+            name,
+            data_type,
+            dims,
+            raw,
+            int64s,
+        }) = Tensor::parse(bytes)?
+        else {
+            return Ok(None);
+        };
+        let mut c = Constant { dims, ints: None };
         // Dims come from the file: any i64 (make fuzz found a product that overflowed).
         let count = c.dims.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
         if let Some(count) = count.filter(|n| (0..=64).contains(n))
@@ -410,7 +431,7 @@ impl Constant {
             }
             .filter(|v: &Vec<i64>| v.len() as i64 == count);
         }
-        Ok(Some((name, c)))
+        Ok(Some((name.to_owned(), c)))
     }
 }
 
@@ -1130,6 +1151,9 @@ mod tests {
             ]
         );
         assert_eq!(weights(&model, 0).expect("weights").len(), 3);
+        // Two graph fields: a file the rewrite leaves alone shares nothing either.
+        put_bytes(&mut model, GRAPH, &graph);
+        assert_eq!(weights(&model, 0), Ok(Vec::new()));
         assert!(weights(&[0x3a, 5, 1], 0).is_err());
     }
 }
