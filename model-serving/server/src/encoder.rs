@@ -538,9 +538,9 @@ fn load_visions(
     // file for each (the weights it is handed replace the file's afterwards), so three side by
     // side held three transient copies (ViT-B/32 shapes, `model-serving serve` to ready: peak
     // 1.78 GB against 1.44 GB), and the later ones take the packed weights the first made
-    // (ready in 5.5-6.1 s against 3.5-4.1 s for three unshared sessions side by side). A graph whose kernels cannot share their packed
-    // weights (ONNX Runtime refuses the session: the int8 convolutions of a quantised CNN) is
-    // loaded again without sharing.
+    // (ready in 5.5-6.1 s against 3.5-4.1 s for three unshared sessions side by side). A graph
+    // whose kernels cannot share their packed weights (ONNX Runtime refuses the session: the
+    // int8 convolutions of a quantised CNN) is loaded again without sharing.
     if graph.shared_weights() > 0 {
         let shared = || -> Result<_, OnnxError> {
             let pool = (0..count)

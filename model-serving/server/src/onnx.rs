@@ -136,7 +136,7 @@ pub struct SharedWeights {
     values: Vec<(String, Arc<DynValue>)>,
     prepacked: PrepackedWeights,
     /// The bytes held once.
-    pub bytes: usize,
+    bytes: usize,
 }
 
 /// The smallest weight the service's vision sessions share; smaller ones (biases, norms,
