@@ -29,8 +29,9 @@ pub struct ServeConfig {
     /// request that finds the worker idle never waits.
     #[arg(long, env = "MODEL_SERVING_MAX_WAIT_MS", default_value_t = encoder::DEFAULT_MAX_WAIT_MS)]
     pub max_wait_ms: u64,
-    /// Under load, the run a batch is sized for: at most the items that the recent runs' time
-    /// per item fits in it (at least 1, at most max_batch); 0 = max_batch alone.
+    /// Under load, the run a batch is sized for: the items whose run at the recent runs' time per
+    /// item comes nearest it, a cap that holds against run-to-run noise (at least 1, at most
+    /// max_batch); 0 = max_batch alone.
     #[arg(long, env = "MODEL_SERVING_MAX_RUN_MS", default_value_t = encoder::DEFAULT_MAX_RUN_MS)]
     pub max_run_ms: u64,
     /// Items admitted to each queue before requests are refused with 503.

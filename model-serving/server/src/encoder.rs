@@ -599,16 +599,20 @@ pub const DEFAULT_SHARE_WEIGHTS: bool = true;
 pub const DEFAULT_SPIN: bool = true;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 /// The run a batch under load is sized for. Under load the pool's sessions run the batches, one
-/// thread each: on ViT-B/32 shapes about 120-145 ms an image, so 500 ms caps image batches at 4.
-/// 250 ms (sized when one two-thread session ran everything, about 50 ms an image) capped them
-/// at 1-2, and a batch of one costs the most per image: at 16 clients (ViT-B/32 shapes, 2
-/// cores, five alternating pairs of 12 s, 2026-12-03) 500 ms served 13.5-17.6 images/s against
-/// 11.9-15.4 with 250 ms (+9% to +37%, every pair; 124 against 146 ms per image in the runs)
-/// and a lower p99 in 4 of 5 pairs; 1,000 ms (batches of 5-8) as fast but with the wider tail
-/// (p99 1.3-1.6x the p50), as a slow run holds up 8 requests. With one two-thread session
-/// (`MODEL_SERVING_VISION_SESSIONS=1 MODEL_SERVING_REST_SESSION=false`), 250 keeps its batches
-/// at 4. Texts (a few ms each) and small models keep `max_batch`.
-pub const DEFAULT_MAX_RUN_MS: u64 = 500;
+/// thread each: on ViT-B/32 shapes about 120-160 ms an image, and 550 ms holds image batches at 4
+/// over that whole range ([`crate::batcher::batch_cap`]: the nearest size, held against noise
+/// from 118 to 169 ms an image). 500 ms with the cap at the largest size that fits put the
+/// boundary between 3 and 4 at 125 ms, inside that range: the cap flipped between the two, and
+/// a closed loop of clients waited one run or two by chance. At 16 clients (four alternating
+/// pairs of 400 requests, 2026-12-03) the p99 was 1,162-1,443 ms (1.11-1.30x the p50) against
+/// 1,380-1,563 ms (1.25-1.37x), lower in 3 of 4 pairs, at 13.6-14.9 against 13.3-14.2
+/// images/s. 250 ms (sized when one two-thread session ran everything, about 50 ms an image)
+/// gave batches of 1-2, and a batch of one costs the most per image (11.9-15.4 images/s
+/// against 13.5-17.6 at 500 ms, five pairs); 1,000 ms (batches of 5-8) was as fast but with the
+/// wider tail (p99 1.3-1.6x the p50), as a slow run holds up 8 requests. With one two-thread
+/// session (`MODEL_SERVING_VISION_SESSIONS=1 MODEL_SERVING_REST_SESSION=false`), 250 gives its
+/// batches of 4. Texts (a few ms each) and small models keep `max_batch`.
+pub const DEFAULT_MAX_RUN_MS: u64 = 550;
 pub const DEFAULT_QUEUE_ITEMS: usize = 256;
 pub const DEFAULT_MAX_ITEMS: usize = 64;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = crate::preprocess::DEFAULT_MAX_PIXELS;
