@@ -116,6 +116,7 @@ impl ServeConfig {
             vision_sessions: self.vision_sessions,
             rest_session: self.rest_session,
             share_weights: self.share_weights,
+            shared_weight_min_bytes: crate::onnx::SHARED_WEIGHT_MIN_BYTES,
             spin: self.spin,
             class_token_only: self.class_token_only,
             batch: BatchConfig {

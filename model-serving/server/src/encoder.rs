@@ -34,6 +34,9 @@ pub struct EncoderConfig {
     /// Whether several vision sessions share one copy of the graph's weights and of their packed
     /// forms ([`onnx::SharedWeights`]; they then load one after another).
     pub share_weights: bool,
+    /// The smallest weight they share ([`onnx::SHARED_WEIGHT_MIN_BYTES`]; tests share a small
+    /// model's).
+    pub shared_weight_min_bytes: usize,
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work.
     pub spin: bool,
     /// Whether the vision graph computes its last layer for the pooled class token only
@@ -62,6 +65,7 @@ impl EncoderConfig {
             vision_sessions: DEFAULT_VISION_SESSIONS,
             rest_session: DEFAULT_REST_SESSION,
             share_weights: DEFAULT_SHARE_WEIGHTS,
+            shared_weight_min_bytes: onnx::SHARED_WEIGHT_MIN_BYTES,
             spin: DEFAULT_SPIN,
             class_token_only: true,
             batch: default_batch(),
@@ -164,6 +168,8 @@ pub struct ClipEncoder {
     texts: Batcher<Vec<u32>>,
     /// Decoding permits: at most this many images are decoded at once, whatever the load.
     decode_permits: Arc<Semaphore>,
+    /// [`ClipEncoder::shared_weights`].
+    shared_weights: usize,
     config: EncoderConfig,
 }
 
@@ -218,7 +224,7 @@ impl ClipEncoder {
         // The sessions load side by side: ONNX Runtime builds a session on one thread, and the
         // three vision sessions and the text one took 7.5 s one after another (ViT-B/32 shapes).
         let (text_path, vision_path) = (dir.join(TEXT_MODEL), dir.join(VISION_MODEL));
-        let (mut visions, mut rest, mut text) = std::thread::scope(|scope| {
+        let ((mut visions, mut rest, shared_weights), mut text) = std::thread::scope(|scope| {
             let text = scope.spawn(|| TextModel::load(&env, &text_path, text_threading));
             let visions = load_visions(
                 &env,
@@ -227,10 +233,12 @@ impl ClipEncoder {
                 spec.image_size,
                 (sessions, vision_threading),
                 with_rest.then_some(rest_threading),
-                config.share_weights,
+                config
+                    .share_weights
+                    .then_some(config.shared_weight_min_bytes),
             );
             let text = joined(text)?;
-            visions.map(|(pool, rest)| (pool, rest, text))
+            visions.map(|visions| (visions, text))
         })?;
         let tokenizer = Arc::new(TextTokenizer::load(
             &dir.join(TOKENIZER),
@@ -294,6 +302,7 @@ impl ClipEncoder {
             vision_sessions = sessions,
             vision_threads = vision_threading.intra,
             rest_session_threads = rest_threads,
+            shared_weights,
             text_threads = text_threading.intra,
             spin = config.spin,
             "model loaded"
@@ -310,8 +319,15 @@ impl ClipEncoder {
             images,
             texts,
             decode_permits: Arc::new(Semaphore::new(decode_threads)),
+            shared_weights,
             config,
         })
+    }
+
+    /// How many weights the vision sessions share ([`EncoderConfig::share_weights`]; 0 when
+    /// each holds its own).
+    pub fn shared_weights(&self) -> usize {
+        self.shared_weights
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -518,9 +534,10 @@ fn joined<T>(
         .map_err(LoadError::from)
 }
 
-/// The vision graph rewritten once (and its weights read once when several sessions share them),
-/// then the pool's sessions (`count` with `threading`) and the rest session (with `rest`)
-/// loaded from it: one after another when they share weights, else side by side.
+/// The vision graph rewritten once (and its weights of at least `share_weights` bytes read once
+/// when several sessions share them), then the pool's sessions (`count` with `threading`) and
+/// the rest session (with `rest`) loaded from it: one after another when they share weights,
+/// else side by side. Also returns how many weights they share.
 fn load_visions(
     env: &ort::environment::Environment,
     path: &Path,
@@ -528,11 +545,13 @@ fn load_visions(
     image_size: u32,
     (count, threading): (usize, Threading),
     rest: Option<Threading>,
-    share_weights: bool,
-) -> Result<(Vec<VisionModel>, Option<VisionModel>), LoadError> {
+    share_weights: Option<usize>,
+) -> Result<(Vec<VisionModel>, Option<VisionModel>, usize), LoadError> {
     let mut graph = VisionGraph::prepare(path, class_token_only)?;
-    if share_weights && count + usize::from(rest.is_some()) > 1 {
-        graph.share_weights(onnx::SHARED_WEIGHT_MIN_BYTES);
+    if let Some(min_bytes) = share_weights
+        && count + usize::from(rest.is_some()) > 1
+    {
+        graph.share_weights(min_bytes);
     }
     // Sessions sharing their weights load one after another: ONNX Runtime still reads the whole
     // file for each (the weights it is handed replace the file's afterwards), so three side by
@@ -552,7 +571,7 @@ fn load_visions(
             Ok((pool, rest))
         };
         match shared() {
-            Ok(loaded) => return Ok(loaded),
+            Ok((pool, rest)) => return Ok((pool, rest, graph.shared_weights())),
             Err(error) => {
                 tracing::info!(
                     model = %path.display(),
@@ -572,7 +591,7 @@ fn load_visions(
         let rest = rest.map(load);
         let pool = pool.into_iter().map(joined).collect::<Result<Vec<_>, _>>();
         let rest = rest.map(joined).transpose();
-        Ok((pool?, rest?))
+        Ok((pool?, rest?, 0))
     })
 }
 

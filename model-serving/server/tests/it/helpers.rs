@@ -182,3 +182,44 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
+
+/// Loads the service's encoder for `dir` twice, two pool sessions and the rest session each
+/// time: with every weight shared (the tiny models have none of the size the service shares)
+/// and with none. Returns how many weights the first shares and the largest difference between
+/// the two's embeddings of three photos, sent as three requests at once (under load: the pool).
+pub async fn shared_against_own(dir: &Path) -> (usize, f32) {
+    let photos: Vec<bytes::Bytes> = sample_photos(3).iter().map(|p| read(p).into()).collect();
+    let load = |share_weights| {
+        ClipEncoder::load(EncoderConfig {
+            model_dir: dir.to_owned(),
+            vision_sessions: 2,
+            rest_session: true,
+            share_weights,
+            shared_weight_min_bytes: 0,
+            ..encoder_config()
+        })
+        .expect("load")
+    };
+    let (shared, own) = (load(true), load(false));
+    assert_eq!(own.shared_weights(), 0);
+    let encode = |encoder: ClipEncoder| {
+        let photos = photos.clone();
+        async move {
+            let requests = photos
+                .iter()
+                .map(|p| encoder.encode_images(vec![p.clone()]));
+            let embeddings = futures::future::try_join_all(requests)
+                .await
+                .expect("encode");
+            (embeddings.concat(), encoder.shared_weights())
+        }
+    };
+    let ((a, shared), (b, _)) = (encode(shared).await, encode(own).await);
+    assert_eq!(a.len(), photos.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0.0, f32::max);
+    (shared, worst)
+}

@@ -2,7 +2,8 @@
 //! for the pooled class token only, and gives the embeddings the whole graph gives — on the
 //! generated fp32 model, on a static int8 (QDQ) copy of it, and on a graph that also returns
 //! every token; a graph with no class token, and a broken file, are left alone or refused. And
-//! sessions that share one graph's weights encode what a session of its own does.
+//! sessions that share one graph's weights encode what a session of its own does, alone and in
+//! the service's encoder.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -135,8 +136,8 @@ fn a_graph_that_also_returns_every_token_is_narrowed_once_that_output_is_dropped
     assert!(worst < 1e-5, "embeddings differ by {worst}");
 }
 
-#[test]
-fn a_static_int8_copy_is_narrowed_and_encodes_the_same() {
+#[tokio::test]
+async fn a_static_int8_copy_is_narrowed_and_encodes_the_same() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("tiny-int8");
     let run = Command::new(python())
@@ -167,6 +168,11 @@ fn a_static_int8_copy_is_narrowed_and_encodes_the_same() {
         pruned.narrowed
     );
     let worst = largest_difference(&out, &sample_photos(5));
+    assert!(worst < 1e-5, "embeddings differ by {worst}");
+
+    // Its sessions share their int8 weights in the service's encoder too.
+    let (shared, worst) = shared_against_own(&out).await;
+    assert!(shared > 10, "only {shared} weights shared");
     assert!(worst < 1e-5, "embeddings differ by {worst}");
 }
 
@@ -284,4 +290,13 @@ fn sessions_sharing_their_weights_encode_what_a_session_of_its_own_does() {
             assert!(worst < 1e-5, "embeddings differ by {worst}");
         }
     }
+}
+
+/// The service's load path: an encoder whose vision sessions share their weights loads them one
+/// after another and encodes what one whose sessions hold their own does.
+#[tokio::test]
+async fn an_encoder_whose_sessions_share_weights_encodes_what_one_without_does() {
+    let (shared, worst) = shared_against_own(&model_dir()).await;
+    assert!(shared > 10, "only {shared} weights shared");
+    assert!(worst < 1e-5, "embeddings differ by {worst}");
 }

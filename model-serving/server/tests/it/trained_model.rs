@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 
 use model_serving::encoder::EncoderConfig;
+use model_serving::model::VISION_MODEL;
+use model_serving::onnx::VisionGraph;
 
 use crate::helpers::*;
 
@@ -156,7 +158,17 @@ async fn int8_copy_is_served_agrees_with_fp32_and_still_ranks() {
         worst > 0.98,
         "an int8 embedding is {worst} from its fp32 one"
     );
-    ranks_obvious_queries(out, "fashion-clip-mini-int8").await;
+    ranks_obvious_queries(out.clone(), "fashion-clip-mini-int8").await;
+
+    // Its int8 convolutions cannot share packed weights (ONNX Runtime refuses such sessions):
+    // the sessions that were to share its weights load again with their own, and encode the
+    // same.
+    let mut graph = VisionGraph::prepare(&out.join(VISION_MODEL), true).expect("prepare");
+    graph.share_weights(0);
+    assert!(graph.shared_weights() > 0, "no weights listed to share");
+    let (shared, worst) = shared_against_own(&out).await;
+    assert_eq!(shared, 0, "the int8 CNN's sessions shared {shared} weights");
+    assert!(worst < 1e-5, "embeddings differ by {worst}");
 
     // Not a model folder: one line on stderr, a failure status, no folder written.
     let bad = tmp.path().join("not-a-model");
