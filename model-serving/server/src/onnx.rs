@@ -163,9 +163,14 @@ impl SharedWeights {
             bytes += weight.bytes.len();
             values.push((weight.name.to_owned(), Arc::new(value)));
         }
+        // `ort` panics when ONNX Runtime cannot make the container (out of memory): refused
+        // here, the sessions read their own weights.
+        let prepacked = std::panic::catch_unwind(PrepackedWeights::new).map_err(|_| {
+            err("ONNX Runtime could not create a prepacked-weights container".into())
+        })?;
         Ok(Some(Self {
             values,
-            prepacked: PrepackedWeights::new(),
+            prepacked,
             bytes,
         }))
     }
