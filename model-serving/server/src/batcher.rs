@@ -40,8 +40,7 @@ const CAP_HYSTERESIS_ITEMS: f64 = 0.75;
 /// stays within [`CAP_HYSTERESIS_ITEMS`] of it. A cap that follows every run's noise flips
 /// between two sizes when the fit lies near a boundary (500 ms at 124-150 ms an image: 3 or 4),
 /// and a closed loop of clients then waits one run or two by chance: at 16 clients on ViT-B/32
-/// shapes a p99 of 1.25-1.37x the p50 against 1.11-1.30x with the held cap (four pairs,
-/// `DEFAULT_MAX_RUN_MS`).
+/// shapes a p99 of 1.25-1.37x the p50 against 1.11-1.30x with the cap held at 4 (four pairs).
 pub fn batch_cap(
     max_batch: usize,
     max_run: Duration,

@@ -618,20 +618,23 @@ pub const DEFAULT_SHARE_WEIGHTS: bool = true;
 pub const DEFAULT_SPIN: bool = true;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 /// The run a batch under load is sized for. Under load the pool's sessions run the batches, one
-/// thread each: on ViT-B/32 shapes about 120-160 ms an image, and 550 ms holds image batches at 4
-/// over that whole range ([`crate::batcher::batch_cap`]: the nearest size, held against noise
-/// from 118 to 169 ms an image). 500 ms with the cap at the largest size that fits put the
-/// boundary between 3 and 4 at 125 ms, inside that range: the cap flipped between the two, and
-/// a closed loop of clients waited one run or two by chance. At 16 clients (four alternating
-/// pairs of 400 requests, 2026-12-03) the p99 was 1,162-1,443 ms (1.11-1.30x the p50) against
-/// 1,380-1,563 ms (1.25-1.37x), lower in 3 of 4 pairs, at 13.6-14.9 against 13.3-14.2
-/// images/s. 250 ms (sized when one two-thread session ran everything, about 50 ms an image)
-/// gave batches of 1-2, and a batch of one costs the most per image (11.9-15.4 images/s
-/// against 13.5-17.6 at 500 ms, five pairs); 1,000 ms (batches of 5-8) was as fast but with the
-/// wider tail (p99 1.3-1.6x the p50), as a slow run holds up 8 requests. With one two-thread
-/// session (`MODEL_SERVING_VISION_SESSIONS=1 MODEL_SERVING_REST_SESSION=false`), 250 gives its
-/// batches of 4. Texts (a few ms each) and small models keep `max_batch`.
-pub const DEFAULT_MAX_RUN_MS: u64 = 550;
+/// thread each: on ViT-B/32 shapes about 115-180 ms an image as this machine's speed drifts, and
+/// 275 ms holds image batches at 2 over all of it ([`crate::batcher::batch_cap`]: the nearest
+/// size, held from 100 to 220 ms an image). A closed loop of clients waits for whole runs, so
+/// short runs make a narrow tail: at 16 clients (2026-12-03, two servers up side by side taking
+/// turns of 400 requests) batches of 2 had the lower p99 in 5 of 7 pairs against batches of 4-5
+/// (a sixth within 1 ms; p99 1.07-1.27x the p50 against 1.23-1.50x, one pair 1.66x with a
+/// stall) for 2-10% less throughput in 6 of 7 (128-131 against 120-125 ms an image); `make
+/// bench` section 6: p99 0.61x and
+/// 0.87x the reference's at 1.24x and 1.20x its throughput, against 0.76-0.88x at 1.26-1.33x
+/// over five runs with batches of 4. Batches of 4 (550 ms) had a boundary at 118 ms an image,
+/// crossed when the machine ran fast (batches of 5, a wider tail); 500 ms with the cap at the
+/// largest size that fits flipped between 3 and 4 from run to run (p99 1.25-1.37x the p50);
+/// with the floor, 250 ms fell to batches of one (146 ms an image, the most). With one
+/// two-thread session (`MODEL_SERVING_VISION_SESSIONS=1 MODEL_SERVING_REST_SESSION=false`,
+/// about 50 ms an image) 275 gives batches of 5. Texts (a few ms each) and small models keep
+/// `max_batch`.
+pub const DEFAULT_MAX_RUN_MS: u64 = 275;
 pub const DEFAULT_QUEUE_ITEMS: usize = 256;
 pub const DEFAULT_MAX_ITEMS: usize = 64;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = crate::preprocess::DEFAULT_MAX_PIXELS;
