@@ -115,8 +115,9 @@ impl ServeConfig {
             threads: self.threads,
             vision_sessions: self.vision_sessions,
             rest_session: self.rest_session,
-            share_weights: self.share_weights,
-            shared_weight_min_bytes: crate::onnx::SHARED_WEIGHT_MIN_BYTES,
+            share_weights: self
+                .share_weights
+                .then_some(crate::onnx::SHARED_WEIGHT_MIN_BYTES),
             spin: self.spin,
             class_token_only: self.class_token_only,
             batch: BatchConfig {

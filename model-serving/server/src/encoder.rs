@@ -31,12 +31,11 @@ pub struct EncoderConfig {
     /// service idle, alone (the others wait while it runs): latency at rest of one session with
     /// every core, throughput under load of the sessions side by side.
     pub rest_session: bool,
-    /// Whether several vision sessions share one copy of the graph's weights and of their packed
-    /// forms ([`onnx::SharedWeights`]; they then load one after another).
-    pub share_weights: bool,
-    /// The smallest weight they share ([`onnx::SHARED_WEIGHT_MIN_BYTES`]; tests share a small
-    /// model's).
-    pub shared_weight_min_bytes: usize,
+    /// With the smallest weight worth sharing ([`onnx::SHARED_WEIGHT_MIN_BYTES`]; tests share a
+    /// small model's): several vision sessions share one copy of the graph's weights and of their
+    /// packed forms ([`onnx::SharedWeights`]; they then load one after another). `None`: each
+    /// reads its own.
+    pub share_weights: Option<usize>,
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work.
     pub spin: bool,
     /// Whether the vision graph computes its last layer for the pooled class token only
@@ -64,8 +63,7 @@ impl EncoderConfig {
             threads: 0,
             vision_sessions: DEFAULT_VISION_SESSIONS,
             rest_session: DEFAULT_REST_SESSION,
-            share_weights: DEFAULT_SHARE_WEIGHTS,
-            shared_weight_min_bytes: onnx::SHARED_WEIGHT_MIN_BYTES,
+            share_weights: DEFAULT_SHARE_WEIGHTS.then_some(onnx::SHARED_WEIGHT_MIN_BYTES),
             spin: DEFAULT_SPIN,
             class_token_only: true,
             batch: default_batch(),
@@ -233,9 +231,7 @@ impl ClipEncoder {
                 spec.image_size,
                 (sessions, vision_threading),
                 with_rest.then_some(rest_threading),
-                config
-                    .share_weights
-                    .then_some(config.shared_weight_min_bytes),
+                config.share_weights,
             );
             let text = joined(text)?;
             visions.map(|visions| (visions, text))
@@ -623,17 +619,16 @@ pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 /// size, held from 100 to 220 ms an image). A closed loop of clients waits for whole runs, so
 /// short runs make a narrow tail: at 16 clients (2026-12-03, two servers up side by side taking
 /// turns of 400 requests) batches of 2 had the lower p99 in 5 of 7 pairs against batches of 4-5
-/// (a sixth within 1 ms; p99 1.07-1.27x the p50 against 1.23-1.50x, one pair 1.66x with a
-/// stall) for 2-10% less throughput in 6 of 7 (128-131 against 120-125 ms an image); `make
-/// bench` section 6: p99 0.61x and
-/// 0.87x the reference's at 1.24x and 1.20x its throughput, against 0.76-0.88x at 1.26-1.33x
-/// over five runs with batches of 4. Batches of 4 (550 ms) had a boundary at 118 ms an image,
-/// crossed when the machine ran fast (batches of 5, a wider tail); 500 ms with the cap at the
-/// largest size that fits flipped between 3 and 4 from run to run (p99 1.25-1.37x the p50);
-/// with the floor, 250 ms fell to batches of one (146 ms an image, the most). With one
-/// two-thread session (`MODEL_SERVING_VISION_SESSIONS=1 MODEL_SERVING_REST_SESSION=false`,
-/// about 50 ms an image) 275 gives batches of 5. Texts (a few ms each) and small models keep
-/// `max_batch`.
+/// (a sixth within 1 ms; p99 1.07-1.27x the p50 against 1.23-1.50x, one pair 1.66x with a stall)
+/// for 2-10% less throughput in 6 of 7 (128-131 against 120-125 ms an image); `make bench`
+/// section 6, four runs: p99 0.61-0.87x the reference's (3 of 4 at or below 0.8x) at 1.20-1.26x
+/// its throughput, against 0.76-0.88x (2 of 5) at 1.26-1.33x with batches of 4. Batches of 4 (550
+/// ms) had a boundary at 118 ms an image, crossed when the machine ran fast (batches of 5, a
+/// wider tail); 500 ms with the cap at the largest size that fits flipped between 3 and 4 from
+/// run to run (p99 1.25-1.37x the p50); with the floor, 250 ms fell to batches of one (146 ms an
+/// image, the most). With one two-thread session (`MODEL_SERVING_VISION_SESSIONS=1
+/// MODEL_SERVING_REST_SESSION=false`, about 50 ms an image) 275 gives batches of 5. Texts (a few
+/// ms each) and small models keep `max_batch`.
 pub const DEFAULT_MAX_RUN_MS: u64 = 275;
 pub const DEFAULT_QUEUE_ITEMS: usize = 256;
 pub const DEFAULT_MAX_ITEMS: usize = 64;

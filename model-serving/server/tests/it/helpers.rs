@@ -189,18 +189,17 @@ pub fn norm(v: &[f32]) -> f32 {
 /// the two's embeddings of three photos, sent as three requests at once (under load: the pool).
 pub async fn shared_against_own(dir: &Path) -> (usize, f32) {
     let photos: Vec<bytes::Bytes> = sample_photos(3).iter().map(|p| read(p).into()).collect();
-    let load = |share_weights| {
+    let load = |share_weights: Option<usize>| {
         ClipEncoder::load(EncoderConfig {
             model_dir: dir.to_owned(),
             vision_sessions: 2,
             rest_session: true,
             share_weights,
-            shared_weight_min_bytes: 0,
             ..encoder_config()
         })
         .expect("load")
     };
-    let (shared, own) = (load(true), load(false));
+    let (shared, own) = (load(Some(0)), load(None));
     assert_eq!(own.shared_weights(), 0);
     let encode = |encoder: ClipEncoder| {
         let photos = photos.clone();
