@@ -75,7 +75,7 @@ pub fn describe() {
     describe_gauge!(
         BATCH_CAP_ITEMS,
         Unit::Count,
-        "Most items the batch being formed may take: max_batch, or fewer when the recent runs' time per item says more would exceed the run budget (MODEL_SERVING_MAX_RUN_MS)."
+        "Most items the batch being formed may take: max_batch, or the size whose run at the recent runs' time per item comes nearest the run budget (MODEL_SERVING_MAX_RUN_MS), held against run-to-run noise."
     );
     describe_counter!(
         ERRORS_TOTAL,
