@@ -132,6 +132,15 @@ fn raw_throughput(
     Ok((runs * batch) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// One raw way of running the model, as section 1 measured it.
+#[derive(Clone, Copy)]
+struct RawWay {
+    batch: usize,
+    /// Two single-thread sessions side by side, or one session of two threads.
+    paired: bool,
+    images_per_second: f64,
+}
+
 /// A thread that busy-loops 30 ms of every 100 on whatever core it gets, until dropped.
 struct Neighbour {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -340,7 +349,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         best = best.min(start.elapsed().as_secs_f64() / s.photos.len() as f64);
     }
     // Where the time goes: decode (with orientation) vs transform, best of 3 each.
-    let bytes: Vec<Vec<u8>> = s
+    let photos: Vec<Vec<u8>> = s
         .photos
         .iter()
         .map(std::fs::read)
@@ -349,17 +358,17 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut out = Vec::new();
     for _ in 0..3 {
         let start = Instant::now();
-        let decoded: Vec<_> = bytes
+        let decoded: Vec<_> = photos
             .iter()
             .map(|b| model_serving::preprocess::decode_rgb(b, &pre.limits))
             .collect::<Result<_, _>>()?;
-        decode = decode.min(start.elapsed().as_secs_f64() / bytes.len() as f64);
+        decode = decode.min(start.elapsed().as_secs_f64() / photos.len() as f64);
         let start = Instant::now();
         for rgb in &decoded {
             out.clear();
             pre.transform(rgb, &mut out)?;
         }
-        transform = transform.min(start.elapsed().as_secs_f64() / bytes.len() as f64);
+        transform = transform.min(start.elapsed().as_secs_f64() / photos.len() as f64);
     }
     let pil = match &s.python {
         Some(python) => Some(python_preprocess_seconds(python, &s.photos)?),
@@ -380,7 +389,6 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     // (1) Raw ONNX Runtime.
     let tensors = preprocess_all(&pre, &s.photos)?;
     let env = environment(&s.ort)?;
-    // Every raw way measured, as (batch, two single-thread sessions side by side?, img/s).
     let mut raw = Vec::new();
     let (mut model, mut pair) = {
         // One rewrite of the graph for the session of two threads and the two of one thread.
@@ -394,7 +402,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         for batch in [1, 4, 8, 32] {
             let ips = raw_throughput(&mut model, &tensors, batch, s.budget, 50)?;
             println!("    batch {batch:>2}        {ips:>8.2} img/s");
-            raw.push((batch, false, ips));
+            raw.push(RawWay {
+                batch,
+                paired: false,
+                images_per_second: ips,
+            });
         }
         // The file's graph as it is against the graph as served, at batch 4, in alternating
         // turns (this machine's speed drifts by minutes): what the narrowing gains.
@@ -463,7 +475,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             let ips = side_by_side(&mut pair, &tensors, batch, s.budget, 50)?;
             println!("    2 sessions x 1 thread, batch {batch:>2} each  {ips:>8.2} img/s");
             // Another way to run the same model on the same cores: the best raw rate counts it.
-            raw.push((batch, true, ips));
+            raw.push(RawWay {
+                batch,
+                paired: true,
+                images_per_second: ips,
+            });
         }
         (model, pair)
     };
@@ -471,24 +487,18 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         return Ok(());
     }
     // Each way's best batch in section 1, run again in turns with the service below: the best of
-    // eight measurements taken minutes apart is a high draw on a machine whose speed moves by
+    // seven measurements taken minutes apart is a high draw on a machine whose speed moves by
     // minutes, and the service's ratio to it would fall with each draw.
     let best_of = |paired: bool| {
         raw.iter()
-            .filter(|r| r.1 == paired)
-            .max_by(|a, b| a.2.total_cmp(&b.2))
-            .map(|r| r.0)
-            .unwrap_or(1)
+            .filter(|r| r.paired == paired)
+            .max_by(|a, b| a.images_per_second.total_cmp(&b.images_per_second))
+            .map_or(1, |r| r.batch)
     };
     let (single_batch, pair_batch) = (best_of(false), best_of(true));
-    let first_best = raw.iter().map(|r| r.2).fold(0.0, f64::max);
+    let first_best = raw.iter().map(|r| r.images_per_second).fold(0.0, f64::max);
 
     // (2) Through HTTP, with and without dynamic batching.
-    let photos: Vec<Vec<u8>> = s
-        .photos
-        .iter()
-        .map(std::fs::read)
-        .collect::<Result<_, _>>()?;
     println!(
         "\n(2) HTTP service throughput, single-image requests (16 clients: in 3 turns with each \
          raw way at its best batch in section 1, and with the raw way the service without \
@@ -499,7 +509,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     println!("    1 client,  batching      {one:>8.2} img/s");
     let unbatched = start_service(&s, 1).await?;
     // Each is measured in turn, 3 times, for a third of the budget each time, and its rates
-    // averaged: a change in the machine's speed then falls on all four.
+    // averaged: a change in the machine's speed then falls on all five.
     const ROUNDS: u32 = 3;
     let turn = s.budget / ROUNDS;
     // Images per second, averaged over the turns: 1 x 2 threads, 2 x 1 thread, 2 x 1 thread at
@@ -507,14 +517,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut rates = [0.0; 5];
     let mut turns = Vec::new();
     for _ in 0..ROUNDS {
-        let single = tokio::task::block_in_place(|| {
-            raw_throughput(&mut model, &tensors, single_batch, turn, usize::MAX)
+        // The raw runs block this runtime thread (the services' tasks are idle meanwhile).
+        let (single, paired, b1) = tokio::task::block_in_place(|| {
+            anyhow::Ok((
+                raw_throughput(&mut model, &tensors, single_batch, turn, usize::MAX)?,
+                side_by_side(&mut pair, &tensors, pair_batch, turn, usize::MAX)?,
+                side_by_side(&mut pair, &tensors, 1, turn, usize::MAX)?,
+            ))
         })?;
-        let paired = tokio::task::block_in_place(|| {
-            side_by_side(&mut pair, &tensors, pair_batch, turn, usize::MAX)
-        })?;
-        let b1 =
-            tokio::task::block_in_place(|| side_by_side(&mut pair, &tensors, 1, turn, usize::MAX))?;
         let on = service_throughput(&batched.client, &photos, 16, 1 << 20, turn).await?;
         let off = service_throughput(&unbatched.client, &photos, 16, 1 << 20, turn).await?;
         turns.push(format!(
