@@ -79,8 +79,8 @@ pub struct ServeConfig {
     /// the service idle, alone (true/false).
     #[arg(long, env = "MODEL_SERVING_REST_SESSION", default_value_t = encoder::DEFAULT_REST_SESSION, action = clap::ArgAction::Set)]
     pub rest_session: bool,
-    /// Whether several vision sessions share one copy of the weights (less memory, a slower
-    /// start: they load one after another) (true/false).
+    /// Whether several vision sessions share one copy of the weights (less memory, and a
+    /// quicker start: none reads the weights while it loads) (true/false).
     #[arg(long, env = "MODEL_SERVING_SHARE_WEIGHTS", default_value_t = encoder::DEFAULT_SHARE_WEIGHTS, action = clap::ArgAction::Set)]
     pub share_weights: bool,
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work (true/false).

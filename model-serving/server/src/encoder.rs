@@ -33,8 +33,8 @@ pub struct EncoderConfig {
     pub rest_session: bool,
     /// With the smallest weight worth sharing ([`onnx::SHARED_WEIGHT_MIN_BYTES`]; tests share a
     /// small model's): several vision sessions share one copy of the graph's weights and of their
-    /// packed forms ([`onnx::SharedWeights`]; they then load one after another). `None`: each
-    /// reads its own.
+    /// packed forms ([`onnx::SharedWeights`]; the others load side by side after the first,
+    /// which packs them). `None`: each reads its own.
     pub share_weights: Option<usize>,
     /// Whether ONNX Runtime's idle intra-op threads spin waiting for work.
     pub spin: bool,
@@ -532,8 +532,8 @@ fn joined<T>(
 
 /// The vision graph rewritten once (and its weights of at least `share_weights` bytes read once
 /// when several sessions share them), then the pool's sessions (`count` with `threading`) and
-/// the rest session (with `rest`) loaded from it: one after another when they share weights,
-/// else side by side. Also returns how many weights they share.
+/// the rest session (with `rest`) loaded from it: side by side, after the first when they share
+/// weights. Also returns how many weights they share.
 fn load_visions(
     env: &ort::environment::Environment,
     path: &Path,
@@ -543,28 +543,39 @@ fn load_visions(
     rest: Option<Threading>,
     share_weights: Option<usize>,
 ) -> Result<(Vec<VisionModel>, Option<VisionModel>, usize), LoadError> {
-    let mut graph = VisionGraph::prepare(path, class_token_only)?;
-    if let Some(min_bytes) = share_weights
-        && count + usize::from(rest.is_some()) > 1
-    {
-        graph.share_weights(min_bytes);
-    }
-    // Sessions sharing their weights load one after another: ONNX Runtime still reads the whole
-    // file for each (the weights it is handed replace the file's afterwards), so three side by
-    // side held three transient copies (ViT-B/32 shapes, `model-serving serve` to ready: peak
-    // 1.78 GB against 1.44 GB), and the later ones take the packed weights the first made
-    // (ready in 5.5-6.1 s against 3.5-4.1 s for three unshared sessions side by side). A graph
-    // whose kernels cannot share their packed weights (ONNX Runtime refuses the session: the
-    // int8 convolutions of a quantised CNN) is loaded again without sharing.
+    let share = share_weights.filter(|_| count + usize::from(rest.is_some()) > 1);
+    let mut graph = VisionGraph::prepare_sharing(path, class_token_only, share)?;
+    // Sessions sharing their weights are handed them, so none reads or copies them while it
+    // loads ([`VisionGraph::prepare_sharing`]: they are out of the graph it parses). The first
+    // packs them (MatMul's packed B) into the shared container and the others, loaded side by
+    // side after it, take those (ViT-B/32 shapes, `model-serving serve` to ready: 2.9-3.7 s at a
+    // peak of 1.11 GB, against 5.1-6.1 s at 1.41 GB when each still read the whole file and
+    // they loaded one after another). A graph whose kernels cannot share their packed weights
+    // (ONNX Runtime refuses the session: the int8 convolutions of a quantised CNN) is loaded
+    // again without sharing.
     if graph.shared_weights() > 0 {
         let shared = || -> Result<_, OnnxError> {
-            let pool = (0..count)
-                .map(|_| VisionModel::load_graph(env, &graph, image_size, threading))
-                .collect::<Result<Vec<_>, _>>()?;
-            let rest = rest
-                .map(|rest| VisionModel::load_graph(env, &graph, image_size, rest))
-                .transpose()?;
-            Ok((pool, rest))
+            let first = VisionModel::load_graph(env, &graph, image_size, threading)?;
+            let graph = &graph;
+            let (others, rest) = std::thread::scope(|scope| {
+                let load = |threading| {
+                    scope.spawn(move || VisionModel::load_graph(env, graph, image_size, threading))
+                };
+                let join = |handle: std::thread::ScopedJoinHandle<'_, _>| {
+                    handle.join().unwrap_or_else(|_| {
+                        Err(OnnxError::Model {
+                            path: path.to_owned(),
+                            message: "a session's load panicked".into(),
+                        })
+                    })
+                };
+                let others: Vec<_> = (1..count).map(|_| load(threading)).collect();
+                let rest = rest.map(load);
+                let others = others.into_iter().map(join).collect::<Result<Vec<_>, _>>();
+                (others, rest.map(join).transpose())
+            });
+            let pool = std::iter::once(first).chain(others?).collect();
+            Ok((pool, rest?))
         };
         match shared() {
             Ok((pool, rest)) => return Ok((pool, rest, graph.shared_weights())),
@@ -607,9 +618,10 @@ pub const DEFAULT_MAX_BATCH: usize = 8;
 /// ([`DEFAULT_SHARE_WEIGHTS`]).
 pub const DEFAULT_VISION_SESSIONS: usize = 2;
 pub const DEFAULT_REST_SESSION: bool = true;
-/// Three ViT-B/32-shaped vision sessions sharing their weights: 1,095 MB idle against 1,363 MB,
-/// ready in 6.5-7.1 s against 3.8 s (`make bench`, section 7); the same 16-client throughput
-/// (four alternating pairs of 12 s, within 2%).
+/// Three ViT-B/32-shaped vision sessions sharing their weights: 1,111 MB idle against 1,375 MB,
+/// and ready in 2.4-3.1 s against 3.3-3.5 s (`model-serving serve` to `/health/ready`, six runs
+/// each, 2026-12-04; 5.1-6.1 s at a start peak of 1.41 GB while each session still parsed the
+/// whole file); the same 16-client throughput (four alternating pairs of 12 s, within 2%).
 pub const DEFAULT_SHARE_WEIGHTS: bool = true;
 pub const DEFAULT_SPIN: bool = true;
 pub const DEFAULT_MAX_WAIT_MS: u64 = 5;

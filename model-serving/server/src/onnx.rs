@@ -128,10 +128,10 @@ fn session(
 
 /// Weights several sessions of one graph share instead of each holding its own copy: the
 /// graph's big initializers, read once and handed to every session (ONNX Runtime's
-/// `AddInitializer`: a session still reads the whole file while it loads, but keeps these in
-/// place of the file's copies), and one container for the packed forms its kernels make of them
-/// (MatMul's packed B), which the first session fills and the others reuse. Without both, three
-/// ViT-B/32 sessions hold three packed copies.
+/// `AddInitializer`; out of the graph the sessions parse when it is rewritten,
+/// [`VisionGraph::prepare_sharing`]), and one container for the packed forms its kernels make of
+/// them (MatMul's packed B), which the first session fills and the others reuse. Without both,
+/// three ViT-B/32 sessions hold three packed copies.
 pub struct SharedWeights {
     values: Vec<(String, Arc<DynValue>)>,
     prepacked: PrepackedWeights,
@@ -144,30 +144,31 @@ pub struct SharedWeights {
 pub const SHARED_WEIGHT_MIN_BYTES: usize = 64 * 1024;
 
 impl SharedWeights {
-    /// Reads the initializers of at least `min_bytes` of the model at `path`; `Ok(None)` when
-    /// it has none.
-    fn read(path: &Path, min_bytes: usize) -> Result<Option<Self>, OnnxError> {
-        let err = |message: String| OnnxError::Model {
-            path: path.to_owned(),
-            message,
-        };
-        let file = read_unheaped(path).map_err(|e| err(e.to_string()))?;
-        let weights = prune::weights(&file, min_bytes).map_err(|e| err(e.to_string()))?;
-        if weights.is_empty() {
-            return Ok(None);
-        }
-        let mut values = Vec::with_capacity(weights.len());
+    /// The weights of at least `min_bytes` of the serialised model `model`; `Ok(None)` when it
+    /// has none.
+    fn read(model: &[u8], min_bytes: usize) -> Result<Option<Self>, String> {
+        let weights = prune::weights(model, min_bytes).map_err(|e| e.to_string())?;
+        Self::of(weights.iter())
+    }
+
+    /// Copies of `weights`, to hand to every session; `Ok(None)` for none.
+    fn of<'w>(
+        weights: impl Iterator<Item = &'w prune::Weight<'w>>,
+    ) -> Result<Option<Self>, String> {
+        let mut values = Vec::new();
         let mut bytes = 0;
         for weight in weights {
-            let value = weight_value(&weight).map_err(|e| err(format!("{}: {e}", weight.name)))?;
+            let value = weight_value(weight).map_err(|e| format!("{}: {e}", weight.name))?;
             bytes += weight.bytes.len();
             values.push((weight.name.to_owned(), Arc::new(value)));
         }
+        if values.is_empty() {
+            return Ok(None);
+        }
         // `ort` panics when ONNX Runtime cannot make the container (out of memory): refused
         // here, the sessions read their own weights.
-        let prepacked = std::panic::catch_unwind(PrepackedWeights::new).map_err(|_| {
-            err("ONNX Runtime could not create a prepacked-weights container".into())
-        })?;
+        let prepacked = std::panic::catch_unwind(PrepackedWeights::new)
+            .map_err(|_| "ONNX Runtime could not create a prepacked-weights container")?;
         Ok(Some(Self {
             values,
             prepacked,
@@ -215,56 +216,98 @@ fn read_unheaped(path: &Path) -> std::io::Result<memmap2::MmapMut> {
 }
 
 /// The vision graph sessions load: the model file, or its rewrite that computes the last layer
-/// for the class token only ([`prune`]), in a temporary file removed when this is dropped. Made
-/// once and shared by every session of a process.
+/// for the class token only ([`prune`]), in a temporary folder removed when this is dropped; and
+/// the weights its sessions share, if they share them. Made once for every session of a process.
 pub struct VisionGraph {
     path: PathBuf,
-    narrowed: Option<tempfile::NamedTempFile>,
+    narrowed: Option<Narrowed>,
     shared: Option<SharedWeights>,
 }
+
+/// A rewritten graph in a temporary folder, with the weights its sessions are handed in a file
+/// beside it ([`prune::Rewrite::externalize`]).
+struct Narrowed {
+    model: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The rewritten graph's name in its temporary folder, and its shared weights' file.
+const NARROWED_MODEL: &str = "vision_model.onnx";
+const NARROWED_WEIGHTS: &str = "vision_model.weights";
 
 impl VisionGraph {
     /// The file as it is unless `class_token_only`; then its rewrite when there is something to
     /// narrow. A malformed file is an error; a rewrite that cannot be written out (a full
     /// temporary folder) is logged and the file is served as it is.
     pub fn prepare(path: &Path, class_token_only: bool) -> Result<Self, OnnxError> {
-        let narrowed = match class_token_only {
-            true => narrowed_copy(path)?,
-            false => None,
-        };
-        Ok(Self {
-            path: path.to_owned(),
-            narrowed,
-            shared: None,
-        })
+        Self::prepare_sharing(path, class_token_only, None)
     }
 
-    /// Reads the graph's weights of at least `min_bytes` once for every session loaded from it
-    /// after this ([`SharedWeights`]; the service shares those of [`SHARED_WEIGHT_MIN_BYTES`]).
-    /// A file whose weights cannot be listed is logged, and each session then reads its own
-    /// (ONNX Runtime judges the file).
-    pub fn share_weights(&mut self, min_bytes: usize) {
-        match SharedWeights::read(self.load_path(), min_bytes) {
+    /// As [`Self::prepare`]; with `share` (the smallest weight worth sharing; the service uses
+    /// [`SHARED_WEIGHT_MIN_BYTES`]), the graph's weights of that size are read once, here, for
+    /// every session loaded from it ([`SharedWeights`]). The file is read once for both: the
+    /// rewrite then keeps those weights out of the graph ONNX Runtime parses (a file beside it
+    /// holds them, read only by a session that is not handed them), so a session no longer reads
+    /// and copies the whole tower while it loads (ViT-B/32 shapes: 351 of 351.4 MB). Weights
+    /// that cannot be listed are logged, and each session then reads its own (ONNX Runtime
+    /// judges the file).
+    pub fn prepare_sharing(
+        path: &Path,
+        class_token_only: bool,
+        share: Option<usize>,
+    ) -> Result<Self, OnnxError> {
+        let mut graph = Self {
+            path: path.to_owned(),
+            narrowed: None,
+            shared: None,
+        };
+        if !class_token_only && share.is_none() {
+            return Ok(graph);
+        }
+        let err = |message: String| OnnxError::Model {
+            path: path.to_owned(),
+            message,
+        };
+        let bytes = read_unheaped(path).map_err(|e| err(e.to_string()))?;
+        let rewrite = match class_token_only {
+            true => prune::Rewrite::plan(&bytes, "image_embeds").map_err(|e| err(e.to_string()))?,
+            false => None,
+        };
+        let narrowed = match rewrite {
+            Some(mut rewrite) => write_narrowed(path, &mut rewrite, share),
+            None => None,
+        };
+        let shared = match narrowed {
+            Some((narrowed, moved)) => {
+                graph.narrowed = Some(narrowed);
+                SharedWeights::of(moved.iter().map(|(_, weight)| weight))
+            }
+            // The file as it is.
+            None => share.map_or(Ok(None), |min| SharedWeights::read(&bytes, min)),
+        };
+        match shared {
             Ok(shared) => {
                 if let Some(shared) = &shared {
                     tracing::info!(
-                        model = %self.path.display(),
+                        model = %path.display(),
                         weights = shared.values.len(),
                         bytes = shared.bytes,
                         "vision sessions share their weights"
                     );
                 }
-                self.shared = shared;
+                graph.shared = shared;
             }
             Err(e) => tracing::warn!(
-                model = %self.path.display(),
+                model = %path.display(),
                 error = %e,
                 "cannot list the vision graph's weights; each session reads its own"
             ),
         }
+        Ok(graph)
     }
 
-    /// Sessions loaded after this read their own weights.
+    /// Sessions loaded after this read their own weights (a rewrite's moved weights from the
+    /// file beside it).
     pub fn stop_sharing(&mut self) {
         self.shared = None;
     }
@@ -276,42 +319,64 @@ impl VisionGraph {
 
     /// The file ONNX Runtime reads.
     fn load_path(&self) -> &Path {
-        self.narrowed.as_ref().map_or(&self.path, |f| f.path())
+        self.narrowed.as_ref().map_or(&self.path, |n| &n.model)
     }
 }
 
-fn narrowed_copy(path: &Path) -> Result<Option<tempfile::NamedTempFile>, OnnxError> {
-    let err = |message: String| OnnxError::Model {
-        path: path.to_owned(),
-        message,
-    };
-    let bytes = read_unheaped(path).map_err(|e| err(e.to_string()))?;
-    let Some(rewrite) =
-        prune::Rewrite::plan(&bytes, "image_embeds").map_err(|e| err(e.to_string()))?
-    else {
-        return Ok(None);
-    };
-    let write = || -> std::io::Result<tempfile::NamedTempFile> {
-        let mut file = tempfile::Builder::new()
-            .prefix("model-serving-vision-")
-            .suffix(".onnx")
-            .tempfile()?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
+/// Writes `rewrite` to a temporary folder; with `share` (the smallest weight the sessions
+/// share), the weights of that size moved out of it ([`prune::Rewrite::externalize`]) into a
+/// file beside it: a hard link to the model file itself when the folder is on its file system
+/// (nothing to write), else a copy of them. Returns the folder and the moved weights; `None`,
+/// logged, when the folder cannot be written (a full temporary folder): the file is then served
+/// as it is.
+fn write_narrowed<'a>(
+    path: &Path,
+    rewrite: &mut prune::Rewrite<'a>,
+    share: Option<usize>,
+) -> Option<(Narrowed, Vec<(u64, prune::Weight<'a>)>)> {
+    let written = |dir: tempfile::TempDir| -> std::io::Result<_> {
+        let beside = dir.path().join(NARROWED_WEIGHTS);
+        let moved = match share {
+            Some(min_bytes) => {
+                let place = match std::fs::hard_link(path, &beside) {
+                    Ok(()) => prune::Placement::InModel,
+                    Err(_) => prune::Placement::Packed,
+                };
+                let moved = rewrite
+                    .externalize(min_bytes, NARROWED_WEIGHTS, place)
+                    .map_err(std::io::Error::other)?;
+                if place == prune::Placement::Packed && !moved.is_empty() {
+                    let mut out =
+                        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&beside)?);
+                    prune::write_external(&moved, &mut out)?;
+                    std::io::Write::flush(&mut out)?;
+                }
+                (moved, place)
+            }
+            None => (Vec::new(), prune::Placement::Packed),
+        };
+        let model = dir.path().join(NARROWED_MODEL);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&model)?);
         rewrite.write_to(&mut out)?;
         std::io::Write::flush(&mut out)?;
         drop(out);
-        Ok(file)
+        Ok((Narrowed { model, _dir: dir }, moved))
     };
-    match write() {
-        Ok(file) => {
+    let dir = tempfile::Builder::new()
+        .prefix("model-serving-vision-")
+        .tempdir();
+    match dir.and_then(written) {
+        Ok((narrowed, (moved, place))) => {
             tracing::info!(
                 model = %path.display(),
                 narrowed = rewrite.narrowed,
                 slices = rewrite.slices,
                 removed = rewrite.removed,
+                weights_beside = moved.len(),
+                weights_linked = place == prune::Placement::InModel && !moved.is_empty(),
                 "vision graph computes its last layer for the class token only"
             );
-            Ok(Some(file))
+            Some((narrowed, moved))
         }
         Err(e) => {
             tracing::warn!(
@@ -319,7 +384,7 @@ fn narrowed_copy(path: &Path) -> Result<Option<tempfile::NamedTempFile>, OnnxErr
                 error = %e,
                 "cannot write the narrowed vision graph to the temporary folder; serving the file as it is"
             );
-            Ok(None)
+            None
         }
     }
 }

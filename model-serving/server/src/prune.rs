@@ -69,6 +69,7 @@ pub fn class_token_only(model: &[u8], output: &str) -> Result<Option<Pruned>, Ma
 /// A planned rewrite: the changed pieces encoded, the rest (weights included) borrowed from the
 /// model, so that it can be written out without a second copy of the model in memory.
 pub struct Rewrite<'a> {
+    model: &'a [u8],
     model_fields: Vec<Field<'a>>,
     pieces: Vec<Cow<'a, [u8]>>,
     graph_len: usize,
@@ -92,6 +93,7 @@ impl<'a> Rewrite<'a> {
         };
         let pieces = graph.write(&plan);
         Ok(Some(Self {
+            model,
             model_fields,
             graph_len: pieces.iter().map(|p| p.len()).sum(),
             pieces,
@@ -116,6 +118,68 @@ impl<'a> Rewrite<'a> {
             .sum()
     }
 
+    /// Moves the graph's initializers that [`weights`] would list for `min_bytes` out of the
+    /// model into `location`, a file beside it (ONNX's external data: `data_location` EXTERNAL,
+    /// with the file, offset and length): the rewritten model is then a few hundred kilobytes,
+    /// and a session handed those weights (`AddInitializer`) never reads their bytes. Returns the
+    /// moved weights with their offsets in `location`, in order; `place` says where they are
+    /// there.
+    pub fn externalize(
+        &mut self,
+        min_bytes: usize,
+        location: &str,
+        place: Placement,
+    ) -> Result<Vec<(u64, Weight<'a>)>, Malformed> {
+        let mut moved = Vec::new();
+        let mut end = 0u64;
+        for piece in &mut self.pieces {
+            let Cow::Borrowed(raw) = *piece else { continue };
+            let [field] = fields(raw)?[..] else { continue };
+            let (G_INITIALIZER, Value::Bytes(tensor)) = (field.number, field.value) else {
+                continue;
+            };
+            let Some(weight) = Tensor::parse(tensor)?
+                .and_then(Tensor::weight)
+                .filter(|w| w.bytes.len() >= min_bytes)
+            else {
+                continue;
+            };
+            let length = weight.bytes.len() as u64;
+            let offset = match place {
+                Placement::Packed => end.next_multiple_of(EXTERNAL_ALIGN),
+                // Both addresses are in `self.model`, the weight's after its start.
+                Placement::InModel => (weight.bytes.as_ptr() as usize)
+                    .checked_sub(self.model.as_ptr() as usize)
+                    .ok_or(Malformed("a weight outside its model"))?
+                    as u64,
+            };
+            end = offset + length;
+            let mut proto = Vec::with_capacity(weight.name.len() + 128);
+            for f in fields(tensor)? {
+                if f.number != T_RAW_DATA {
+                    proto.extend_from_slice(f.raw);
+                }
+            }
+            for (key, value) in [
+                ("location", location.to_owned()),
+                ("offset", offset.to_string()),
+                ("length", length.to_string()),
+            ] {
+                let mut entry = Vec::new();
+                put_bytes(&mut entry, 1, key.as_bytes());
+                put_bytes(&mut entry, 2, value.as_bytes());
+                put_bytes(&mut proto, T_EXTERNAL_DATA, &entry);
+            }
+            put_uint(&mut proto, T_DATA_LOCATION, EXTERNAL);
+            let mut out = Vec::with_capacity(proto.len() + 8);
+            put_bytes(&mut out, G_INITIALIZER, &proto);
+            *piece = Cow::Owned(out);
+            moved.push((offset, weight));
+        }
+        self.graph_len = self.pieces.iter().map(|p| p.len()).sum();
+        Ok(moved)
+    }
+
     pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         for field in &self.model_fields {
             if field.number == GRAPH {
@@ -132,6 +196,38 @@ impl<'a> Rewrite<'a> {
         }
         Ok(())
     }
+}
+
+/// Where the weights [`Rewrite::externalize`] moves out of a model are in the file beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// One after another, each at a multiple of [`EXTERNAL_ALIGN`] (a page, which ONNX Runtime
+    /// may map rather than read): the file [`write_external`] writes.
+    Packed,
+    /// Where they are in the model the rewrite was planned on: that file itself (a link to it)
+    /// serves as the file beside the rewrite, and nothing is written.
+    InModel,
+}
+
+pub const EXTERNAL_ALIGN: u64 = 4096;
+
+/// Writes the file [`Rewrite::externalize`] moved `weights` to with [`Placement::Packed`]: each
+/// at its offset, zeros between.
+pub fn write_external(
+    weights: &[(u64, Weight<'_>)],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    use std::io::Read as _;
+    let mut at = 0u64;
+    for (offset, weight) in weights {
+        let gap = offset.checked_sub(at).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "weights out of order")
+        })?;
+        std::io::copy(&mut std::io::repeat(0).take(gap), out)?;
+        out.write_all(weight.bytes)?;
+        at = offset + weight.bytes.len() as u64;
+    }
+    Ok(())
 }
 
 /// The element type of a [`Weight`]: the types whose weights are worth sharing (an fp32 tower's,
@@ -276,6 +372,7 @@ const T_DATA_TYPE: u32 = 2;
 const T_INT64_DATA: u32 = 7;
 const T_NAME: u32 = 8;
 const T_RAW_DATA: u32 = 9;
+const T_EXTERNAL_DATA: u32 = 13;
 const T_DATA_LOCATION: u32 = 14;
 const V_NAME: u32 = 1;
 const V_TYPE: u32 = 2;

@@ -11,7 +11,7 @@ use std::process::Command;
 use model_serving::model::{ModelSpec, VISION_MODEL};
 use model_serving::onnx::{Threading, VisionGraph, VisionModel, environment};
 use model_serving::preprocess::{ImageLimits, Preprocessor};
-use model_serving::prune::class_token_only;
+use model_serving::prune::{self, class_token_only};
 
 use crate::helpers::*;
 
@@ -264,9 +264,9 @@ fn sessions_sharing_their_weights_encode_what_a_session_of_its_own_does() {
     let mut own = VisionModel::load(&env, &path, spec.image_size, one, true).expect("load");
     let expected = own.run(pixels.clone(), photos.len()).expect("run");
 
-    let mut graph = VisionGraph::prepare(&path, true).expect("prepare");
+    let graph = VisionGraph::prepare(&path, true).expect("prepare");
     assert_eq!(graph.shared_weights(), 0);
-    graph.share_weights(0);
+    let mut graph = VisionGraph::prepare_sharing(&path, true, Some(0)).expect("prepare");
     assert!(
         graph.shared_weights() > 10,
         "only {} weights shared",
@@ -276,7 +276,12 @@ fn sessions_sharing_their_weights_encode_what_a_session_of_its_own_does() {
         intra: 2,
         ..Threading::default()
     };
-    for threading in [one, one, two] {
+    // The last session as one that cannot share (the int8 CNN's fallback): it reads the weights
+    // the rewrite moved out of its graph from the file beside it.
+    for (i, threading) in [one, one, two, one].into_iter().enumerate() {
+        if i == 3 {
+            graph.stop_sharing();
+        }
         let mut model =
             VisionModel::load_graph(&env, &graph, spec.image_size, threading).expect("load");
         // Twice: a second run reads the same shared (and packed) weights.
@@ -289,6 +294,118 @@ fn sessions_sharing_their_weights_encode_what_a_session_of_its_own_does() {
                 .fold(0.0, f32::max);
             assert!(worst < 1e-5, "embeddings differ by {worst}");
         }
+    }
+}
+
+/// The rewrite with its weights moved out ([`prune::Rewrite::externalize`]): the graph written
+/// keeps none of their bytes, and the file beside it holds each at its page-aligned offset.
+#[test]
+fn weights_moved_out_of_the_rewrite_leave_its_graph_for_the_file_beside_it() {
+    let bytes = std::fs::read(model_dir().join(VISION_MODEL)).expect("model");
+    let listed = prune::weights(&bytes, 64).expect("weights");
+    assert!(listed.len() > 10, "only {} weights listed", listed.len());
+    let mut rewrite = prune::Rewrite::plan(&bytes, "image_embeds")
+        .expect("plan")
+        .expect("a graph to narrow");
+    let mut inline = Vec::new();
+    rewrite.write_to(&mut inline).expect("write");
+    let moved = rewrite
+        .externalize(64, "weights.bin", prune::Placement::Packed)
+        .expect("externalize");
+    assert_eq!(
+        moved.iter().map(|(_, w)| w).collect::<Vec<_>>(),
+        listed.iter().collect::<Vec<_>>()
+    );
+    let mut model = Vec::new();
+    rewrite.write_to(&mut model).expect("write");
+    assert!(model.len() <= rewrite.encoded_len());
+    let moved_bytes: usize = listed.iter().map(|w| w.bytes.len()).sum();
+    assert!(
+        model.len() + moved_bytes < inline.len() + 4096,
+        "{} bytes of graph with {} moved out of {}",
+        model.len(),
+        moved_bytes,
+        inline.len()
+    );
+    assert_eq!(prune::weights(&model, 64).expect("weights"), Vec::new());
+    // What is left in the graph is what was under the threshold.
+    assert_eq!(
+        prune::weights(&model, 0).expect("weights").len(),
+        prune::weights(&inline, 0).expect("weights").len() - moved.len()
+    );
+    let mut data = Vec::new();
+    prune::write_external(&moved, &mut data).expect("write");
+    for (offset, weight) in &moved {
+        assert_eq!(
+            offset % prune::EXTERNAL_ALIGN,
+            0,
+            "{} at {offset}",
+            weight.name
+        );
+        let at = usize::try_from(*offset).expect("offset");
+        assert_eq!(
+            &data[at..at + weight.bytes.len()],
+            weight.bytes,
+            "{}",
+            weight.name
+        );
+    }
+    // Placed where they are in the model: the model file itself is the file beside.
+    let mut rewrite = prune::Rewrite::plan(&bytes, "image_embeds")
+        .expect("plan")
+        .expect("a graph to narrow");
+    let in_model = rewrite
+        .externalize(64, "model.onnx", prune::Placement::InModel)
+        .expect("externalize");
+    assert_eq!(in_model.len(), moved.len());
+    for (offset, weight) in &in_model {
+        let at = usize::try_from(*offset).expect("offset");
+        assert_eq!(
+            &bytes[at..at + weight.bytes.len()],
+            weight.bytes,
+            "{}",
+            weight.name
+        );
+    }
+    let mut linked = Vec::new();
+    rewrite.write_to(&mut linked).expect("write");
+    assert_eq!(prune::weights(&linked, 64).expect("weights"), Vec::new());
+
+    // ONNX Runtime reads both layouts (the service hands the moved weights to its sessions;
+    // one that is not handed them reads them from the file beside): the same embeddings as the
+    // file's graph.
+    let photos = sample_photos(2);
+    let (spec, pixels) = pixels(&model_dir(), &photos);
+    let env = environment(&ort_library()).expect("ONNX Runtime");
+    let one = Threading {
+        intra: 1,
+        ..Threading::default()
+    };
+    let path = model_dir().join(VISION_MODEL);
+    let mut own = VisionModel::load(&env, &path, spec.image_size, one, false).expect("load");
+    let expected = own.run(pixels.clone(), photos.len()).expect("run");
+    for (graph, beside, name) in [
+        (&model, &data, "weights.bin"),
+        (&linked, &bytes, "model.onnx"),
+    ] {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        std::fs::write(dir.path().join("narrowed.onnx"), graph).expect("write");
+        std::fs::write(dir.path().join(name), beside).expect("write");
+        let mut model = VisionModel::load(
+            &env,
+            &dir.path().join("narrowed.onnx"),
+            spec.image_size,
+            one,
+            false,
+        )
+        .expect("load");
+        let got = model.run(pixels.clone(), photos.len()).expect("run");
+        let worst = got
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| max_abs_diff(a, b))
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{name}: embeddings differ by {worst}");
     }
 }
 

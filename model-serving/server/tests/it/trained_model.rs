@@ -163,8 +163,8 @@ async fn int8_copy_is_served_agrees_with_fp32_and_still_ranks() {
     // Its int8 convolutions cannot share packed weights (ONNX Runtime refuses such sessions):
     // the sessions that were to share its weights load again with their own, and encode the
     // same.
-    let mut graph = VisionGraph::prepare(&out.join(VISION_MODEL), true).expect("prepare");
-    graph.share_weights(0);
+    let graph =
+        VisionGraph::prepare_sharing(&out.join(VISION_MODEL), true, Some(0)).expect("prepare");
     assert!(graph.shared_weights() > 0, "no weights listed to share");
     let (shared, worst) = shared_against_own(&out).await;
     assert_eq!(shared, 0, "the int8 CNN's sessions shared {shared} weights");
