@@ -633,7 +633,7 @@ pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 /// turns of 400 requests) batches of 2 had the lower p99 in 5 of 7 pairs against batches of 4-5
 /// (a sixth within 1 ms; p99 1.07-1.27x the p50 against 1.23-1.50x, one pair 1.66x with a stall)
 /// for 2-10% less throughput in 6 of 7 (128-131 against 120-125 ms an image); `make bench`
-/// section 6, seven runs: p99 0.61-0.93x the reference's (4 of 7 at or below 0.8x) at
+/// section 6, eleven runs: p99 0.61-0.93x the reference's (8 of 11 at or below 0.8x) at
 /// 1.13-1.26x its throughput, against 0.76-0.88x (2 of 5) at 1.26-1.33x with batches of 4. Batches of 4 (550
 /// ms) had a boundary at 118 ms an image, crossed when the machine ran fast (batches of 5, a
 /// wider tail); 500 ms with the cap at the largest size that fits flipped between 3 and 4 from
