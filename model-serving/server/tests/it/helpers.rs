@@ -179,6 +179,15 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The largest difference between two sets of embeddings, row by row.
+pub fn max_rows_diff(got: &[Vec<f32>], expected: &[Vec<f32>]) -> f32 {
+    assert_eq!(got.len(), expected.len(), "row count mismatch");
+    got.iter()
+        .zip(expected)
+        .map(|(a, b)| max_abs_diff(a, b))
+        .fold(0.0, f32::max)
+}
+
 pub fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }

@@ -60,11 +60,7 @@ fn largest_difference(dir: &Path, photos: &[PathBuf]) -> f32 {
     };
     let (narrowed, whole) = (run(true), run(false));
     assert_eq!(narrowed.len(), photos.len());
-    narrowed
-        .iter()
-        .zip(&whole)
-        .map(|(a, b)| max_abs_diff(a, b))
-        .fold(0.0, f32::max)
+    max_rows_diff(&narrowed, &whole)
 }
 
 fn python_onnx(script: &str, args: &[&Path]) {
@@ -287,11 +283,7 @@ fn sessions_sharing_their_weights_encode_what_a_session_of_its_own_does() {
         // Twice: a second run reads the same shared (and packed) weights.
         for _ in 0..2 {
             let got = model.run(pixels.clone(), photos.len()).expect("run");
-            let worst = got
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| max_abs_diff(a, b))
-                .fold(0.0, f32::max);
+            let worst = max_rows_diff(&got, &expected);
             assert!(worst < 1e-5, "embeddings differ by {worst}");
         }
     }
@@ -400,17 +392,13 @@ fn weights_moved_out_of_the_rewrite_leave_its_graph_for_the_file_beside_it() {
         )
         .expect("load");
         let got = model.run(pixels.clone(), photos.len()).expect("run");
-        let worst = got
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| max_abs_diff(a, b))
-            .fold(0.0, f32::max);
+        let worst = max_rows_diff(&got, &expected);
         assert!(worst < 1e-5, "{name}: embeddings differ by {worst}");
     }
 }
 
-/// The service's load path: an encoder whose vision sessions share their weights loads them one
-/// after another and encodes what one whose sessions hold their own does.
+/// The service's load path: an encoder whose vision sessions share their weights (the first
+/// loaded alone, the others side by side) encodes what one whose sessions hold their own does.
 #[tokio::test]
 async fn an_encoder_whose_sessions_share_weights_encodes_what_one_without_does() {
     let (shared, worst) = shared_against_own(&model_dir()).await;
