@@ -548,36 +548,19 @@ fn load_visions(
     // Sessions sharing their weights are handed them, so none reads or copies them while it
     // loads ([`VisionGraph::prepare_sharing`]: they are out of the graph it parses). The first
     // packs them (MatMul's packed B) into the shared container and the others, loaded side by
-    // side after it, take those (ViT-B/32 shapes, `model-serving serve` to ready: 2.9-3.7 s at a
+    // side after it, take those (ViT-B/32 shapes, `model-serving serve` to ready: 2.4-3.1 s at a
     // peak of 1.11 GB, against 5.1-6.1 s at 1.41 GB when each still read the whole file and
     // they loaded one after another). A graph whose kernels cannot share their packed weights
     // (ONNX Runtime refuses the session: the int8 convolutions of a quantised CNN) is loaded
     // again without sharing.
     if graph.shared_weights() > 0 {
-        let shared = || -> Result<_, OnnxError> {
-            let first = VisionModel::load_graph(env, &graph, image_size, threading)?;
-            let graph = &graph;
-            let (others, rest) = std::thread::scope(|scope| {
-                let load = |threading| {
-                    scope.spawn(move || VisionModel::load_graph(env, graph, image_size, threading))
-                };
-                let join = |handle: std::thread::ScopedJoinHandle<'_, _>| {
-                    handle.join().unwrap_or_else(|_| {
-                        Err(OnnxError::Model {
-                            path: path.to_owned(),
-                            message: "a session's load panicked".into(),
-                        })
-                    })
-                };
-                let others: Vec<_> = (1..count).map(|_| load(threading)).collect();
-                let rest = rest.map(load);
-                let others = others.into_iter().map(join).collect::<Result<Vec<_>, _>>();
-                (others, rest.map(join).transpose())
+        let shared =
+            VisionModel::load_graph(env, &graph, image_size, threading).and_then(|first| {
+                let (others, rest) =
+                    load_side_by_side(env, &graph, image_size, count - 1, threading, rest)?;
+                Ok((std::iter::once(first).chain(others).collect(), rest))
             });
-            let pool = std::iter::once(first).chain(others?).collect();
-            Ok((pool, rest?))
-        };
-        match shared() {
+        match shared {
             Ok((pool, rest)) => return Ok((pool, rest, graph.shared_weights())),
             Err(error) => {
                 tracing::info!(
@@ -589,16 +572,37 @@ fn load_visions(
             }
         }
     }
-    let graph = &graph;
+    let (pool, rest) = load_side_by_side(env, &graph, image_size, count, threading, rest)?;
+    Ok((pool, rest, 0))
+}
+
+/// `count` sessions of `graph` with `threading` and, with `rest`, the rest session, each loaded
+/// on a thread of its own, side by side (ONNX Runtime builds a session on one thread).
+fn load_side_by_side(
+    env: &ort::environment::Environment,
+    graph: &VisionGraph,
+    image_size: u32,
+    count: usize,
+    threading: Threading,
+    rest: Option<Threading>,
+) -> Result<(Vec<VisionModel>, Option<VisionModel>), OnnxError> {
     std::thread::scope(|scope| {
         let load = |threading| {
             scope.spawn(move || VisionModel::load_graph(env, graph, image_size, threading))
         };
+        let join = |handle: std::thread::ScopedJoinHandle<'_, _>| {
+            handle.join().unwrap_or_else(|_| {
+                Err(OnnxError::Model {
+                    path: graph.path().to_owned(),
+                    message: "a session's load panicked".into(),
+                })
+            })
+        };
         let pool: Vec<_> = (0..count).map(|_| load(threading)).collect();
         let rest = rest.map(load);
-        let pool = pool.into_iter().map(joined).collect::<Result<Vec<_>, _>>();
-        let rest = rest.map(joined).transpose();
-        Ok((pool?, rest?, 0))
+        let pool = pool.into_iter().map(join).collect::<Result<Vec<_>, _>>();
+        let rest = rest.map(join).transpose();
+        Ok((pool?, rest?))
     })
 }
 

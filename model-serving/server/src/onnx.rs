@@ -317,6 +317,11 @@ impl VisionGraph {
         self.shared.as_ref().map_or(0, |s| s.values.len())
     }
 
+    /// The model file it was prepared from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The file ONNX Runtime reads.
     fn load_path(&self) -> &Path {
         self.narrowed.as_ref().map_or(&self.path, |n| &n.model)

@@ -138,10 +138,7 @@ impl<'a> Rewrite<'a> {
             let (G_INITIALIZER, Value::Bytes(tensor)) = (field.number, field.value) else {
                 continue;
             };
-            let Some(weight) = Tensor::parse(tensor)?
-                .and_then(Tensor::weight)
-                .filter(|w| w.bytes.len() >= min_bytes)
-            else {
+            let Some(weight) = Weight::parse(tensor, min_bytes)? else {
                 continue;
             };
             let length = weight.bytes.len() as u64;
@@ -266,6 +263,16 @@ pub struct Weight<'a> {
     pub bytes: &'a [u8],
 }
 
+impl<'a> Weight<'a> {
+    /// The `TensorProto` `tensor` as a weight of at least `min_bytes`, the one rule [`weights`]
+    /// lists and [`Rewrite::externalize`] moves by; `None` when it is not one.
+    fn parse(tensor: &'a [u8], min_bytes: usize) -> Result<Option<Self>, Malformed> {
+        Ok(Tensor::parse(tensor)?
+            .and_then(Tensor::weight)
+            .filter(|w| w.bytes.len() >= min_bytes))
+    }
+}
+
 /// The graph's initializers of at least `min_bytes` whose values are in the file (`raw_data`), of
 /// a [`WeightType`], with dims that match their length; the others are left out (ONNX Runtime
 /// reads them from the file as usual, and judges them). None from a file the rewrite would not
@@ -277,8 +284,7 @@ pub fn weights(model: &[u8], min_bytes: usize) -> Result<Vec<Weight<'_>>, Malfor
     let mut out = Vec::new();
     for field in fields(graph)? {
         if let (G_INITIALIZER, Value::Bytes(tensor)) = (field.number, field.value)
-            && let Some(weight) = Tensor::parse(tensor)?.and_then(Tensor::weight)
-            && weight.bytes.len() >= min_bytes
+            && let Some(weight) = Weight::parse(tensor, min_bytes)?
         {
             out.push(weight);
         }

@@ -296,9 +296,12 @@ fn weights_moved_out_of_the_rewrite_leave_its_graph_for_the_file_beside_it() {
     let bytes = std::fs::read(model_dir().join(VISION_MODEL)).expect("model");
     let listed = prune::weights(&bytes, 64).expect("weights");
     assert!(listed.len() > 10, "only {} weights listed", listed.len());
-    let mut rewrite = prune::Rewrite::plan(&bytes, "image_embeds")
-        .expect("plan")
-        .expect("a graph to narrow");
+    let plan = || {
+        prune::Rewrite::plan(&bytes, "image_embeds")
+            .expect("plan")
+            .expect("a graph to narrow")
+    };
+    let mut rewrite = plan();
     let mut inline = Vec::new();
     rewrite.write_to(&mut inline).expect("write");
     let moved = rewrite
@@ -327,38 +330,28 @@ fn weights_moved_out_of_the_rewrite_leave_its_graph_for_the_file_beside_it() {
     );
     let mut data = Vec::new();
     prune::write_external(&moved, &mut data).expect("write");
-    for (offset, weight) in &moved {
-        assert_eq!(
-            offset % prune::EXTERNAL_ALIGN,
-            0,
-            "{} at {offset}",
-            weight.name
-        );
-        let at = usize::try_from(*offset).expect("offset");
-        assert_eq!(
-            &data[at..at + weight.bytes.len()],
-            weight.bytes,
-            "{}",
-            weight.name
-        );
-    }
+    // Every moved weight lies in `file` at its offset.
+    let lie_at_their_offsets = |file: &[u8], moved: &[(u64, prune::Weight<'_>)]| {
+        for (offset, weight) in moved {
+            let at = usize::try_from(*offset).expect("offset");
+            let here = file.get(at..at + weight.bytes.len());
+            assert_eq!(here, Some(weight.bytes), "{} at {offset}", weight.name);
+        }
+    };
+    lie_at_their_offsets(&data, &moved);
+    assert!(
+        moved
+            .iter()
+            .all(|(offset, _)| offset % prune::EXTERNAL_ALIGN == 0),
+        "a packed weight off its page"
+    );
     // Placed where they are in the model: the model file itself is the file beside.
-    let mut rewrite = prune::Rewrite::plan(&bytes, "image_embeds")
-        .expect("plan")
-        .expect("a graph to narrow");
+    let mut rewrite = plan();
     let in_model = rewrite
         .externalize(64, "model.onnx", prune::Placement::InModel)
         .expect("externalize");
     assert_eq!(in_model.len(), moved.len());
-    for (offset, weight) in &in_model {
-        let at = usize::try_from(*offset).expect("offset");
-        assert_eq!(
-            &bytes[at..at + weight.bytes.len()],
-            weight.bytes,
-            "{}",
-            weight.name
-        );
-    }
+    lie_at_their_offsets(&bytes, &in_model);
     let mut linked = Vec::new();
     rewrite.write_to(&mut linked).expect("write");
     assert_eq!(prune::weights(&linked, 64).expect("weights"), Vec::new());
